@@ -269,6 +269,11 @@ def _load_tl_name(name: str, backend: Backend, device: str, dtype: torch.dtype) 
             f"model {name!r} is neither a local folder, a toy model (toy-s, toy-m, toy-l) nor a TransformerLens "
             f"name; closest names: {closest(name, official)}."
         )
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        raise WorkbenchError(
+            f"could not download {name!r}: offline mode is set (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE). "
+            f"Download the checkpoint elsewhere and pass its local folder instead."
+        )
     try:
         if backend == "bridge":
             from transformer_lens.model_bridge import TransformerBridge

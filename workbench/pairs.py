@@ -104,6 +104,9 @@ def _parse_item(obj: object, where: str) -> ContrastPair:
             f"{where}: unknown format with keys {sorted(obj)}; expected 'positive'/'negative' (optional 'prompt') "
             f"or the CAA A/B keys {', '.join(_AB_KEYS)}."
         )
+    for key, value in fields.items():
+        if not isinstance(value, str):
+            raise WorkbenchError(f"{where}: {key!r} must be a string, got {type(value).__name__}.")
     try:
         return ContrastPair(**fields)
     except WorkbenchError as e:

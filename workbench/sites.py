@@ -43,7 +43,7 @@ class HookSite:
     """One activation of one block. ``layer`` is the 0-based block index."""
 
     layer: int
-    kind: SiteKind = "resid_post"
+    kind: str = "resid_post"  # one of SITE_KINDS (SiteKind)
 
     def __post_init__(self) -> None:
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
@@ -73,6 +73,18 @@ class HookSite:
                 f"{closest(self.name, sorted(model.hook_dict))}."
             )
         return self.name
+
+    def shape(self, model) -> tuple[int, ...]:
+        """Trailing shape of this site's activation (after ``batch pos``), e.g. ``(d_model,)``."""
+        c = model.cfg
+        if self.kind in ("z", "q", "v", "k"):
+            heads = c.n_heads if self.kind in ("z", "q") else (getattr(c, "n_key_value_heads", None) or c.n_heads)
+            return (heads, c.d_head)
+        if self.kind == "mlp_post":
+            return (c.d_mlp,)
+        if self.kind == "pattern":
+            raise WorkbenchError("attention patterns have no fixed width; pick another site kind.")
+        return (c.d_model,)
 
     def to_dict(self) -> dict:
         return {"layer": self.layer, "kind": self.kind, "hook": self.name}

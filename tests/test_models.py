@@ -1,0 +1,92 @@
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import BACKEND
+from workbench import models
+from workbench.errors import WorkbenchError
+from workbench.sites import FINAL_NORM, HookSite
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_activations_equal_hf_hidden_states(ckpt_dirs, arch, llama, gpt2):
+    model = {"llama": llama, "gpt2": gpt2}[arch]
+    hf = AutoModelForCausalLM.from_pretrained(str(ckpt_dirs[arch]), dtype=torch.float32).eval()
+    tokens = model.to_tokens("the cat sees a big red bus and the dog is sad")
+    with torch.no_grad():
+        out = hf(tokens, output_hidden_states=True)
+        logits, cache = model.run_with_cache(tokens)
+    n = model.cfg.n_layers
+    for layer in range(n - 1):  # HF hidden_states[l + 1] is the output of block l ...
+        torch.testing.assert_close(cache[HookSite(layer).name], out.hidden_states[layer + 1], atol=1e-5, rtol=1e-5)
+    # ... except the last, which HF returns after the final norm.
+    torch.testing.assert_close(cache[FINAL_NORM], out.hidden_states[n], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, out.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_backend_is_the_requested_one(llama):
+    assert models.backend_of(llama) == BACKEND
+    assert isinstance(llama, models.HookedModel)
+
+
+def test_fingerprint_identifies_weights_and_vocab(ckpt_dirs, llama, gpt2, tmp_path):
+    fp = models.fingerprint(llama)
+    assert fp.architecture == "LlamaForCausalLM" and fp.n_layers == 3 and fp.d_model == 32
+    assert fp == models.fingerprint(models.load(ckpt_dirs["llama"], backend=BACKEND))
+    assert fp.weights_sha256 != models.fingerprint(gpt2).weights_sha256
+    from workbench.tiny import write_tiny_checkpoint
+
+    other = models.load(write_tiny_checkpoint(tmp_path / "seed1", "llama", n_layers=3, n_kv_heads=2, seed=1),
+                        backend=BACKEND)
+    with pytest.raises(WorkbenchError, match="weights_sha256"):
+        fp.check(models.fingerprint(other))
+
+
+@pytest.mark.skipif(len(models.available_backends()) < 2, reason="needs transformer_lens 3.9 (both backends)")
+def test_both_backends_agree(ckpt_dirs):
+    a = models.load(ckpt_dirs["llama"], backend="hooked")
+    b = models.load(ckpt_dirs["llama"], backend="bridge")
+    assert models.fingerprint(a) == models.fingerprint(b)
+    tokens = a.to_tokens("the cat is good")
+    with torch.no_grad():
+        _, ca = a.run_with_cache(tokens)
+        _, cb = b.run_with_cache(tokens)
+    torch.testing.assert_close(ca["blocks.1.hook_resid_post"], cb["blocks.1.hook_resid_post"], atol=1e-5, rtol=1e-5)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(WorkbenchError, match="does not exist"):
+        models.load("./no/such/folder")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WorkbenchError, match="no config.json"):
+        models.load(tmp_path / "empty")
+    with pytest.raises(WorkbenchError, match="neither a local folder"):
+        models.load("gtp2-smal")
+    with pytest.raises(WorkbenchError, match="backend must be"):
+        models.load(tmp_path / "empty", backend="jax")
+
+
+def test_unsupported_architecture(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"architectures": ["BertForMaskedLM"], "model_type": "bert"}')
+    with pytest.raises(WorkbenchError, match="not supported"):
+        models.load(tmp_path / "m")
+
+
+def test_tl_name_in_offline_mode_fails_at_once(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WorkbenchError, match="could not download 'gpt2': offline mode.*local folder"):
+        models.load("gpt2")
+
+
+@pytest.mark.slow
+def test_tl_name_without_network_fails_clearly(monkeypatch):
+    """A real download attempt (this machine has no route to the hub): one clear error, no traceback text."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    try:
+        models.load("gpt2")
+    except WorkbenchError as e:
+        assert "could not download 'gpt2'" in str(e) and "local folder" in str(e)
+    else:  # pragma: no cover - only where the hub is reachable
+        pytest.skip("the model hub is reachable here")

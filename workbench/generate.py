@@ -1,0 +1,154 @@
+"""Steered generation with a KV cache, where every token is steered exactly as a full recompute would steer it.
+
+Prompts are left-padded into one batch; a ``TokenLayout`` tracks absolute positions, so position policies
+(``all`` / ``from`` / ``generated``) mean the same with and without the cache. ``generate_at_strengths`` runs
+several strengths of one intervention in a single batch (one row per prompt and strength).
+"""
+
+__all__ = ["Generation", "generate", "generate_at_strengths"]
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from jaxtyping import Float
+
+from workbench.errors import WorkbenchError
+from workbench.hooks import applied
+from workbench.interventions import AddDirection, Intervention
+from workbench.models import HookedModel, forward_step, tokenizer_of
+from workbench.positions import TokenLayout
+from workbench.tokens import make_batch, pad_id_of, tokenize
+
+
+@dataclass(frozen=True, eq=False)
+class Generation:
+    """Continuations of ``prompts``: generated ids per row, decoded text, optional per-step logits."""
+
+    prompts: tuple[str, ...]
+    tokens: tuple[tuple[int, ...], ...]
+    texts: tuple[str, ...]
+    logits: "Float[torch.Tensor, 'batch step d_vocab'] | None" = None
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_k: "int | None", top_p: "float | None",
+            gen: torch.Generator) -> torch.Tensor:
+    if temperature == 0.0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, idx = logits.sort(-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # keep the first token past p
+        logits = logits.scatter(-1, idx, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+
+
+def generate(
+    model: HookedModel,
+    prompts: Sequence[str],
+    *interventions: Intervention,
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    top_k: "int | None" = None,
+    top_p: "float | None" = None,
+    seed: int = 0,
+    ban_special: bool = True,
+    stop_at_eos: bool = True,
+    use_cache: bool = True,
+    return_logits: bool = False,
+) -> Generation:
+    """Sample continuations of ``prompts`` with ``interventions`` applied at every step.
+
+    Args:
+        prompts: texts; BOS is prepended as TransformerLens does.
+        temperature: 0 for greedy decoding; sampling uses a local generator seeded with ``seed``.
+        ban_special: never sample padding or BOS tokens (unless they double as EOS).
+        use_cache: KV-cached decoding (False recomputes the whole prefix each step; same result).
+        return_logits: keep the raw next-token logits of every step.
+    """
+    if isinstance(prompts, str) or not prompts:
+        raise WorkbenchError("prompts must be a non-empty list of strings (wrap a single prompt in a list).")
+    if max_new_tokens < 1:
+        raise WorkbenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
+    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
+        raise WorkbenchError(
+            f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}."
+        )
+    tok = tokenizer_of(model)
+    device = model.cfg.device
+    seqs = [tokenize(model, p) for p in prompts]
+    if max(len(s) for s in seqs) + max_new_tokens > model.cfg.n_ctx:
+        raise WorkbenchError(
+            f"prompt plus {max_new_tokens} new tokens exceeds the model's context of {model.cfg.n_ctx}; "
+            f"shorten the prompt or lower max_new_tokens."
+        )
+    batch = make_batch(seqs, pad_id_of(model), "left")
+    layout = TokenLayout(batch.start, batch.end)
+    eos = tok.eos_token_id
+    banned = sorted({t for t in (tok.pad_token_id, tok.bos_token_id) if t is not None and t != eos}) if ban_special else []
+    gen = torch.Generator().manual_seed(seed)
+    tokens, mask = batch.tokens.to(device), batch.attention_mask.to(device)
+    done = torch.zeros(len(seqs), dtype=torch.bool, device=device)
+    out, steps = [], []
+    state, new = None, tokens
+    with torch.no_grad(), applied(model, *interventions, layout=layout):
+        for _ in range(max_new_tokens):
+            if use_cache:
+                layout.offset = tokens.shape[1] - new.shape[1]
+                logits, state = forward_step(model, new, mask, state)
+            else:
+                layout.offset = 0
+                logits, _ = forward_step(model, tokens, mask, use_cache=False)
+            last = logits[:, -1].float()
+            if return_logits:
+                steps.append(last.cpu())
+            if banned:
+                last = last.clone()
+                last[:, banned] = float("-inf")
+            nxt = _sample(last, temperature, top_k, top_p, gen)
+            if eos is not None and stop_at_eos:
+                nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+            out.append(nxt.cpu())
+            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(nxt[:, None])], dim=1)
+            new = nxt[:, None]
+            if eos is not None and stop_at_eos:
+                done |= nxt == eos
+                if bool(done.all()):
+                    break
+    ids = torch.stack(out, dim=1).tolist()
+    rows = []
+    for row in ids:
+        if eos is not None and stop_at_eos and eos in row:
+            row = row[: row.index(eos)]
+        rows.append(tuple(row))
+    texts = tuple(tok.decode(list(r), skip_special_tokens=True) for r in rows)
+    return Generation(tuple(prompts), tuple(rows), texts, torch.stack(steps, dim=1) if return_logits else None)
+
+
+def generate_at_strengths(
+    model: HookedModel,
+    prompts: Sequence[str],
+    intervention: AddDirection,
+    scales: Sequence[float],
+    **kwargs,
+) -> list[Generation]:
+    """One ``Generation`` per scale, all computed in a single batch of ``len(prompts) * len(scales)`` rows."""
+    if not scales:
+        raise WorkbenchError("scales is empty; pass at least one strength.")
+    if isinstance(prompts, str) or not prompts:
+        raise WorkbenchError("prompts must be a non-empty list of strings.")
+    n = len(prompts)
+    rows = [p for _ in scales for p in prompts]
+    row_scales = tuple(float(s) for s in scales for _ in prompts)
+    g = generate(model, rows, replace(intervention, scale=row_scales), **kwargs)
+    return [
+        Generation(tuple(prompts), g.tokens[i * n : (i + 1) * n], g.texts[i * n : (i + 1) * n],
+                   None if g.logits is None else g.logits[i * n : (i + 1) * n])
+        for i in range(len(scales))
+    ]

@@ -1,0 +1,157 @@
+"""Interventions: frozen values that carry their own site and turn into TransformerLens ``fwd_hooks``.
+
+``to_hooks(model, layout)`` validates against the model (site exists, vector width matches) and returns
+``[(hook_name, fn)]``; it attaches nothing. ``workbench.hooks.applied`` attaches them. ``to_dict`` + ``tensors``
+round-trip through ``from_dict`` so every intervention serialises to JSON + safetensors.
+"""
+
+__all__ = ["Intervention", "AddDirection", "Ablate", "intervention_from_dict"]
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from jaxtyping import Float
+
+from workbench.errors import WorkbenchError
+from workbench.positions import Positions, TokenLayout
+from workbench.sites import HookSite
+
+HookFn = Callable[..., torch.Tensor]
+
+
+@runtime_checkable
+class Intervention(Protocol):
+    """Anything that can become TransformerLens forward hooks."""
+
+    def to_hooks(self, model: Any, layout: "TokenLayout | None" = None) -> list[tuple[str, HookFn]]: ...
+
+
+def _check_vector(v: Any, what: str) -> torch.Tensor:
+    if not isinstance(v, torch.Tensor):
+        raise WorkbenchError(f"{what} must be a torch.Tensor, got {type(v).__name__}.")
+    if v.ndim != 1 or v.numel() == 0:
+        raise WorkbenchError(f"{what} must be 1-D [d_model], got shape {tuple(v.shape)}; flatten or index a layer.")
+    if not v.is_floating_point() or not torch.isfinite(v).all():
+        raise WorkbenchError(f"{what} must be a finite float vector; it has non-finite entries or is not float.")
+    return v.detach()
+
+
+def _check_width(site: HookSite, model: Any, v: torch.Tensor, what: str) -> tuple[int, ...]:
+    name = site.check(model)
+    shape = site.shape(model)
+    if v.numel() != math.prod(shape):
+        raise WorkbenchError(
+            f"{what} has {v.numel()} entries but {name} has width {math.prod(shape)} {shape}; "
+            f"use a vector computed on this model."
+        )
+    return shape
+
+
+def _edit_mask(layout: "TokenLayout | None", positions: Positions, x: torch.Tensor) -> "torch.Tensor | None":
+    """[batch pos 1...] float mask of positions to edit; None means every position (fast path)."""
+    if layout is None:
+        if positions.kind == "all":
+            return None
+        layout = TokenLayout(torch.zeros(x.shape[0], dtype=torch.long), torch.full((x.shape[0],), x.shape[1]))
+    m = layout.mask(positions, x.shape[1], x.device).to(x.dtype)
+    return m.reshape(*m.shape, *([1] * (x.ndim - 2)))
+
+
+@dataclass(frozen=True, eq=False)
+class AddDirection:
+    """Add ``scale * vector`` to the activation at ``site`` at the positions chosen by ``positions``.
+
+    ``scale`` may be a tuple with one strength per batch row, so several strengths run in one batch.
+    """
+
+    site: HookSite
+    vector: Float[torch.Tensor, " width"]
+    scale: "float | tuple[float, ...]" = 1.0
+    positions: Positions = field(default_factory=Positions)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vector", _check_vector(self.vector, "AddDirection.vector"))
+        scales = self.scale if isinstance(self.scale, tuple) else (self.scale,)
+        if not scales or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in scales):
+            raise WorkbenchError(f"AddDirection.scale must be a finite number or a tuple of them, got {self.scale!r}.")
+
+    def to_hooks(self, model: Any, layout: "TokenLayout | None" = None) -> list[tuple[str, HookFn]]:
+        shape = _check_width(self.site, model, self.vector, "AddDirection.vector")
+        vector, positions = self.vector.reshape(shape), self.positions
+        per_row = isinstance(self.scale, tuple)
+        scale = torch.tensor(self.scale, dtype=torch.float32) if per_row else float(self.scale)
+
+        def add(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            delta = vector.to(x)
+            if per_row:
+                if x.shape[0] != scale.numel():
+                    raise WorkbenchError(
+                        f"AddDirection has {scale.numel()} per-row scales but the batch has {x.shape[0]} rows."
+                    )
+                delta = scale.to(x).reshape(-1, *([1] * (x.ndim - 1))) * delta
+            else:
+                delta = scale * delta
+            mask = _edit_mask(layout, positions, x)
+            return x + delta if mask is None else x + mask * delta
+
+        return [(self.site.name, add)]
+
+    def to_dict(self) -> dict:
+        return {"kind": "add", "site": self.site.to_dict(), "scale": self.scale, "positions": self.positions.to_dict()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"vector": self.vector}
+
+
+@dataclass(frozen=True, eq=False)
+class Ablate:
+    """Project the unit ``direction`` out of the activation at ``site``: x - (x . u) u."""
+
+    site: HookSite
+    direction: Float[torch.Tensor, " width"]
+    positions: Positions = field(default_factory=Positions)
+
+    def __post_init__(self) -> None:
+        v = _check_vector(self.direction, "Ablate.direction")
+        if float(v.norm()) == 0.0:
+            raise WorkbenchError("Ablate.direction is the zero vector; there is no direction to project out.")
+        object.__setattr__(self, "direction", v / v.norm())
+
+    def to_hooks(self, model: Any, layout: "TokenLayout | None" = None) -> list[tuple[str, HookFn]]:
+        shape = _check_width(self.site, model, self.direction, "Ablate.direction")
+        if len(shape) != 1:
+            raise WorkbenchError(f"Ablate works on [batch pos width] sites; {self.site.name} is per head.")
+        u, positions = self.direction, self.positions
+
+        def ablate(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            uu = u.to(x)
+            delta = (x @ uu)[..., None] * uu
+            mask = _edit_mask(layout, positions, x)
+            return x - delta if mask is None else x - mask * delta
+
+        return [(self.site.name, ablate)]
+
+    def to_dict(self) -> dict:
+        return {"kind": "ablate", "site": self.site.to_dict(), "positions": self.positions.to_dict()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"direction": self.direction}
+
+
+def intervention_from_dict(meta: dict, tensors: dict[str, torch.Tensor]) -> "AddDirection | Ablate":
+    """Rebuild an intervention from ``to_dict()`` and ``tensors()`` output."""
+    kind = meta.get("kind")
+    try:
+        site = HookSite.from_dict(meta["site"])
+        positions = Positions.from_dict(meta.get("positions", {}))
+        if kind == "add":
+            scale = meta.get("scale", 1.0)
+            return AddDirection(site, tensors["vector"], tuple(scale) if isinstance(scale, list) else scale, positions)
+        if kind == "ablate":
+            return Ablate(site, tensors["direction"], positions)
+    except KeyError as e:
+        raise WorkbenchError(f"intervention entry lacks {e}; re-export it with the workbench.") from None
+    raise WorkbenchError(f"unknown intervention kind {kind!r}; expected 'add' or 'ablate'.")

@@ -1,0 +1,99 @@
+"""Behaviour and fluency scores under interventions.
+
+* ``ab_probability``: CAA's metric, p(matching answer) / (p(matching) + p(not matching)) at the answer token;
+* ``perplexity``: of reference texts under the (steered) model;
+* ``kl_divergence``: mean KL(unsteered || steered) of next-token distributions over reference texts.
+"""
+
+__all__ = ["ab_probability", "token_logprobs", "perplexity", "kl_divergence"]
+
+import math
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+
+from workbench.errors import WorkbenchError
+from workbench.hooks import applied
+from workbench.interventions import Intervention
+from workbench.models import HookedModel
+from workbench.pairs import ContrastPairs
+from workbench.positions import TokenLayout
+from workbench.tokens import Batch, batched, make_batch, pad_id_of, tokenize
+
+
+def _logits(model: HookedModel, batch: Batch, interventions: Sequence[Intervention]) -> torch.Tensor:
+    layout = TokenLayout(batch.start, batch.end)
+    dev = model.cfg.device
+    with torch.no_grad(), applied(model, *interventions, layout=layout):
+        return model(batch.tokens.to(dev), attention_mask=batch.attention_mask.to(dev)).float().cpu()
+
+
+def ab_probability(
+    model: HookedModel, pairs: ContrastPairs, *interventions: Intervention, batch_size: int = 32
+) -> Float[torch.Tensor, " n"]:
+    """Per pair, the probability of the positive answer token relative to the negative one.
+
+    The answer token is the first token where the positive and negative texts differ; both are scored from
+    the same context (the shared tokens before it).
+    """
+    items = []
+    for i, pair in enumerate(pairs.pairs):
+        p, n = (tokenize(model, t) for t in pair.texts)
+        k = next((j for j, (a, b) in enumerate(zip(p, n)) if a != b), None)
+        if k is None:
+            raise WorkbenchError(f"pair {i}: one text is a prefix of the other; no answer token to score.")
+        items.append((p[:k], p[k], n[k]))
+    out = torch.empty(len(items))
+    for chunk in batched(len(items), batch_size):
+        batch = make_batch([items[i][0] for i in chunk], pad_id_of(model), "right")
+        logp = _logits(model, batch, interventions).log_softmax(-1)
+        last = logp[torch.arange(len(chunk)), batch.end - 1]
+        for j, i in enumerate(chunk):
+            lp, ln = last[j, items[i][1]], last[j, items[i][2]]
+            out[i] = torch.sigmoid(lp - ln)
+    return out
+
+
+def token_logprobs(
+    model: HookedModel, texts: Sequence[str], *interventions: Intervention, batch_size: int = 32
+) -> list[Float[torch.Tensor, " n_tokens"]]:
+    """Log-probability of each token of each text given its prefix (BOS excluded)."""
+    if isinstance(texts, str) or not texts:
+        raise WorkbenchError("texts must be a non-empty list of strings.")
+    seqs = [tokenize(model, t) for t in texts]
+    if any(len(s) < 2 for s in seqs):
+        raise WorkbenchError("every text needs at least one token after BOS to be scored.")
+    out: list = [None] * len(seqs)
+    for chunk in batched(len(seqs), batch_size):
+        batch = make_batch([seqs[i] for i in chunk], pad_id_of(model), "right")
+        logp = _logits(model, batch, interventions).log_softmax(-1)
+        for j, i in enumerate(chunk):
+            n = len(seqs[i])
+            out[i] = logp[j, : n - 1].gather(-1, batch.tokens[j, 1:n, None]).squeeze(-1)
+    return out
+
+
+def perplexity(model: HookedModel, texts: Sequence[str], *interventions: Intervention, batch_size: int = 32) -> float:
+    """exp(mean negative log-likelihood per token) over all texts."""
+    lps = torch.cat(token_logprobs(model, texts, *interventions, batch_size=batch_size))
+    return math.exp(float(-lps.mean()))
+
+
+def kl_divergence(
+    model: HookedModel, texts: Sequence[str], *interventions: Intervention, batch_size: int = 32
+) -> float:
+    """Mean over all real token positions of KL(unsteered || steered) next-token distributions (nats)."""
+    if isinstance(texts, str) or not texts:
+        raise WorkbenchError("texts must be a non-empty list of strings.")
+    seqs = [tokenize(model, t) for t in texts]
+    total, count = 0.0, 0
+    for chunk in batched(len(seqs), batch_size):
+        batch = make_batch([seqs[i] for i in chunk], pad_id_of(model), "right")
+        p = _logits(model, batch, ()).log_softmax(-1)
+        q = _logits(model, batch, interventions).log_softmax(-1)
+        kl = (p.exp() * (p - q)).sum(-1)  # [batch pos]
+        real = batch.attention_mask.bool()
+        total += float(kl[real].sum())
+        count += int(real.sum())
+    return total / count
