@@ -55,11 +55,16 @@ def pca_direction(pos: Acts, neg: Acts) -> Float[torch.Tensor, " width"]:
     return _rescale(unit.float(), pos, neg)
 
 
-def _fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2-regularised logistic regression (float64, L-BFGS) on standardised features; returns raw-space w, b."""
+def _fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-1, steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logistic regression (float64, L-BFGS) with an isotropic L2 penalty; returns weights and bias.
+
+    Features are centred and divided by one global scale (not per feature), so the penalty stays isotropic and
+    the weight vector keeps the geometry of the activation space.
+    """
     x = x.double()
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-8) if x.shape[0] > 1 else torch.ones(x.shape[1], dtype=x.dtype)
-    z = (x - mu) / sd
+    mu = x.mean(0)
+    scale = (x - mu).pow(2).sum(1).mean().sqrt().clamp_min(1e-12) / x.shape[1] ** 0.5
+    z = (x - mu) / scale
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
@@ -73,8 +78,8 @@ def _fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3, steps: int = 
 
     with torch.enable_grad():
         opt.step(closure)
-    w_raw = (w / sd).detach()
-    return w_raw, (b - (mu / sd) @ w).detach()
+    w_raw = (w / scale).detach()
+    return w_raw, (b - mu @ w_raw).detach()
 
 
 def probe_direction(pos: Acts, neg: Acts) -> Float[torch.Tensor, " width"]:

@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from jaxtyping import Float
-
 from workbench.errors import WorkbenchError
 from workbench.positions import Positions, TokenLayout
 from workbench.sites import HookSite
@@ -68,7 +66,7 @@ class AddDirection:
     """
 
     site: HookSite
-    vector: Float[torch.Tensor, " width"]
+    vector: torch.Tensor  # [width]: validated in __post_init__ with a message that names the fix
     scale: "float | tuple[float, ...]" = 1.0
     positions: Positions = field(default_factory=Positions)
 
@@ -111,7 +109,7 @@ class Ablate:
     """Project the unit ``direction`` out of the activation at ``site``: x - (x . u) u."""
 
     site: HookSite
-    direction: Float[torch.Tensor, " width"]
+    direction: torch.Tensor  # [width]
     positions: Positions = field(default_factory=Positions)
 
     def __post_init__(self) -> None:

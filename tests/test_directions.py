@@ -1,0 +1,133 @@
+import json
+
+import pytest
+import torch
+
+from workbench import models
+from workbench.activations import ActivationSet, collect_pairs
+from workbench.directions import DirectionSet, compute_directions, mean_difference, pca_direction, probe_direction
+from workbench.errors import WorkbenchError
+from workbench.pairs import ContrastPairs
+from workbench.sites import HookSite
+
+FP = models.Fingerprint("LlamaForCausalLM", 64, 2, 10, "v", "w")
+
+
+def planted(n=500, d=64, noise=0.2, seed=0):
+    """Pairs whose activations differ by a planted direction ``delta`` plus isotropic noise."""
+    g = torch.Generator().manual_seed(seed)
+    delta = torch.randn(d, generator=g)
+    delta = 2.0 * delta / delta.norm()
+    base = 0.3 * torch.randn(n, d, generator=g)
+    pos = base + delta / 2 + noise * torch.randn(n, d, generator=g)
+    neg = base - delta / 2 + noise * torch.randn(n, d, generator=g)
+    return pos, neg, delta
+
+
+@pytest.mark.parametrize("fit", [mean_difference, pca_direction, probe_direction])
+def test_planted_direction_is_recovered(fit):
+    pos, neg, delta = planted()
+    v = fit(pos, neg)
+    assert torch.cosine_similarity(v, delta, dim=0) >= 0.99
+    assert abs(v.norm() / delta.norm() - 1) < 0.1  # every method scaled to the mean pair difference
+
+
+def test_pca_sign_follows_the_majority():
+    pos, neg, delta = planted()
+    assert torch.cosine_similarity(pca_direction(neg, pos), -delta, dim=0) >= 0.99
+
+
+def acts_of(pos, neg):
+    return ActivationSet((HookSite(0), HookSite(1)), torch.stack([pos, neg]), torch.stack([neg, pos]), "last", "h")
+
+
+@pytest.mark.parametrize("method", ["mean", "pca", "probe"])
+def test_quality_on_held_out_pairs(method):
+    pos, neg, delta = planted()
+    ds = compute_directions(acts_of(pos, neg), method, model_fingerprint=FP)
+    good, flipped = ds.directions
+    assert good.quality.probe_accuracy >= 0.97 and good.quality.auroc >= 0.99 and good.quality.effect_size > 3
+    assert torch.allclose(flipped.vector, -good.vector, atol=1e-4)
+    weak = compute_directions(acts_of(*planted(noise=30.0)[:2]), method, model_fingerprint=FP).directions[0]
+    assert weak.quality.auroc < 0.9
+
+
+def test_too_few_pairs_gives_no_held_out_metrics():
+    pos, neg, _ = planted(n=3)
+    q = compute_directions(acts_of(pos, neg), model_fingerprint=FP).directions[0].quality
+    assert q.auroc is None and q.probe_accuracy is None and q.norm > 0
+
+
+def test_bad_arguments():
+    pos, neg, _ = planted(n=10)
+    with pytest.raises(WorkbenchError, match="method must be one of"):
+        compute_directions(acts_of(pos, neg), "svm", model_fingerprint=FP)
+    with pytest.raises(WorkbenchError, match="holdout"):
+        compute_directions(acts_of(pos, neg), holdout=1.0, model_fingerprint=FP)
+
+
+@pytest.fixture
+def saved(llama, tmp_path):
+    pairs = ContrastPairs.from_list([("the cat is good", "the cat is bad"), ("a dog is happy", "a dog is sad"),
+                                     ("we love the sea", "we hate the sea"), ("the sun is big", "the sun is small")])
+    ds = compute_directions(collect_pairs(llama, pairs, progress=False), model_fingerprint=models.fingerprint(llama))
+    return ds, ds.save(tmp_path / "dirs")
+
+
+def test_save_load_round_trip(llama, saved):
+    ds, path = saved
+    back = DirectionSet.load(path, llama)
+    assert [d.site for d in back.directions] == [d.site for d in ds.directions]
+    for a, b in zip(ds.directions, back.directions):
+        assert torch.equal(a.vector, b.vector)
+    assert back.fingerprint == ds.fingerprint and back.data_hash == ds.data_hash and back.n_pairs == 4
+    meta = json.loads((path / "directions.json").read_text())
+    assert meta["directions"][1]["site"] == {"layer": 1, "kind": "resid_post", "hook": "blocks.1.hook_resid_post"}
+    assert back.at(2).site.layer == 2
+    with pytest.raises(WorkbenchError, match=r"no resid_post direction at layer 7; this set has layers \[0, 1, 2\]"):
+        back.at(7)
+
+
+def test_load_rejects_wrong_model_and_damaged_files(llama, gpt2, saved, tmp_path):
+    _, path = saved
+    with pytest.raises(WorkbenchError, match="made for another model.*architecture"):
+        DirectionSet.load(path, gpt2)
+    meta = json.loads((path / "directions.json").read_text())
+    (path / "directions.json").write_text(json.dumps({**meta, "schema_version": 99}))
+    with pytest.raises(WorkbenchError, match="schema_version 99 is not supported"):
+        DirectionSet.load(path)
+    (path / "directions.json").write_text(json.dumps(meta))
+    (path / "directions.safetensors").write_bytes(b"garbage")
+    with pytest.raises(WorkbenchError, match="not a readable safetensors"):
+        DirectionSet.load(path)
+    (path / "directions.json").write_text("{not json")
+    with pytest.raises(WorkbenchError, match="not valid JSON"):
+        DirectionSet.load(path)
+    with pytest.raises(WorkbenchError, match="not a directions folder"):
+        DirectionSet.load(tmp_path / "missing")
+
+
+def test_load_rejects_non_finite_and_missing_tensors(llama, saved):
+    from safetensors.torch import save_file
+
+    ds, path = saved
+    tensors = {d.site.name: d.vector.clone() for d in ds.directions}
+    tensors["blocks.0.hook_resid_post"][3] = float("nan")
+    save_file(tensors, str(path / "directions.safetensors"))
+    with pytest.raises(WorkbenchError, match="non-finite"):
+        DirectionSet.load(path)
+    del tensors["blocks.0.hook_resid_post"]
+    save_file(tensors, str(path / "directions.safetensors"))
+    with pytest.raises(WorkbenchError, match="missing"):
+        DirectionSet.load(path)
+
+
+def test_failed_save_leaves_nothing(saved, tmp_path, monkeypatch):
+    ds, _ = saved
+    import workbench.directions as mod
+
+    monkeypatch.setattr(mod, "write_json", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        ds.save(tmp_path / "partial")
+    assert not (tmp_path / "partial").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".partial")]
