@@ -1,0 +1,61 @@
+import math
+
+import pytest
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.interventions import AddDirection
+from workbench.metrics import ab_probability, kl_divergence, perplexity, token_logprobs
+from workbench.pairs import ContrastPairs
+from workbench.sites import HookSite
+from workbench.tokens import tokenize
+
+AB = ContrastPairs.from_list([
+    {"question": "question is the cat good ? ( A ) yes ( B ) no answer (", "answer_matching_behavior": "A )",
+     "answer_not_matching_behavior": "B )"},
+    {"question": "question is the sky red ? ( A ) no ( B ) yes answer (", "answer_matching_behavior": "B )",
+     "answer_not_matching_behavior": "A )"},
+])
+TEXTS = ["the cat sees the dog .", "we love the big blue sea and the sun ."]
+
+
+def test_ab_probability_is_caas_normalised_letter_probability(model):
+    got = ab_probability(model, AB)
+    for i, pair in enumerate(AB.pairs):
+        ctx = tokenize(model, pair.prompt)
+        with torch.no_grad():
+            logp = model(torch.tensor([ctx]))[0, -1].log_softmax(-1)
+        a, b = tokenize(model, pair.texts[0])[len(ctx)], tokenize(model, pair.texts[1])[len(ctx)]
+        expected = logp[a].exp() / (logp[a].exp() + logp[b].exp())
+        assert abs(float(got[i]) - float(expected)) < 1e-5
+
+
+def test_steering_along_the_letter_difference_raises_the_score(llama):
+    a, b = (llama.tokenizer.convert_tokens_to_ids(t) for t in ("A", "B"))
+    w_u = llama.W_U  # [d_model d_vocab]
+    v = (w_u[:, a] - w_u[:, b]).detach()
+    final = HookSite(llama.cfg.n_layers - 1)
+    up = ab_probability(llama, AB, AddDirection(final, v, 5.0))
+    down = ab_probability(llama, AB, AddDirection(final, v, -5.0))
+    assert up[0] > ab_probability(llama, AB)[0] > down[0]
+
+
+def test_perplexity_and_kl(model):
+    lps = token_logprobs(model, TEXTS)
+    assert [len(x) for x in lps] == [len(tokenize(model, t)) - 1 for t in TEXTS]
+    ppl = perplexity(model, TEXTS)
+    assert math.isclose(ppl, math.exp(-float(torch.cat(lps).mean())), rel_tol=1e-6)
+    v = torch.randn(model.cfg.d_model)
+    assert kl_divergence(model, TEXTS, AddDirection(HookSite(0), v, 0.0)) < 1e-9
+    small = kl_divergence(model, TEXTS, AddDirection(HookSite(0), v, 0.5))
+    big = kl_divergence(model, TEXTS, AddDirection(HookSite(0), v, 5.0))
+    assert 0 < small < big
+
+
+def test_bad_inputs(llama):
+    with pytest.raises(WorkbenchError, match="non-empty list"):
+        perplexity(llama, "the cat")
+    with pytest.raises(WorkbenchError, match="at least one token after BOS"):
+        perplexity(llama, [""])
+    with pytest.raises(WorkbenchError, match="prefix of the other"):
+        ab_probability(llama, ContrastPairs.from_list([("the cat", "the cat is")]))
