@@ -116,7 +116,8 @@ class Ablate:
         v = _check_vector(self.direction, "Ablate.direction")
         if float(v.norm()) == 0.0:
             raise WorkbenchError("Ablate.direction is the zero vector; there is no direction to project out.")
-        object.__setattr__(self, "direction", v / v.norm())
+        if abs(float(v.norm()) - 1.0) > 1e-6:  # keep an already-unit vector bit-exact (round trips)
+            object.__setattr__(self, "direction", v / v.norm())
 
     def to_hooks(self, model: Any, layout: "TokenLayout | None" = None) -> list[tuple[str, HookFn]]:
         shape = _check_width(self.site, model, self.direction, "Ablate.direction")

@@ -100,7 +100,7 @@ class HookSite:
         return site
 
 
-def layer_sites(model, layers: "list[int] | None" = None, kind: SiteKind = "resid_post") -> list[HookSite]:
+def layer_sites(model, layers: "list[int] | None" = None, kind: str = "resid_post") -> list[HookSite]:
     """Sites of one kind at the given layers (default: every layer), each checked against ``model``."""
     chosen = list(range(model.cfg.n_layers)) if layers is None else list(layers)
     if not chosen:

@@ -1,0 +1,107 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import BACKEND
+from workbench.cli import main
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    p = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"{s} is", "positive": "good", "negative": "bad"} for s in ("the cat", "a dog", "the sun", "we")]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+def run(capsys, *argv):
+    code = main([*argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_info(ckpt_dirs, capsys):
+    code, out, err = run(capsys, "info", "--model", str(ckpt_dirs["llama"]), "--backend", BACKEND)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["n_layers"] == 3 and info["architecture"] == "LlamaForCausalLM" and info["backend"] == BACKEND
+
+
+def test_directions_then_steer(ckpt_dirs, pairs_file, tmp_path, capsys):
+    out_dir = tmp_path / "dirs"
+    code, out, err = run(capsys, "directions", "--model", str(ckpt_dirs["llama"]), "--pairs", str(pairs_file),
+                         "--out", str(out_dir), "--method", "pca", "--layers", "0-1", "--backend", BACKEND)
+    assert code == 0, err
+    manifest = json.loads((out_dir / "directions.json").read_text())
+    assert manifest["method"] == "pca" and manifest["position"] == "last"
+    assert [d["site"]["layer"] for d in manifest["directions"]] == [0, 1]
+    assert manifest["model"]["architecture"] == "LlamaForCausalLM" and len(manifest["provenance"]["data_hash"]) == 64
+    code, out, err = run(capsys, "steer", "--model", str(ckpt_dirs["llama"]), "--vector", str(out_dir), "--layer", "1",
+                         "--scale", "4", "--prompt", "the cat", "--prompt", "we", "--max-new-tokens", "4",
+                         "--compare", "--backend", BACKEND)
+    assert code == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [(x["scale"], x["prompt"]) for x in lines] == [(0.0, "the cat"), (0.0, "we"), (4.0, "the cat"), (4.0, "we")]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["directions", "--model", "{llama}", "--pairs", "{missing}", "--out", "{out}"], "pairs file .* does not exist"),
+    (["directions", "--model", "./nope", "--pairs", "{pairs}", "--out", "{out}"], "model folder './nope' does not exist"),
+    (["directions", "--model", "{llama}", "--pairs", "{pairs}", "--out", "{out}", "--layers", "7"], "has 3 blocks"),
+    (["directions", "--model", "{llama}", "--pairs", "{pairs}", "--out", "{out}", "--layers", "x"], "--layers must be"),
+    (["directions", "--model", "{llama}", "--pairs", "{pairs}", "--out", "{out}", "--kind", "resid"], "HookSite.kind"),
+    (["directions", "--model", "{llama}", "--pairs", "{pairs}", "--out", "{out}", "--method", "svm"], "invalid choice"),
+    (["steer", "--model", "{llama}", "--vector", "{missing}", "--layer", "0", "--scale", "1", "--prompt", "a"],
+     "not a directions folder"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_errors_are_one_line_with_no_partial_output(ckpt_dirs, pairs_file, tmp_path, capsys, argv, match):
+    import re
+
+    fill = {"llama": str(ckpt_dirs["llama"]), "pairs": str(pairs_file), "missing": str(tmp_path / "missing"),
+            "out": str(tmp_path / "out")}
+    code, out, err = run(capsys, *[a.format(**fill) for a in argv])
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("workbench: error:"), err
+    assert re.search(match, err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_steer_with_directions_from_another_model(ckpt_dirs, pairs_file, tmp_path, capsys):
+    out_dir = tmp_path / "dirs"
+    assert run(capsys, "directions", "--model", str(ckpt_dirs["gpt2"]), "--pairs", str(pairs_file),
+               "--out", str(out_dir), "--backend", BACKEND)[0] == 0
+    code, _, err = run(capsys, "steer", "--model", str(ckpt_dirs["llama"]), "--vector", str(out_dir), "--layer", "0",
+                       "--scale", "1", "--prompt", "a", "--backend", BACKEND)
+    assert code == 2 and "made for another model" in err
+
+
+def test_existing_out_is_kept_unless_overwrite(ckpt_dirs, pairs_file, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    code, _, err = run(capsys, "directions", "--model", str(ckpt_dirs["llama"]), "--pairs", str(pairs_file),
+                       "--out", str(tmp_path / "out"))
+    assert code == 2 and "--overwrite" in err
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_demo_writes_a_complete_folder(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--out", str(tmp_path / "demo"), "--backend", BACKEND)
+    assert code == 0, err
+    r = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert r["checks"]["additive_edit_max_abs_error"] < 1e-5
+    assert r["checks"]["cached_vs_recompute_max_abs_logit_diff"] < 1e-4
+    assert [s["scale"] for s in r["strengths"]] == [-4.0, -1.0, 0.0, 1.0, 4.0]
+    assert r["strengths"][2]["kl_to_unsteered"] < 1e-9
+    assert "Direction quality per layer" in out
+
+
+def test_console_script_has_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "workbench", "info", "--model", str(tmp_path / "nothing/")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
