@@ -166,8 +166,13 @@ def load(
     if path.exists():
         return _load_hf_folder(path, resolved, device, dtype)
     if text.startswith("toy-"):
-        from workbench.toy import checkpoint_dir  # the toy family is optional until shipped
-
+        try:
+            from workbench.toy import checkpoint_dir
+        except ImportError:
+            raise WorkbenchError(
+                f"toy model {text!r} is not shipped in this version of the workbench; pass a local Hugging Face "
+                f"checkpoint folder instead."
+            ) from None
         return _load_hf_folder(checkpoint_dir(text), resolved, device, dtype)
     if text.startswith((".", "/", "~")) or text.endswith("/"):
         raise WorkbenchError(f"model folder {text!r} does not exist; pass an existing Hugging Face checkpoint folder.")
