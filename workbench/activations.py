@@ -21,7 +21,7 @@ from workbench.hooks import applied
 from workbench.models import HookedModel
 from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite, layer_sites
-from workbench.tokens import batched, make_batch, pad_id_of, tokenize
+from workbench.tokens import batched, first_difference, make_batch, pad_id_of, tokenize
 
 PositionName = Literal["last", "answer", "mean"]
 POSITIONS: tuple[str, ...] = ("last", "answer", "mean")
@@ -40,7 +40,7 @@ class _Recorder:
             self.out[site] = torch.einsum("bp,bp...->b...", w, x).detach().float()
             return x
 
-        return [(s.check(model), lambda x, hook, s=s: record(x, hook, s)) for s in self.sites]
+        return [(s.name, lambda x, hook, s=s: record(x, hook, s)) for s in self.sites]  # checked in collect()
 
 
 def collect(
@@ -109,7 +109,7 @@ def pair_spans(model: HookedModel, pairs: ContrastPairs, position: str) -> tuple
         if position == "last":
             sp, sn = (len(p) - 1, len(p)), (len(n) - 1, len(n))
         elif position == "answer":
-            k = next((j for j, (a, b) in enumerate(zip(p, n)) if a != b), min(len(p), len(n)))
+            k = first_difference(p, n)
             if k >= min(len(p), len(n)):
                 raise WorkbenchError(
                     f"pair {i}: one text is a prefix of the other, so there is no answer token; use --position last."
@@ -128,8 +128,7 @@ def pair_spans(model: HookedModel, pairs: ContrastPairs, position: str) -> tuple
 def _prompt_len(model: HookedModel, prompt: str, p: list[int], n: list[int]) -> int:
     """Tokens the completion starts after: the prompt's tokens, capped by the common prefix (min 1: BOS)."""
     k = len(tokenize(model, prompt)) if prompt else 1
-    common = next((j for j, (a, b) in enumerate(zip(p, n)) if a != b), min(len(p), len(n)))
-    return max(1, min(k, common, len(p) - 1, len(n) - 1))
+    return max(1, min(k, first_difference(p, n), len(p) - 1, len(n) - 1))
 
 
 @dataclass(frozen=True, eq=False)

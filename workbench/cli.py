@@ -52,11 +52,7 @@ def _quiet() -> None:
 def _load(args):
     from workbench import models
 
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):  # TransformerLens prints "Moving model to device"
-        return models.load(args.model, backend=args.backend)
+    return models.load(args.model, backend=args.backend)
 
 
 def cmd_info(args) -> int:

@@ -7,8 +7,6 @@ several strengths in one batch, scores) with measured numbers, but random weight
 
 __all__ = ["run_demo", "DEMO_PAIRS"]
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -39,8 +37,7 @@ def run_demo(out: "str | Path", backend: "str | None" = None, seed: int = 0) -> 
     out = Path(out)
     with atomic_dir(out) as tmp:
         ckpt = write_tiny_checkpoint(tmp / "model", "llama", n_layers=4, d_model=64, n_heads=4, seed=seed)
-        with contextlib.redirect_stdout(io.StringIO()):
-            model = models.load(ckpt, backend=backend)
+        model = models.load(ckpt, backend=backend)
         pairs = ContrastPairs.from_list(DEMO_PAIRS, source="demo")
         (tmp / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in DEMO_PAIRS))
         acts = collect_pairs(model, pairs, position="last", progress=False)

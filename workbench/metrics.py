@@ -19,7 +19,7 @@ from workbench.interventions import Intervention
 from workbench.models import HookedModel
 from workbench.pairs import ContrastPairs
 from workbench.positions import TokenLayout
-from workbench.tokens import Batch, batched, make_batch, pad_id_of, tokenize
+from workbench.tokens import Batch, batched, first_difference, make_batch, pad_id_of, tokenize
 
 
 def _logits(model: HookedModel, batch: Batch, interventions: Sequence[Intervention]) -> torch.Tensor:
@@ -40,8 +40,8 @@ def ab_probability(
     items = []
     for i, pair in enumerate(pairs.pairs):
         p, n = (tokenize(model, t) for t in pair.texts)
-        k = next((j for j, (a, b) in enumerate(zip(p, n)) if a != b), None)
-        if k is None:
+        k = first_difference(p, n)
+        if k >= min(len(p), len(n)):
             raise WorkbenchError(f"pair {i}: one text is a prefix of the other; no answer token to score.")
         items.append((p[:k], p[k], n[k]))
     out = torch.empty(len(items))

@@ -13,8 +13,10 @@ __all__ = [
     "forward_step", "tokenizer_of",
 ]
 
+import contextlib
 import hashlib
 import importlib
+import io
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -215,12 +217,13 @@ def _wrap_hf(hf, tok, arch: str, backend: Backend, device: str, dtype: torch.dty
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(**_HOOKED_CONFIG[arch](hf.config), device=device, dtype=dtype)
-    model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
-    model.load_and_process_state_dict(
-        _HOOKED_WEIGHTS[arch](hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
-        fold_value_biases=False, refactor_factored_attn_matrices=False,
-    )
-    return model.to(device).eval()
+    with contextlib.redirect_stdout(io.StringIO()):  # HookedTransformer prints "Moving model to device"
+        model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
+        model.load_and_process_state_dict(
+            _HOOKED_WEIGHTS[arch](hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
+            fold_value_biases=False, refactor_factored_attn_matrices=False,
+        )
+        return model.to(device).eval()
 
 
 def _llama_cfg(c) -> dict:

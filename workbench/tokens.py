@@ -4,7 +4,7 @@ Every batched computation in the workbench goes through ``Batch``: it knows wher
 and end, so left and right padding give the same per-example results.
 """
 
-__all__ = ["Batch", "tokenize", "make_batch", "batched", "pad_id_of"]
+__all__ = ["Batch", "tokenize", "make_batch", "batched", "pad_id_of", "first_difference"]
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -66,6 +66,11 @@ def pad_id_of(model: HookedModel) -> int:
     tok = tokenizer_of(model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     return int(pad if pad is not None else 0)
+
+
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int:
+    """Index of the first token where ``a`` and ``b`` differ; ``min(len(a), len(b))`` if one is a prefix."""
+    return next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def batched(n: int, batch_size: int) -> Iterator[range]:
