@@ -7,6 +7,7 @@ import pytest
 
 from tests.conftest import BACKEND
 from workbench.cli import main
+from workbench.directions import DirectionSet
 
 
 @pytest.fixture
@@ -89,14 +90,21 @@ def test_existing_out_is_kept_unless_overwrite(ckpt_dirs, pairs_file, tmp_path, 
 
 
 def test_demo_writes_a_complete_folder(tmp_path, capsys):
-    code, out, err = run(capsys, "demo", "--out", str(tmp_path / "demo"), "--backend", BACKEND)
+    out_dir = tmp_path / "demo"
+    code, out, err = run(capsys, "demo", "--out", str(out_dir), "--model", "toy-s", "--n-prompts", "6",
+                         "--backend", BACKEND)
     assert code == 0, err
-    r = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert r["checks"]["additive_edit_max_abs_error"] < 1e-5
-    assert r["checks"]["cached_vs_recompute_max_abs_logit_diff"] < 1e-4
-    assert [s["scale"] for s in r["strengths"]] == [-4.0, -1.0, 0.0, 1.0, 4.0]
-    assert r["strengths"][2]["kl_to_unsteered"] < 1e-9
-    assert "Direction quality per layer" in out
+    r = json.loads((out_dir / "results.json").read_text())
+    assert set(r["attributes"]) == {"sentiment", "topic", "register", "language", "truth"}
+    for attribute, grids in r["attributes"].items():
+        for grid in grids:
+            assert len(grid["cells"]) == 4 * 5  # layers x strengths
+            assert {c["strength"] for c in grid["cells"]} == {0.0, 0.5, 1.0, 1.5, 2.0}
+            ds = DirectionSet.load(out_dir / "directions" / f"{attribute}-{grid['kind']}")
+            assert len(ds.directions) == 4 and ds.n_pairs == 200
+        assert f"## {attribute}:" in out
+    code, _, err = run(capsys, "demo", "--out", str(out_dir), "--model", "toy-s")
+    assert code == 2 and "already exists" in err
 
 
 def test_console_script_has_no_traceback(tmp_path):

@@ -5,7 +5,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.interventions import AddDirection
-from workbench.metrics import ab_probability, kl_divergence, perplexity, token_logprobs
+from workbench.metrics import ab_probability, continuation_perplexity, kl_divergence, perplexity, token_logprobs
 from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite
 from workbench.tokens import tokenize
@@ -59,3 +59,13 @@ def test_bad_inputs(llama):
         perplexity(llama, [""])
     with pytest.raises(WorkbenchError, match="prefix of the other"):
         ab_probability(llama, ContrastPairs.from_list([("the cat", "the cat is")]))
+
+
+def test_continuation_perplexity_scores_only_the_continuation(llama):
+    prompts, conts = ["the cat is", "a dog"], ["very good", "sees the sun ."]
+    lps = token_logprobs(llama, ["the cat is very good", "a dog sees the sun ."])
+    n_cont = [2, 4]
+    manual = torch.cat([lp[-n:] for lp, n in zip(lps, n_cont)])
+    assert continuation_perplexity(llama, prompts, conts) == pytest.approx(math.exp(float(-manual.mean())), rel=1e-5)
+    with pytest.raises(WorkbenchError, match="same length"):
+        continuation_perplexity(llama, prompts, conts[:1])

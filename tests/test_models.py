@@ -62,8 +62,8 @@ def test_load_errors(tmp_path):
         models.load(tmp_path / "empty")
     with pytest.raises(WorkbenchError, match="neither a local folder"):
         models.load("gtp2-smal")
-    with pytest.raises(WorkbenchError, match="toy model 'toy-m' is not shipped"):
-        models.load("toy-m")
+    with pytest.raises(WorkbenchError, match="unknown toy model 'toy-xl'; the toy family is toy-s, toy-m, toy-l"):
+        models.load("toy-xl")
     with pytest.raises(WorkbenchError, match="backend must be"):
         models.load(tmp_path / "empty", backend="jax")
 

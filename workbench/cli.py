@@ -118,8 +118,59 @@ def cmd_steer(args) -> int:
 def cmd_demo(args) -> int:
     from workbench.demo import run_demo
 
-    out = run_demo(args.out, backend=args.backend)
+    if Path(args.out).exists() and not args.overwrite:
+        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    out = run_demo(args.out, model=args.model, backend=args.backend, n_prompts=args.n_prompts)
     print((out / "summary.md").read_text())
+    return 0
+
+
+def cmd_toy_train(args) -> int:
+    from workbench.toy.train import train
+
+    out = Path(args.out or f"{args.size}")
+    if out.exists() and not args.overwrite:
+        raise WorkbenchError(f"--out {str(out)!r} already exists; remove it or pass --overwrite.")
+    card = train(args.size, out, steps=args.steps)
+    print(f"trained {args.size} into {out}: validation loss {card['validation_loss']:.4f} "
+          f"({card['train_seconds']['wall']:.0f} s wall, {card['train_seconds']['cpu']:.0f} CPU-s)")
+    if not args.no_measure:
+        _measure_into(out, args)
+    return 0
+
+
+def _measure_into(folder: Path, args) -> dict:
+    from workbench import models
+    from workbench.io import read_json, write_json
+    from workbench.toy.measure import measure
+
+    card_path = folder / "card.json"
+    if not card_path.is_file():
+        raise WorkbenchError(f"{folder} has no card.json; it is not a toy checkpoint written by `workbench toy train`.")
+    model = models.load(folder, backend=args.backend)
+    card = read_json(card_path)
+    card["measured"] = measure(model, n_prompts=args.n_prompts, seed=args.seed)
+    write_json(card_path, card)
+    failed = [k for k, ok in card["measured"]["checks"].items() if not ok]
+    print(f"measured {folder}: {len(card['measured']['checks']) - len(failed)} of "
+          f"{len(card['measured']['checks'])} bars met" + (f"; missed: {', '.join(failed)}" if failed else ""))
+    return card
+
+
+def cmd_toy_measure(args) -> int:
+    from workbench.toy import NAMES, checkpoint_dir
+
+    folder = checkpoint_dir(args.model) if args.model in NAMES else Path(args.model)
+    _measure_into(folder, args)
+    return 0
+
+
+def cmd_toy_sample(args) -> int:
+    from workbench.toy.language import documents
+
+    stream = documents(args.seed)
+    for _ in range(args.n):
+        print(next(stream))
     return 0
 
 
@@ -163,9 +214,35 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--compare", action="store_true", help="also print the unsteered continuation (scale 0)")
     sp.set_defaults(func=cmd_steer)
 
+    toy = sub.add_parser("toy", help="the toy world: train, measure, sample").add_subparsers(
+        dest="toy_command", required=True, parser_class=_Parser)
+    sp = toy.add_parser("train", help="train a toy model from scratch (plain torch, fixed seeds) and measure it")
+    sp.add_argument("--size", required=True, choices=["toy-s", "toy-m", "toy-l"])
+    sp.add_argument("--out", default=None, help="checkpoint folder (default: ./<size>)")
+    sp.add_argument("--steps", type=int, default=None, help="override the schedule length (smoke tests)")
+    sp.add_argument("--no-measure", action="store_true", help="skip measuring the card's properties")
+    sp.add_argument("--n-prompts", type=int, default=100)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=cmd_toy_train)
+    sp = toy.add_parser("measure", help="re-measure a toy checkpoint's properties into its card")
+    sp.add_argument("--model", required=True, help="toy-s|toy-m|toy-l (shipped) or a checkpoint folder")
+    sp.add_argument("--n-prompts", type=int, default=100)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
+    sp.set_defaults(func=cmd_toy_measure)
+    sp = toy.add_parser("sample", help="print documents of the toy language")
+    sp.add_argument("-n", type=int, default=5)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_toy_sample)
+
     sp = sub.add_parser("demo", help="end-to-end run on the embedded default model")
     sp.add_argument("--out", default="demo_out")
+    sp.add_argument("--model", default="toy-m", help="toy-s | toy-m | toy-l or a toy checkpoint folder")
+    sp.add_argument("--n-prompts", type=int, default=48, help="steered prompts per cell")
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
+    sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_demo)
     return p
 

@@ -1,121 +1,75 @@
-"""``workbench demo``: the pipeline end to end on the embedded default model, written to one folder.
+"""``workbench demo``: the pipeline end to end on the embedded default model (toy-m), written to one folder.
 
-Until the toy family ships, the embedded default is a tiny random Llama checkpoint written on the spot: the demo
-shows every stage working (load, pairs, per-layer directions, exact edits, KV-cached steered generation at
-several strengths in one batch, scores) with measured numbers, but random weights carry no behaviour.
+For every toy attribute: minimal contrast pairs from the toy world, mean-difference directions at every layer
+(with held-out probe accuracy), a small layer x strength sweep of steered, sampled continuations from prompts with
+the opposite value, scored exactly (target rate, grammaticality), and the best cell under the grammar floor.
+Directions are saved in the workbench format; ``results.json`` holds every number and ``summary.md`` reads them.
 """
 
-__all__ = ["run_demo", "DEMO_PAIRS"]
+__all__ = ["run_demo"]
 
-import json
+import time
 from pathlib import Path
 
-import torch
-
 from workbench import models
-from workbench.activations import collect_pairs
-from workbench.directions import compute_directions
-from workbench.generate import generate, generate_at_strengths
-from workbench.hooks import applied
-from workbench.interventions import AddDirection
 from workbench.io import atomic_dir, write_json
-from workbench.metrics import ab_probability, kl_divergence, perplexity
-from workbench.pairs import ContrastPairs
-from workbench.sites import HookSite
-from workbench.tiny import write_tiny_checkpoint
-
-_SUBJECTS = ["the cat", "a dog", "the bird", "this fish", "the car", "a bus", "the tree", "that house",
-             "the sun", "the moon", "the sky", "the sea"]
-#: positive = "good" sentiment, negative = "bad", in one template: a minimal edit of the last word.
-DEMO_PAIRS = [{"prompt": f"{s} is very", "positive": pos, "negative": neg}
-              for s in _SUBJECTS for pos, neg in (("good", "bad"), ("happy", "sad"))]
-_REFERENCE = ["the cat sees the dog .", "we love the big blue sea .", "a bird eats a small red fish ."]
+from workbench.toy.measure import GRAMMAR_FLOOR, SITES, directions_for, steering_grid
+from workbench.toy.prompts import STEER_TARGETS
 
 
-def run_demo(out: "str | Path", backend: "str | None" = None, seed: int = 0) -> Path:
-    """Run the demo into ``out`` (replaced atomically) and return it."""
+def run_demo(out: "str | Path", model: str = "toy-m", backend: "str | None" = None, seed: int = 0,
+             n_prompts: int = 48, strengths: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0),
+             progress: bool = True) -> Path:
+    """Run the demo on ``model`` into ``out`` (replaced atomically) and return it."""
+    from tqdm.auto import tqdm
+
     out = Path(out)
+    t0 = time.perf_counter()
+    m = models.load(model, backend=backend)
+    fp = models.fingerprint(m)
+    results: dict = {"model": model, "backend": models.backend_of(m), "fingerprint": fp.to_dict(),
+                     "grammar_floor": GRAMMAR_FLOOR, "attributes": {}}
     with atomic_dir(out) as tmp:
-        ckpt = write_tiny_checkpoint(tmp / "model", "llama", n_layers=4, d_model=64, n_heads=4, seed=seed)
-        model = models.load(ckpt, backend=backend)
-        pairs = ContrastPairs.from_list(DEMO_PAIRS, source="demo")
-        (tmp / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in DEMO_PAIRS))
-        acts = collect_pairs(model, pairs, position="last", progress=False)
-        ds = compute_directions(acts, "mean", model_fingerprint=models.fingerprint(model), seed=seed)
-        ds.save(tmp / "directions")
-
-        layer = model.cfg.n_layers // 2
-        d = ds.at(layer)
-        # 1) the edit lands exactly where it should: block L's output + v = block L+1's input
-        tokens = model.to_tokens(_REFERENCE[0])
-        with torch.no_grad():
-            _, clean = model.run_with_cache(tokens)
-            with applied(model, AddDirection(d.site, d.vector, 1.0)):
-                _, steered = model.run_with_cache(tokens)
-        exact = float((steered[HookSite(layer + 1, "resid_pre").name]
-                       - clean[d.site.name] - d.vector).abs().max())
-        # 2) KV-cached steering equals a full recompute
-        iv = AddDirection(d.site, d.vector, 4.0)
-        kw = dict(max_new_tokens=8, temperature=0.0, return_logits=True)
-        cached = generate(model, ["the cat is", "we"], iv, **kw)
-        full = generate(model, ["the cat is", "we"], iv, use_cache=False, **kw)
-        cache_diff = float((cached.logits - full.logits).abs().max())
-        # 3) several strengths in one batch, with scores
-        scales = [-4.0, -1.0, 0.0, 1.0, 4.0]
-        gens = generate_at_strengths(model, ["the cat is", "a dog"], iv, scales, max_new_tokens=8, seed=seed)
-        rows = []
-        for s, g in zip(scales, gens):
-            edit = AddDirection(d.site, d.vector, s)
-            rows.append({
-                "scale": s,
-                "p_positive": float(ab_probability(model, pairs, edit).mean()),
-                "kl_to_unsteered": kl_divergence(model, _REFERENCE, edit),
-                "perplexity": perplexity(model, _REFERENCE, edit),
-                "samples": list(g.texts),
-            })
-        results = {
-            "model": models.fingerprint(model).to_dict(), "backend": models.backend_of(model),
-            "n_pairs": len(pairs), "steered_layer": layer,
-            "direction_quality": [{"layer": x.site.layer, **x.quality.to_dict()} for x in ds.directions],
-            "checks": {"additive_edit_max_abs_error": exact, "cached_vs_recompute_max_abs_logit_diff": cache_diff},
-            "strengths": rows,
-        }
+        for attribute in tqdm(list(STEER_TARGETS), desc="demo: attributes", disable=not progress):
+            source, target = STEER_TARGETS[attribute]
+            grids = []
+            for kind, position in SITES[attribute]:
+                ds = directions_for(m, attribute, source, target, n_pairs=200, seed=seed, kind=kind,
+                                    position=position)
+                ds.save(tmp / "directions" / f"{attribute}-{kind}")
+                grids.append(steering_grid(m, attribute, kind=kind, position=position, strengths=strengths,
+                                           n_prompts=n_prompts, max_new_tokens=24, seed=seed, directions=ds))
+            results["attributes"][attribute] = grids
+        results["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(tmp / "results.json", results)
         (tmp / "summary.md").write_text(_summary(results))
     return out
 
 
 def _summary(r: dict) -> str:
-    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     lines = [
-        "# workbench demo (embedded default: tiny random Llama, 4 layers, d_model 64)",
+        f"# workbench demo: {r['model']} ({r['backend']} backend)",
         "",
-        "Random weights: these numbers show the pipeline working, not a behaviour. The trained toy family",
-        "(synthetic language with known attributes) replaces this model as the embedded default.",
-        "",
-        f"backend: {r['backend']}  |  pairs: {r['n_pairs']}  |  steered layer: {r['steered_layer']} (resid_post)",
-        "",
-        "## Direction quality per layer (held-out pairs)",
-        "",
-        "| layer | norm | probe acc | AUROC | effect size |",
-        "|---|---|---|---|---|",
+        f"Toy world, exact evaluation. Per attribute: mean-difference directions at every layer's output from "
+        f"200 minimal pairs; steered sampled continuations of prompts with the opposite value; cells are target "
+        f"rate / grammaticality. Best cell: highest target rate with grammaticality >= {r['grammar_floor']}. "
+        f"Strength 1 = the mean pair difference. Took {r['seconds']:.0f} s.",
     ]
-    lines += [f"| {q['layer']} | {q['norm']:.3f} | {fmt(q['probe_accuracy'])} | {fmt(q['auroc'])} | "
-              f"{fmt(q['effect_size'])} |" for q in r["direction_quality"]]
-    c = r["checks"]
-    lines += [
-        "",
-        "## Checks",
-        "",
-        f"- additive edit lands in the next block's input: max |error| = {c['additive_edit_max_abs_error']:.2e}",
-        f"- KV-cached steered generation vs full recompute: max |logit diff| = "
-        f"{c['cached_vs_recompute_max_abs_logit_diff']:.2e}",
-        "",
-        "## Strengths (one batched generation pass)",
-        "",
-        "| scale | p(positive answer) | KL to unsteered | perplexity | sample |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [f"| {s['scale']:+.1f} | {s['p_positive']:.3f} | {s['kl_to_unsteered']:.4f} | {s['perplexity']:.1f} | "
-              f"{s['samples'][0]!r} |" for s in r["strengths"]]
+    for g in (g for grids in r["attributes"].values() for g in grids):
+        strengths = sorted({c["strength"] for c in g["cells"]})
+        layers = sorted({c["layer"] for c in g["cells"]})
+        cell = {(c["layer"], c["strength"]): c for c in g["cells"]}
+        lines += ["", f"## {g['attribute']}: {g['source']} -> {g['target']} at {g['kind']} (contrast at the "
+                  f"{g['position']} token; {g['n_prompts']} prompts per cell)", "",
+                  "| layer | probe acc | " + " | ".join(f"x{s:g}" for s in strengths) + " |",
+                  "|---|---|" + "---|" * len(strengths)]
+        for layer in layers:
+            probe = g["probe_accuracy"].get(layer)
+            lines.append(f"| {layer} | {'n/a' if probe is None else f'{probe:.2f}'} | " + " | ".join(
+                f"{cell[layer, s]['target_rate']:.2f} / {cell[layer, s]['grammaticality']:.2f}" for s in strengths)
+                + " |")
+        b = g["best"]
+        lines += ["", "best: none within the grammar floor" if b is None else
+                  f"best: layer {b['layer']}, x{b['strength']:g}: target {b['target_rate']:.2f} at grammaticality "
+                  f"{b['grammaticality']:.2f}; e.g. \"{b['example']}\""]
     return "\n".join(lines) + "\n"

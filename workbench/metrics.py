@@ -2,10 +2,12 @@
 
 * ``ab_probability``: CAA's metric, p(matching answer) / (p(matching) + p(not matching)) at the answer token;
 * ``perplexity``: of reference texts under the (steered) model;
+* ``continuation_perplexity``: of continuations given their prompts (e.g. steered outputs under an unsteered
+  reference model: the fluency cost that does not depend on a grammar);
 * ``kl_divergence``: mean KL(unsteered || steered) of next-token distributions over reference texts.
 """
 
-__all__ = ["ab_probability", "token_logprobs", "perplexity", "kl_divergence"]
+__all__ = ["ab_probability", "token_logprobs", "perplexity", "continuation_perplexity", "kl_divergence"]
 
 import math
 from collections.abc import Sequence
@@ -17,7 +19,7 @@ from workbench.errors import WorkbenchError
 from workbench.hooks import applied
 from workbench.interventions import Intervention
 from workbench.models import HookedModel
-from workbench.pairs import ContrastPairs
+from workbench.pairs import ContrastPairs, join
 from workbench.positions import TokenLayout
 from workbench.tokens import Batch, batched, first_difference, make_batch, pad_id_of, tokenize
 
@@ -78,6 +80,25 @@ def perplexity(model: HookedModel, texts: Sequence[str], *interventions: Interve
     """exp(mean negative log-likelihood per token) over all texts."""
     lps = torch.cat(token_logprobs(model, texts, *interventions, batch_size=batch_size))
     return math.exp(float(-lps.mean()))
+
+
+def continuation_perplexity(
+    model: HookedModel, prompts: Sequence[str], continuations: Sequence[str], *interventions: Intervention,
+    batch_size: int = 32,
+) -> float:
+    """exp(mean NLL per token) of each continuation given its prompt, over all continuation tokens."""
+    if isinstance(prompts, str) or isinstance(continuations, str) or len(prompts) != len(continuations):
+        raise WorkbenchError("prompts and continuations must be lists of strings of the same length.")
+    texts = [join(p, c) for p, c in zip(prompts, continuations)]
+    lps = token_logprobs(model, texts, *interventions, batch_size=batch_size)
+    scored = []
+    for p, full, lp in zip(prompts, texts, lps):
+        k = first_difference(tokenize(model, p), tokenize(model, full))  # tokens shared with the prompt
+        scored.append(lp[max(k, 1) - 1 :])  # lp[i] scores token i + 1
+    cat = torch.cat(scored)
+    if cat.numel() == 0:
+        raise WorkbenchError("the continuations are empty; nothing to score.")
+    return math.exp(float(-cat.mean()))
 
 
 def kl_divergence(

@@ -5,7 +5,7 @@ Both are loaded **without weight processing** (no LayerNorm folding, no centring
 the Hugging Face model's ``hidden_states`` and an exported vector means the same thing in every runtime.
 
 ``load(spec)`` accepts a local Hugging Face checkpoint folder (Llama and GPT-2 families), a toy-family name
-(``toy-s``, ``toy-m``, ``toy-l``, once shipped) or a TransformerLens model name (needs the network).
+(``toy-s``, ``toy-m``, ``toy-l``, shipped in the package) or a TransformerLens model name (needs the network).
 """
 
 __all__ = [
@@ -168,13 +168,8 @@ def load(
     if path.exists():
         return _load_hf_folder(path, resolved, device, dtype)
     if text.startswith("toy-"):
-        try:
-            from workbench.toy import checkpoint_dir
-        except ImportError:
-            raise WorkbenchError(
-                f"toy model {text!r} is not shipped in this version of the workbench; pass a local Hugging Face "
-                f"checkpoint folder instead."
-            ) from None
+        from workbench.toy import checkpoint_dir
+
         return _load_hf_folder(checkpoint_dir(text), resolved, device, dtype)
     if text.startswith((".", "/", "~")) or text.endswith("/"):
         raise WorkbenchError(f"model folder {text!r} does not exist; pass an existing Hugging Face checkpoint folder.")

@@ -1,0 +1,119 @@
+"""The shipped toy family: loads offline, its cards hold, a sample of each card re-measures, toy-s retrains."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from tests.conftest import BACKEND
+from workbench import models
+from workbench.generate import generate, generate_at_strengths
+from workbench.interventions import AddDirection
+from workbench.toy import NAMES, card, checkpoint_dir
+from workbench.toy.evaluate import score
+from workbench.toy.language import LEXICON, documents
+from workbench.toy.measure import BARS, GRAMMAR_FLOOR, _opposite_prompts, directions_for
+from workbench.toy.train import SIZES, validation_batch, validation_loss
+
+
+@pytest.fixture(scope="module")
+def toy_m():
+    return models.load("toy-m", backend=BACKEND)
+
+
+def _binomial_slack(p: float, n: int, sigmas: float = 4.0) -> float:
+    return sigmas * math.sqrt(max(p * (1 - p), 0.01) / n)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_checkpoint_matches_its_card(name):
+    c = card(name)
+    model = models.load(name, backend=BACKEND)
+    fp = models.fingerprint(model)
+    assert fp.weights_sha256 == c["measured"]["fingerprint"]["weights_sha256"]
+    assert (model.cfg.n_layers, model.cfg.d_model) == (c["training"]["n_layers"], c["training"]["d_model"])
+    assert fp.architecture == "LlamaForCausalLM"
+    size = sum(f.stat().st_size for f in checkpoint_dir(name).iterdir())
+    assert size < 8_000_000
+
+
+def test_family_is_small_and_differs_in_capacity():
+    total = sum(f.stat().st_size for n in NAMES for f in checkpoint_dir(n).iterdir())
+    assert total < 20_000_000
+    losses = [card(n)["validation_loss"] for n in NAMES]
+    assert losses[0] > losses[1] > losses[2], losses  # s > m > l
+
+
+def test_tokenizer_is_one_piece_per_word_and_equals_sentencepiece(toy_m):
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(checkpoint_dir("toy-m") / "tokenizer.model"))
+    tok = models.tokenizer_of(toy_m)
+    for w in LEXICON.words:
+        assert len(sp.encode(w)) == 1, w
+    stream = documents(123)
+    for _ in range(50):
+        text = next(stream)
+        assert tok(text)["input_ids"] == [1] + sp.encode(text) == toy_m.to_tokens(text)[0].tolist()
+        assert len(sp.encode(text)) == len(text.split())
+
+
+def test_validation_loss_remeasures_exactly(toy_m):
+    hf_dir = checkpoint_dir("toy-m")
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
+    size = SIZES["toy-m"]
+    batch = validation_batch(size, (hf_dir / "tokenizer.model").read_bytes())
+    assert validation_loss(hf, batch) == pytest.approx(card("toy-m")["validation_loss"], abs=2e-4)
+
+
+@pytest.mark.parametrize("name", ["toy-m", "toy-l"])
+def test_cards_meet_every_bar(name):
+    m = card(name)["measured"]
+    assert all(m["checks"].values()), {k: v for k, v in m["checks"].items() if not v}
+    for attribute, grid in m["steering"].items():
+        best = grid["best"]
+        assert best["target_rate"] >= BARS["steer_target"] and best["grammaticality"] >= GRAMMAR_FLOOR, attribute
+
+
+def test_a_sample_of_the_card_remeasures(toy_m):
+    """Fresh prompts and seeds: unsteered consistency and two best steering cells agree with the card."""
+    m = card("toy-m")["measured"]
+    # unsteered: attributes kept
+    rng = random.Random(99)
+    ps = _opposite_prompts("sentiment", "pos", 40, seed=rng.randrange(1000))
+    g = generate(toy_m, [p.text for p in ps], max_new_tokens=32, seed=5)
+    kept = score(list(g.texts), "sentiment", "pos", [p.text for p in ps])
+    assert kept.target_rate >= m["unsteered"]["consistency"]["sentiment"] - _binomial_slack(0.97, 40)
+    assert kept.grammaticality >= m["unsteered"]["grammaticality"] - 0.08
+    # steering: the recorded best cell reproduces on fresh prompts (directions from fresh pairs)
+    for attribute in ("sentiment", "truth"):
+        grid = m["steering"][attribute]
+        best = grid["best"]
+        ds = directions_for(toy_m, attribute, grid["source"], grid["target"], n_pairs=100, seed=17,
+                            kind=best["kind"], position=best["position"])
+        d = ds.at(best["layer"], best["kind"])
+        prompts = _opposite_prompts(attribute, grid["source"], 60, seed=31)
+        texts = [p.text for p in prompts]
+        steered, plain = generate_at_strengths(toy_m, texts, AddDirection(d.site, d.vector, 1.0),
+                                               [best["strength"], 0.0], max_new_tokens=32, seed=11)
+        s = score(list(steered.texts), attribute, grid["target"], texts)
+        s0 = score(list(plain.texts), attribute, grid["target"], texts)
+        slack = _binomial_slack(best["target_rate"], 60)
+        assert abs(s.target_rate - best["target_rate"]) <= slack, (attribute, s.target_rate, best)
+        assert s.grammaticality >= best["grammaticality"] - 0.1
+        assert s0.target_rate < 0.3  # unsteered, the opposite prompts keep their value
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND == "hooked", reason="training uses no TransformerLens; run once, on the bridge line")
+def test_retraining_toy_s_reproduces_its_card(tmp_path):
+    from workbench.toy.train import train
+
+    c = train("toy-s", tmp_path / "toy-s", progress=False)
+    shipped = card("toy-s")
+    assert c["validation_loss"] == pytest.approx(shipped["validation_loss"], abs=0.01)
+    assert (tmp_path / "toy-s" / "tokenizer.model").read_bytes() == \
+        (checkpoint_dir("toy-s") / "tokenizer.model").read_bytes()
