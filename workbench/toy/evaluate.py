@@ -7,7 +7,9 @@
 * ``grammaticality``: the fraction of complete sentences that parse under a template *strictly*: one language,
   one register, one sentiment class and one topic class per sentence, definite article in facts. This is the
   fluency measure.
-* ``factual_accuracy``: the fraction of stated facts whose value is true.
+* ``factual_accuracy``: the fraction of stated facts whose value is true;
+* perplexity under a reference model is ``workbench.metrics.continuation_perplexity(reference, prompts,
+  continuations)`` (a model, so not here; the cards use the unsteered model itself).
 
 Evaluation of a continuation takes its prompt as ``context``: a prompt that ends mid-sentence (``the sky is``) is
 joined with the continuation for parsing, but only continuation words are counted, and only sentences that end in
