@@ -98,8 +98,8 @@ def test_demo_writes_a_complete_folder(tmp_path, capsys):
     assert set(r["attributes"]) == {"sentiment", "topic", "register", "language", "truth"}
     for attribute, grids in r["attributes"].items():
         for grid in grids:
-            assert len(grid["cells"]) == 4 * 5  # layers x strengths
-            assert {c["strength"] for c in grid["cells"]} == {0.0, 0.5, 1.0, 1.5, 2.0}
+            assert len(grid["cells"]) == 4 * 7  # layers x strengths
+            assert {c["strength"] for c in grid["cells"]} == {0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0}
             ds = DirectionSet.load(out_dir / "directions" / f"{attribute}-{grid['kind']}")
             assert len(ds.directions) == 4 and ds.n_pairs == 200
         assert f"## {attribute}:" in out

@@ -165,6 +165,14 @@ def cmd_toy_measure(args) -> int:
     return 0
 
 
+def cmd_toy_cards(args) -> int:
+    from workbench.toy import NAMES, card
+    from workbench.toy.measure import cards_markdown
+
+    print(cards_markdown({name: card(name) for name in NAMES}))
+    return 0
+
+
 def cmd_toy_sample(args) -> int:
     from workbench.toy.language import documents
 
@@ -232,6 +240,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
     sp.set_defaults(func=cmd_toy_measure)
+    sp = toy.add_parser("cards", help="the shipped cards' numbers as a Markdown table")
+    sp.set_defaults(func=cmd_toy_cards)
     sp = toy.add_parser("sample", help="print documents of the toy language")
     sp.add_argument("-n", type=int, default=5)
     sp.add_argument("--seed", type=int, default=0)

@@ -18,7 +18,7 @@ from workbench.toy.prompts import STEER_TARGETS
 
 
 def run_demo(out: "str | Path", model: str = "toy-m", backend: "str | None" = None, seed: int = 0,
-             n_prompts: int = 48, strengths: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0),
+             n_prompts: int = 48, strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
              progress: bool = True) -> Path:
     """Run the demo on ``model`` into ``out`` (replaced atomically) and return it."""
     from tqdm.auto import tqdm

@@ -15,7 +15,7 @@ sets to the mean pair difference along it.
 """
 
 __all__ = ["GRAMMAR_FLOOR", "BARS", "STRENGTHS", "SITES", "directions_for", "steering_grid", "best_cell", "measure",
-           "check_bars"]
+           "check_bars", "cards_markdown"]
 
 import random
 import time
@@ -38,8 +38,10 @@ from workbench.toy.prompts import STEER_TARGETS, contrast_pairs, prompts
 GRAMMAR_FLOOR = 0.85
 STRENGTHS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
 #: Where each attribute is steered in the cards: (site kind, contrast position). Every attribute is measured at
-#: the block outputs (``resid_post``, contrast at the last token); truth also at block 0's input with the
-#: contrast at the persona word, because the toy models read honesty straight from that token (see the card).
+#: the block outputs (``resid_post``, contrast at the pairs' last token). Truth is also measured at block 0's
+#: input with the contrast at the persona word (its embedding difference): the toy models look a fact's value
+#: up from subject and persona inside one block, so no block output carries a steerable honesty feature
+#: (README, "The toy world").
 SITES: dict[str, tuple[tuple[str, str], ...]] = {a: (("resid_post", "last"),) for a in STEER_TARGETS}
 SITES["truth"] = (("resid_post", "last"), ("resid_pre", "answer"))
 #: The bars every shipped card is checked against (issue 3).
@@ -208,3 +210,34 @@ def check_bars(m: dict) -> dict[str, bool]:
         b = g["best"]
         checks[f"steer_{a}"] = b is not None and b["target_rate"] >= BARS["steer_target"]
     return checks
+
+
+def cards_markdown(cards: dict[str, dict]) -> str:
+    """The cards' headline numbers side by side (validation loss, unsteered behaviour, truth, best steering)."""
+    names = list(cards)
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    row = lambda label, f: f"| {label} | " + " | ".join(f(cards[n]) for n in names) + " |"  # noqa: E731
+    m = lambda c: c.get("measured", {})  # noqa: E731
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
+             row("layers x d_model", lambda c: f"{c['training']['n_layers']} x {c['training']['d_model']}"),
+             row("parameters", lambda c: f"{c['parameters']:,}"),
+             row("training steps (CPU-s)", lambda c: f"{c['training']['steps']} ({c['train_seconds']['cpu']:.0f})"),
+             row("validation loss (nats/token)", lambda c: fmt(c["validation_loss"])),
+             row("unsteered grammaticality", lambda c: fmt(m(c)["unsteered"]["grammaticality"]))]
+    for a in ("sentiment", "topic", "register", "language"):
+        lines.append(row(f"keeps {a}", lambda c, a=a: fmt(m(c)["unsteered"]["consistency"][a])))
+    lines += [row("honest-persona factual accuracy", lambda c: fmt(m(c)["truth"]["honest"]["factual_accuracy"])),
+              row("liar-persona factual accuracy", lambda c: fmt(m(c)["truth"]["liar"]["factual_accuracy"])),
+              row("best persona probe accuracy", lambda c: fmt(m(c)["truth"]["best_probe_accuracy"]))]
+
+    def best(c: dict, a: str) -> str:
+        b = m(c)["steering"][a]["best"]
+        if b is None:
+            return "none within the floor"
+        return (f"{b['target_rate']:.2f} at gram {b['grammaticality']:.2f} (L{b['layer']} {b['kind']}, "
+                f"x{b['strength']:g})")
+
+    for a, (src, tgt) in STEER_TARGETS.items():
+        lines.append(row(f"steer {a} {src}->{tgt}", lambda c, a=a: best(c, a)))
+    lines.append(row("bars met", lambda c: f"{sum(m(c)['checks'].values())} / {len(m(c)['checks'])}"))
+    return "\n".join(lines)
