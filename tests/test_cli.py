@@ -113,3 +113,15 @@ def test_console_script_has_no_traceback(tmp_path):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_toy_commands(tmp_path, capsys):
+    code, out, _ = run(capsys, "toy", "sample", "-n", "3", "--seed", "1")
+    assert code == 0 and len(out.strip().splitlines()) == 3
+    code, out, _ = run(capsys, "toy", "cards")
+    assert code == 0 and "| validation loss (nats/token) |" in out and out.count("| steer ") == 5
+    code, _, err = run(capsys, "toy", "measure", "--model", str(tmp_path))
+    assert code == 2 and "no card.json" in err
+    (tmp_path / "toy-s").mkdir()
+    code, _, err = run(capsys, "toy", "train", "--size", "toy-s", "--out", str(tmp_path / "toy-s"))
+    assert code == 2 and "already exists" in err
