@@ -72,10 +72,9 @@ def test_validation_loss_remeasures_exactly(toy_m):
     assert validation_loss(hf, batch) == pytest.approx(card("toy-m")["validation_loss"], abs=2e-4)
 
 
-#: Bars the shipped cards do not meet, with the reasons in the README ("What the cards show"): toy-m looks a
-#: fact's value up from subject and persona inside one block, so no single direction flips liars cleanly;
-#: toy-l reads sentiment late, straight from the adjectives, and flips it only at a large fluency cost.
-KNOWN_UNMET = {"toy-m": {"steer_truth"}, "toy-l": {"steer_sentiment"}}
+#: Bars the shipped cards do not meet, with the reason in the README ("What the cards show"): toy-m looks a
+#: fact's value up from subject and persona inside one block, so no single direction flips liars cleanly.
+KNOWN_UNMET = {"toy-m": {"steer_truth"}, "toy-l": set()}
 
 
 @pytest.mark.parametrize("name", ["toy-m", "toy-l"])

@@ -53,7 +53,7 @@ class ToySize:
 SIZES: dict[str, ToySize] = {
     "toy-s": ToySize("toy-s", n_layers=4, d_model=64, n_heads=4, d_mlp=176, steps=1500, lr=3e-3),
     "toy-m": ToySize("toy-m", n_layers=4, d_model=128, n_heads=4, d_mlp=352, steps=2500),
-    "toy-l": ToySize("toy-l", n_layers=6, d_model=192, n_heads=6, d_mlp=512, steps=2500, lr=1.5e-3),
+    "toy-l": ToySize("toy-l", n_layers=6, d_model=192, n_heads=6, d_mlp=512, steps=2500),
 }
 
 
