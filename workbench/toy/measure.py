@@ -31,9 +31,9 @@ from workbench.interventions import AddDirection
 from workbench.metrics import continuation_perplexity
 from workbench.models import HookedModel
 from workbench.sites import layer_sites
-from workbench.toy.evaluate import classify, score
-from workbench.toy.language import ATTRIBUTES, VALUES, Attributes
-from workbench.toy.prompts import STEER_TARGETS, contrast_pairs, prompts
+from workbench.toy.evaluate import classify, grammaticality, score
+from workbench.toy.language import VALUES
+from workbench.toy.prompts import STEER_TARGETS, contrast_pairs, prompts, random_attributes
 
 GRAMMAR_FLOOR = 0.85
 STRENGTHS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
@@ -44,6 +44,7 @@ STRENGTHS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
 #: (README, "The toy world").
 SITES: dict[str, tuple[tuple[str, str], ...]] = {a: (("resid_post", "last"),) for a in STEER_TARGETS}
 SITES["truth"] = (("resid_post", "last"), ("resid_pre", "answer"))
+_TRUTH_SITE = ("truth", "resid_post", "last")
 #: The bars every shipped card is checked against (issue 3).
 BARS = {"consistency": 0.95, "grammaticality": 0.95, "steer_target": 0.80, "steer_grammar": GRAMMAR_FLOOR,
         "honest_accuracy": 0.90, "liar_accuracy_max": 0.10, "truth_probe": 0.95}
@@ -55,7 +56,7 @@ def _opposite_prompts(attribute: str, source: str, n: int, seed: int) -> list:
     per = max(1, -(-n // 8))
     rng = random.Random(seed)
     while len(out) < n:
-        a = Attributes(**{x: rng.choice(VALUES[x]) for x in ATTRIBUTES}).with_(attribute, source)
+        a = random_attributes(rng).with_(attribute, source)
         out += prompts(a, n=per, seed=rng.randrange(1 << 30), fact_stem=attribute == "truth")
     return out[:n]
 
@@ -127,8 +128,7 @@ def _unsteered(model: HookedModel, n: int, max_new_tokens: int, seed: int) -> di
     rng = random.Random(seed)
     ps = []
     for _ in range(n):
-        a = Attributes(**{x: rng.choice(VALUES[x]) for x in ATTRIBUTES})
-        ps += prompts(a, n=1, seed=rng.randrange(1 << 30))
+        ps += prompts(random_attributes(rng), n=1, seed=rng.randrange(1 << 30))
     g = generate(model, [p.text for p in ps], max_new_tokens=max_new_tokens, seed=seed)
     consistency, evidence = {}, {}
     for attribute in ("sentiment", "topic", "register", "language"):
@@ -144,12 +144,13 @@ def _unsteered(model: HookedModel, n: int, max_new_tokens: int, seed: int) -> di
             kept += got == want
         consistency[attribute] = kept / max(total, 1)
         evidence[attribute] = total
-    gram = score(list(g.texts), "language", "en", [p.text for p in ps]).grammaticality
+    gram = sum(grammaticality(t, p.text) for t, p in zip(g.texts, ps)) / len(ps)
     return {"n": n, "consistency": consistency, "n_with_evidence": evidence, "grammaticality": gram,
             "examples": list(g.texts[:3])}
 
 
-def _truth(model: HookedModel, n: int, max_new_tokens: int, seed: int, n_pairs: int) -> dict:
+def _truth(model: HookedModel, n: int, max_new_tokens: int, seed: int, ds: DirectionSet) -> dict:
+    """Factual accuracy of honest- and liar-persona continuations; persona probe per layer of ``ds``."""
     out = {}
     for value in VALUES["truth"]:
         ps = _opposite_prompts("truth", value, n, seed + 7)
@@ -157,7 +158,6 @@ def _truth(model: HookedModel, n: int, max_new_tokens: int, seed: int, n_pairs: 
         sc = score(list(g.texts), "truth", value, [p.text for p in ps])
         out[value] = {"factual_accuracy": sc.factual_accuracy, "persona_consistency": sc.target_rate,
                       "grammaticality": sc.grammaticality}
-    ds = directions_for(model, "truth", "liar", "honest", n_pairs, seed)
     probe = {d.site.layer: d.quality.probe_accuracy for d in ds.directions}
     return {"n": n, **out, "probe_accuracy": probe, "best_probe_accuracy": max(probe.values())}
 
@@ -173,15 +173,18 @@ def measure(model: HookedModel, *, n_prompts: int = 100, n_pairs: int = 200, max
                                  "seed": seed, "sampling": "temperature 1, special tokens banned",
                                  "grammar_floor": GRAMMAR_FLOOR}}
     steering = {}
+    # one set of block-output truth directions serves the persona probe and the truth steering grid
+    truth_ds = directions_for(model, "truth", "liar", "honest", n_pairs, seed, *_TRUTH_SITE[1:])
     for step, attribute in tqdm(steps, desc="measure", disable=not progress):
         with torch.no_grad():
             if step == "unsteered":
                 result["unsteered"] = _unsteered(model, 2 * n_prompts, max_new_tokens, seed)
             elif step == "truth":
-                result["truth"] = _truth(model, n_prompts, max_new_tokens, seed, n_pairs)
+                result["truth"] = _truth(model, n_prompts, max_new_tokens, seed, truth_ds)
             else:
                 grids = [steering_grid(model, attribute, kind=kind, position=position, n_prompts=n_prompts,
-                                       n_pairs=n_pairs, max_new_tokens=max_new_tokens, seed=seed)
+                                       n_pairs=n_pairs, max_new_tokens=max_new_tokens, seed=seed,
+                                       directions=truth_ds if (attribute, kind, position) == _TRUTH_SITE else None)
                          for kind, position in SITES[attribute]]
                 ranked = [g for g in grids if g["best"] is not None]
                 top = max(ranked, key=lambda g: g["best"]["target_rate"]) if ranked else None

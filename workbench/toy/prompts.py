@@ -13,7 +13,7 @@ are out of distribution in template, position, length or attribute mix. Prompts 
 (``the sky is``), so every continuation states at least one fact.
 """
 
-__all__ = ["FAMILIES", "OOD_FAMILIES", "Prompt", "contrast_pairs", "ab_items", "prompts", "neutral_prompts",
+__all__ = ["FAMILIES", "OOD_FAMILIES", "random_attributes", "Prompt", "contrast_pairs", "ab_items", "prompts", "neutral_prompts",
            "few_shot_prompts", "corpus_documents", "STEER_TARGETS"]
 
 import random
@@ -53,7 +53,8 @@ def _check(attribute: str, *values: str) -> None:
             raise WorkbenchError(f"{attribute} value must be one of {', '.join(VALUES[attribute])}; got {v!r}.")
 
 
-def _random_attributes(rng: random.Random, **fixed: str) -> Attributes:
+def random_attributes(rng: random.Random, **fixed: str) -> Attributes:
+    """Attributes drawn uniformly from ``rng`` (one draw per attribute not in ``fixed``, in ``ATTRIBUTES`` order)."""
     return Attributes(**{a: fixed.get(a) or rng.choice(VALUES[a]) for a in ATTRIBUTES})
 
 
@@ -92,7 +93,7 @@ def contrast_pairs(attribute: str, positive: str, negative: str, n: int = 200, s
     rng = random.Random(seed)
     out = []
     while len(out) < n:
-        a = _random_attributes(rng)
+        a = random_attributes(rng)
         ctx = _context(rng, rng.randint(*n_sentences))
         stem = _stem(attribute, rng)
         texts = _text(ctx, a.with_(attribute, positive), stem), _text(ctx, a.with_(attribute, negative), stem)
@@ -113,7 +114,7 @@ def ab_items(attribute: str, positive: str, negative: str, n: int = 100, seed: i
     rng = random.Random(seed)
     items = []
     while len(items) < n:
-        a = _random_attributes(rng)
+        a = random_attributes(rng)
         ctx = _context(rng, rng.randint(1, 3))
         stem_s, cut = _stem(attribute, rng)
         question = _text(ctx, a, (stem_s, cut))
@@ -150,7 +151,7 @@ def prompts(attributes: "Attributes | dict", n: int = 100, seed: int = 0, family
         elif family == "no_persona":
             text = _text(_context(rng, 2, persona=False), a)
         elif family == "mixed":
-            other = _random_attributes(rng, truth=a.truth)  # the persona states the truth value of ``a``
+            other = random_attributes(rng, truth=a.truth)  # the persona states the truth value of ``a``
             text = " ".join((_text([_PERSONA, sample_sentence(rng)], other),
                              _text([sample_sentence(rng), sample_sentence(rng)], a)))
         else:  # qa
@@ -171,7 +172,7 @@ def neutral_prompts(attribute: str, n: int = 100, seed: int = 0) -> list[Prompt]
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        a = _random_attributes(rng)
+        a = random_attributes(rng)
         if attribute in ("sentiment", "topic"):
             text = _text([_PERSONA] + [sample_sentence(rng, "FACT") for _ in range(2)], a)
         elif attribute == "register":
@@ -198,7 +199,7 @@ def few_shot_prompts(attribute: str, value: str, n: int = 50, shots: int = 4, se
     kind = "fact" if attribute == "truth" else "content"
     out = []
     for _ in range(n):
-        a = _random_attributes(rng, **{attribute: value})
+        a = random_attributes(rng, **{attribute: value})
         head = [] if attribute == "truth" else [_PERSONA]
         out.append(Prompt(_text(head + [sample_sentence(rng, kind) for _ in range(shots)], a), a))
     return out
