@@ -113,3 +113,20 @@ def test_serialisation_round_trip():
         assert all(torch.equal(a, b) for a, b in zip(iv.tensors().values(), back.tensors().values()))
     with pytest.raises(WorkbenchError, match="unknown intervention kind"):
         intervention_from_dict({"kind": "rotate", "site": {"layer": 0, "kind": "resid_post"}}, {})
+
+
+@pytest.mark.parametrize("kind", ["add", "ablate"])
+def test_resid_mid_edits_reach_the_residual_stream_on_every_backend(model, kind):
+    """TransformerLens 4's bridge aliases hook_resid_mid to the second norm's input; an edit there must still
+    carry on to the block output, as HookedTransformer's does (the meaning the exported forms reproduce)."""
+    tokens = model.to_tokens("the cat sees the dog")
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    iv = AddDirection(HookSite(1, "resid_mid"), v, 2.5) if kind == "add" else Ablate(HookSite(1, "resid_mid"), v)
+    s = cache_of(model, tokens, iv)
+    clean = cache_of(model, tokens)
+    mid = s["blocks.1.hook_resid_pre"] + s["blocks.1.hook_attn_out"]
+    if kind == "add":
+        torch.testing.assert_close(mid, clean["blocks.1.hook_resid_mid"] + 2.5 * v, atol=1e-5, rtol=0)
+    else:
+        assert float((mid @ (v / v.norm())).abs().max()) < 1e-5
+    torch.testing.assert_close(s["blocks.1.hook_resid_post"], mid + s["blocks.1.hook_mlp_out"], atol=1e-5, rtol=0)

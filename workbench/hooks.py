@@ -33,5 +33,7 @@ def applied(
     if not fwd_hooks:
         yield model
         return
+    # hooks on one point run in order: editing hooks first, so a capture hook sees the edited activation
+    fwd_hooks.sort(key=lambda nh: bool(getattr(nh[1], "workbench_capture", False)))
     with model.hooks(fwd_hooks=fwd_hooks):
         yield model

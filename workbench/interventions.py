@@ -3,6 +3,13 @@
 ``to_hooks(model, layout)`` validates against the model (site exists, vector width matches) and returns
 ``[(hook_name, fn)]``; it attaches nothing. ``workbench.hooks.applied`` attaches them. ``to_dict`` + ``tensors``
 round-trip through ``from_dict`` so every intervention serialises to JSON + safetensors.
+
+Edits at ``resid_mid`` (block input + attention output) are written through the attention output: TransformerLens
+4's bridge aliases ``hook_resid_mid`` to the *input of the second norm*, so a direct edit there reaches the MLP but
+not the residual stream carried to the next block, whereas 3.9's ``HookedTransformer`` edits the residual itself.
+Adding v to the attention output (and, for an ablation, editing it given the captured block input) gives
+HookedTransformer's meaning on both backends, which is also what the exported forms (apply_hf, baked weights)
+reproduce.
 """
 
 __all__ = ["Intervention", "AddDirection", "Ablate", "intervention_from_dict"]
@@ -18,6 +25,17 @@ from workbench.positions import Positions, TokenLayout
 from workbench.sites import HookSite
 
 HookFn = Callable[..., torch.Tensor]
+
+
+def _capture(store: dict) -> HookFn:
+    """A hook that records its input unchanged; ``hooks.applied`` attaches capture hooks after editing ones."""
+
+    def capture(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        store["x"] = x
+        return x
+
+    capture.workbench_capture = True  # type: ignore[attr-defined]
+    return capture
 
 
 @runtime_checkable
@@ -95,6 +113,8 @@ class AddDirection:
             mask = _edit_mask(layout, positions, x)
             return x + delta if mask is None else x + mask * delta
 
+        if self.site.kind == "resid_mid":  # adding to (input + attention output) = adding to the attention output
+            return [(HookSite(self.site.layer, "attn_out").check(model), add)]
         return [(self.site.name, add)]
 
     def to_dict(self) -> dict:
@@ -131,6 +151,15 @@ class Ablate:
             mask = _edit_mask(layout, positions, x)
             return x - delta if mask is None else x - mask * delta
 
+        if self.site.kind == "resid_mid":  # remove u from (input + attention output) through the attention output
+            store: dict = {}
+
+            def ablate_mid(a: torch.Tensor, hook: Any) -> torch.Tensor:
+                x = store["x"]
+                return ablate(x + a, hook) - x
+
+            return [(HookSite(self.site.layer, "resid_pre").check(model), _capture(store)),
+                    (HookSite(self.site.layer, "attn_out").check(model), ablate_mid)]
         return [(self.site.name, ablate)]
 
     def to_dict(self) -> dict:

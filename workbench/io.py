@@ -4,7 +4,7 @@ Nothing is ever unpickled. A directory artifact is built in a sibling temp direc
 an interrupted write leaves either the old artifact or none, never a partial one.
 """
 
-__all__ = ["atomic_dir", "write_json", "read_json", "write_tensors", "read_tensors", "sha256_json"]
+__all__ = ["atomic_dir", "atomic_file", "write_json", "read_json", "write_tensors", "read_tensors", "sha256_json"]
 
 import contextlib
 import hashlib
@@ -47,7 +47,9 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[P
         raise
 
 
-def _atomic_file(path: Path, write) -> None:
+def atomic_file(path: "str | os.PathLike", write) -> None:
+    """Call ``write(tmp_path)`` on a sibling temp file, then rename it onto ``path``; nothing is left on failure."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
@@ -63,7 +65,7 @@ def _atomic_file(path: Path, write) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    _atomic_file(Path(path), lambda p: Path(p).write_text(text))
+    atomic_file(Path(path), lambda p: Path(p).write_text(text))
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -80,7 +82,7 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     """Write a safetensors file atomically (tensors made contiguous and moved to CPU)."""
     clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_file(Path(path), lambda p: save_file(clean, p, metadata=metadata))
+    atomic_file(Path(path), lambda p: save_file(clean, p, metadata=metadata))
 
 
 def read_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

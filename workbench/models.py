@@ -10,7 +10,7 @@ the Hugging Face model's ``hidden_states`` and an exported vector means the same
 
 __all__ = [
     "HookedModel", "Backend", "Fingerprint", "load", "backend_of", "available_backends", "fingerprint",
-    "forward_step", "tokenizer_of",
+    "forward_step", "tokenizer_of", "hf_folder",
 ]
 
 import contextlib
@@ -174,6 +174,22 @@ def load(
     if text.startswith((".", "/", "~")) or text.endswith("/"):
         raise WorkbenchError(f"model folder {text!r} does not exist; pass an existing Hugging Face checkpoint folder.")
     return _load_tl_name(text, resolved, device, dtype)
+
+
+def hf_folder(spec: "str | os.PathLike") -> Path:
+    """The local Hugging Face checkpoint folder behind ``spec`` (a folder or a toy-family name)."""
+    text = str(spec)
+    if text.startswith("toy-") and not Path(text).exists():
+        from workbench.toy import checkpoint_dir
+
+        return checkpoint_dir(text)
+    path = Path(text).expanduser()
+    if not (path / "config.json").is_file():
+        raise WorkbenchError(
+            f"{text!r} is not a local Hugging Face checkpoint folder (no config.json); pass the folder the model "
+            f"was loaded from (or a toy name such as toy-m)."
+        )
+    return path
 
 
 def _load_hf_folder(path: Path, backend: Backend, device: str, dtype: torch.dtype) -> HookedModel:

@@ -1,0 +1,190 @@
+"""Apply a workbench intervention spec to a plain Hugging Face model with forward hooks.
+
+Standalone on purpose: this file imports only the standard library, torch and transformers (never TransformerLens
+nor the rest of the workbench), so a service can vendor it as one file. Usage::
+
+    from transformers import AutoModelForCausalLM
+    from workbench.export.apply_hf import applied, load_spec
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    spec = load_spec("my_edit/")                 # intervention.json + tensors.safetensors
+    with applied(model, spec):                   # hooks removed on exit, also after an exception
+        out = model.generate(**inputs)
+
+Sites map onto the Hugging Face modules as TransformerLens defines them (0-based blocks): ``resid_pre`` = input of
+decoder layer L, ``resid_post`` = its output (``hidden_states[L+1]``), ``attn_out`` / ``mlp_out`` = the attention /
+MLP outputs, ``resid_mid`` = input + attention output, ``z`` = the attention output projection's input and
+``mlp_post`` = the MLP down-projection's input. Position policy: every position (``all``); the per-position
+policies (``from:K``, ``generated``) need prompt boundaries this applier does not see and are refused.
+"""
+
+__all__ = ["SpecError", "SCHEMA_VERSION", "load_spec", "applied", "check_model"]
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError  # safetensors: a dependency of transformers
+from safetensors.torch import load_file
+
+SCHEMA_VERSION = 1
+_LAYOUTS = {  # model_type -> decoder layers, attention, MLP, attention out-projection, MLP down-projection
+    "llama": ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj"),
+    "mistral": ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj"),
+    "qwen2": ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj"),
+    "gpt2": ("transformer.h", "attn", "mlp", "attn.c_proj", "mlp.c_proj"),
+}
+_ARCH = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
+
+
+class SpecError(ValueError):
+    """A spec that cannot be applied to this model; the message names the fix."""
+
+
+def load_spec(folder: "str | Path") -> dict:
+    """Read and validate a spec folder; returns the manifest with each entry's tensors under ``"_tensors"``."""
+    folder = Path(folder)
+    try:
+        m = json.loads((folder / "intervention.json").read_text())
+        tensors = load_file(str(folder / "tensors.safetensors"))
+    except (OSError, ValueError, SafetensorError) as e:  # missing files, bad JSON, corrupt safetensors
+        raise SpecError(f"{folder} is not a readable spec folder ({type(e).__name__}: {e}); re-export it.") from None
+    if m.get("format") != "workbench.intervention" or m.get("schema_version") != SCHEMA_VERSION:
+        raise SpecError(
+            f"{folder}: format {m.get('format')!r} schema {m.get('schema_version')!r}; this applier reads "
+            f"workbench.intervention schema {SCHEMA_VERSION}. Re-export with a matching workbench."
+        )
+    if m.get("basis") != "unprocessed":
+        raise SpecError(f"{folder}: basis {m.get('basis')!r}; only the unprocessed Hugging Face basis is supported.")
+    for i, e in enumerate(m.get("interventions") or []):
+        e["_tensors"] = {}
+        for name, key in (e.get("tensors") or {}).items():
+            t = tensors.get(key)
+            if t is None or not torch.isfinite(t).all():
+                raise SpecError(f"{folder}: tensor {key!r} of interventions[{i}] is missing or non-finite.")
+            e["_tensors"][name] = t
+    if not m.get("interventions"):
+        raise SpecError(f"{folder} lists no interventions.")
+    return m
+
+
+def _weights_sha256(model: torch.nn.Module) -> str:  # same recipe as workbench.models' fingerprint
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_model(model: torch.nn.Module, spec: dict, *, check_weights: bool = True) -> None:
+    """Raise SpecError unless ``spec`` was made for ``model`` (architecture, sizes and, by default, weights)."""
+    c, want = model.config, spec.get("model") or {}
+    have = {
+        "architecture": (getattr(c, "architectures", None) or [_ARCH.get(c.model_type, c.model_type)])[0],
+        "d_model": getattr(c, "hidden_size", None) or getattr(c, "n_embd", None),
+        "n_layers": getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", None),
+        "d_vocab": c.vocab_size,
+    }
+    if check_weights:
+        have["weights_sha256"] = _weights_sha256(model)
+    diffs = [f"{k}: spec {want.get(k)!r}, model {v!r}" for k, v in have.items() if want.get(k) != v]
+    if diffs:
+        raise SpecError(f"this spec was made for another model ({'; '.join(diffs)}). Load the model it was made for.")
+
+
+def _module(root: torch.nn.Module, dotted: str) -> torch.nn.Module:
+    for part in dotted.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+def _in_features(linear: torch.nn.Module) -> int:
+    """Input width of a Linear or of GPT-2's Conv1D (weight [in, out])."""
+    return getattr(linear, "in_features", None) or linear.weight.shape[0]
+
+
+def _first(out: Any, fn) -> Any:
+    """Apply ``fn`` to a module output that is a tensor or a tuple whose first item is the hidden states."""
+    if isinstance(out, tuple):
+        return (fn(out[0]), *out[1:])
+    return fn(out)
+
+
+def _edit(entry: dict, where: str):
+    """The tensor -> tensor function of one entry (add or ablate), and its vector."""
+    t = entry["_tensors"]
+    if entry.get("kind") == "add":
+        v, s = t["vector"], float(entry.get("scale", 1.0))
+        return (lambda x: x + (s * v).to(x)), v
+    if entry.get("kind") == "ablate":
+        u = t["direction"] / t["direction"].norm()
+        return (lambda x: x - (x @ u.to(x))[..., None] * u.to(x)), u
+    raise SpecError(f"{where}: kind {entry.get('kind')!r} is not supported by this applier (add, ablate).")
+
+
+@contextlib.contextmanager
+def applied(model: torch.nn.Module, spec: "dict | str | Path", *, check_weights: bool = True) -> Iterator[Any]:
+    """Attach the spec's edits as forward hooks for the duration of the block; all are removed on exit."""
+    if not isinstance(spec, dict):
+        spec = load_spec(spec)
+    check_model(model, spec, check_weights=check_weights)
+    layout = _LAYOUTS.get(model.config.model_type)
+    if layout is None:
+        raise SpecError(f"model_type {model.config.model_type!r} is not supported; supported: {', '.join(_LAYOUTS)}.")
+    layers_path, attn_name, mlp_name, o_name, down_name = layout
+    layers = _module(model, layers_path)
+    hidden = getattr(model.config, "hidden_size", None) or model.config.n_embd
+    plans = []  # (module, "pre" | "out", hook function): built and checked before anything is attached
+    for i, e in enumerate(spec["interventions"]):
+        site = e.get("site") or {}
+        kind, layer = site.get("kind"), site.get("layer")
+        where = f"interventions[{i}] ({kind} of block {layer})"
+        if not isinstance(layer, int) or not 0 <= layer < len(layers):
+            raise SpecError(f"{where}: layer must be in 0..{len(layers) - 1}.")
+        if (e.get("positions") or {}).get("kind", "all") != "all":
+            raise SpecError(f"{where}: positions {e['positions']!r}; this applier edits every position only. "
+                            f"Export with positions 'all' or run the spec in the workbench.")
+        fn, v = _edit(e, where)
+        block = layers[layer]
+        width = {"z": lambda: _in_features(_module(block, o_name)),
+                 "mlp_post": lambda: _in_features(_module(block, down_name))}.get(kind, lambda: hidden)()
+        if v.numel() != width:
+            raise SpecError(f"{where}: vector has {v.numel()} entries, the site has {width}.")
+        if kind == "resid_pre":
+            plans.append((block, "pre", fn))
+        elif kind == "resid_post":
+            plans.append((block, "out", fn))
+        elif kind == "mlp_out":
+            plans.append((_module(block, mlp_name), "out", fn))
+        elif kind == "attn_out" or (kind == "resid_mid" and e["kind"] == "add"):
+            plans.append((_module(block, attn_name), "out", fn))  # adding to resid_mid = adding to attn_out
+        elif kind == "resid_mid":  # ablation of (input + attn_out): remember the input, edit the attention output
+            saved: dict = {}
+            plans.append((block, "pre", lambda x, saved=saved: saved.__setitem__("x", x) or x))
+            plans.append((_module(block, attn_name), "out",
+                          lambda a, fn=fn, saved=saved: fn(saved["x"] + a) - saved["x"]))
+        elif kind == "z":
+            plans.append((_module(block, o_name), "pre", fn))
+        elif kind == "mlp_post":
+            plans.append((_module(block, down_name), "pre", fn))
+        else:
+            raise SpecError(f"{where}: site kind {kind!r} is not supported by this applier.")
+    handles = []
+    try:
+        for module, when, fn in plans:
+            if when == "pre":
+                def pre(mod, args, kwargs, fn=fn):
+                    if args:
+                        return (fn(args[0]), *args[1:]), kwargs
+                    return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(lambda mod, args, out, fn=fn: _first(out, fn)))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,0 +1,226 @@
+"""Bake a spec into a Hugging Face checkpoint: the edit becomes weights, so it serves at zero cost anywhere.
+
+What folds exactly (every position, as the spec's ``positions="all"``):
+
+* add at ``resid_post`` / ``mlp_out`` of block N, or ``resid_pre`` of block N+1 -> bias of block N's MLP
+  down-projection (Llama: ``config.mlp_bias = True``, zero gate/up biases; GPT-2: its existing ``c_proj`` bias);
+* add at ``attn_out`` / ``resid_mid`` of block N -> bias of the attention output projection (Llama:
+  ``attention_bias = True``, zero q/k/v biases);
+* add at ``mlp_post`` / ``z`` of block N -> ``W_down @ v`` / ``W_O @ v`` on that projection's bias;
+* add at ``resid_pre`` of block 0 -> every token embedding (Llama; untied from the unembedding first) or every
+  position embedding (GPT-2);
+* one direction ablated everywhere (the residual never carries it: every read site covered, see
+  ``ablation_everywhere``) -> orthogonalisation of every writer: embeddings, attention and MLP output projections.
+
+Anything else (per-position policies, ablation at some layers only, adds mixed with ablation) depends on the
+activation, not only on the weights, and is refused with the reason; deploy it with ``workbench.export.apply_hf``.
+"""
+
+__all__ = ["bake_hf", "ablation_everywhere", "everywhere_sites"]
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.export.spec import Spec
+from workbench.interventions import Ablate, AddDirection
+from workbench.io import atomic_dir, write_json
+from workbench.sites import HookSite
+
+_TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def everywhere_sites(n_layers: int) -> list[HookSite]:
+    """The canonical sites of "ablate everywhere": every block's input and middle, and the last block's output."""
+    sites = [HookSite(layer, kind) for layer in range(n_layers) for kind in ("resid_pre", "resid_mid")]
+    return [*sites, HookSite(n_layers - 1, "resid_post")]
+
+
+def ablation_everywhere(sites: "list[HookSite]", n_layers: int) -> bool:
+    """Whether ablating at ``sites`` keeps the direction out of every residual read (so it equals weight
+    orthogonalisation): block inputs (attention reads), middles (MLP reads) and the final output."""
+    have = {(s.kind, s.layer) for s in sites}
+    clean = ("resid_pre", 0) in have  # the embedding output
+    for layer in range(n_layers):
+        mid = ("resid_mid", layer) in have or (clean and ("attn_out", layer) in have)
+        if not (clean and mid):
+            return False
+        nxt = ("resid_post", layer) in have or ("resid_pre", layer + 1) in have
+        clean = nxt or ("mlp_out", layer) in have
+    return clean
+
+
+def _layout(hf):
+    t = hf.config.model_type
+    if t == "llama":
+        return hf.model.layers, lambda b: b.self_attn.o_proj, lambda b: b.mlp.down_proj
+    if t == "gpt2":
+        return hf.transformer.h, lambda b: b.attn.c_proj, lambda b: b.mlp.c_proj
+    raise WorkbenchError(f"baking supports Llama and GPT-2 checkpoints; this one is {t!r}. Use apply_hf instead.")
+
+
+def _is_conv1d(m: torch.nn.Module) -> bool:  # GPT-2's Conv1D: weight [in, out]
+    return not isinstance(m, torch.nn.Linear)
+
+
+def _out_map(m: torch.nn.Module, v: torch.Tensor) -> torch.Tensor:
+    """The projection's weight applied to an input-side vector: W @ v (no bias)."""
+    w = m.weight.double()
+    return (v.double() @ w) if _is_conv1d(m) else (w @ v.double())
+
+
+def _ensure_bias(m: torch.nn.Module) -> torch.nn.Parameter:
+    if m.bias is None:
+        out = m.weight.shape[1] if _is_conv1d(m) else m.weight.shape[0]
+        m.bias = torch.nn.Parameter(torch.zeros(out, dtype=m.weight.dtype))
+    return m.bias
+
+
+def _enable_llama_biases(hf, which: str) -> None:
+    """Turn on ``mlp_bias`` / ``attention_bias`` with zero biases on every projection it covers."""
+    names = {"mlp": ("mlp", ("gate_proj", "up_proj", "down_proj")),
+             "attention": ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj"))}[which]
+    for block in hf.model.layers:
+        for proj in names[1]:
+            _ensure_bias(getattr(getattr(block, names[0]), proj))
+    setattr(hf.config, f"{which}_bias", True)
+
+
+def _untie(hf) -> None:
+    if getattr(hf.config, "tie_word_embeddings", False):
+        head = hf.get_output_embeddings()
+        head.weight = torch.nn.Parameter(head.weight.detach().clone())
+        hf.config.tie_word_embeddings = False
+
+
+def _project_out_rows(w: torch.Tensor, u: torch.Tensor) -> None:  # rows live in the residual basis
+    w -= torch.outer(w.double() @ u, u).to(w.dtype)
+
+
+def _bake_adds(hf, adds: "list[AddDirection]", log: list) -> None:
+    layers, o_proj, down = _layout(hf)
+    llama = hf.config.model_type == "llama"
+    if llama and any(a.site.kind in ("resid_post", "mlp_out", "mlp_post") or (a.site.kind == "resid_pre" and a.site.layer > 0)
+                     for a in adds):
+        _enable_llama_biases(hf, "mlp")
+    if llama and any(a.site.kind in ("attn_out", "resid_mid", "z") for a in adds):
+        _enable_llama_biases(hf, "attention")
+    for a in adds:
+        kind, layer, v = a.site.kind, a.site.layer, a.scale * a.vector.double()
+        with torch.no_grad():
+            if kind == "resid_pre" and layer == 0:
+                if llama:
+                    _untie(hf)
+                    hf.model.embed_tokens.weight += v.to(hf.model.embed_tokens.weight.dtype)
+                    log.append("embed_tokens.weight rows += v (lm_head untied)")
+                else:
+                    hf.transformer.wpe.weight += v.to(hf.transformer.wpe.weight.dtype)
+                    log.append("wpe.weight rows += v")
+                continue
+            if kind in ("resid_post", "mlp_out", "resid_pre", "mlp_post"):
+                block = layer - 1 if kind == "resid_pre" else layer
+                proj = down(layers[block])
+            elif kind in ("attn_out", "resid_mid", "z"):
+                block, proj = layer, o_proj(layers[layer])
+            else:
+                raise WorkbenchError(f"{a.site.name}: an add at {kind!r} does not fold into weights; use apply_hf.")
+            delta = _out_map(proj, v) if kind in ("mlp_post", "z") else v
+            bias = _ensure_bias(proj)
+            bias += delta.to(bias.dtype)
+            log.append(f"block {block} {'down' if proj is down(layers[block]) else 'attention output'} "
+                       f"projection bias += {'W @ v' if kind in ('mlp_post', 'z') else 'v'} ({a.site.name})")
+
+
+def _bake_ablation(hf, u: torch.Tensor, log: list) -> None:
+    layers, o_proj, down = _layout(hf)
+    u = u.double() / u.double().norm()
+    with torch.no_grad():
+        _untie(hf)
+        embeds = [hf.model.embed_tokens] if hf.config.model_type == "llama" else [hf.transformer.wte, hf.transformer.wpe]
+        for e in embeds:
+            _project_out_rows(e.weight, u)
+        for block in layers:
+            for proj in (o_proj(block), down(block)):
+                if _is_conv1d(proj):
+                    _project_out_rows(proj.weight, u)  # [in, out=d_model]
+                else:
+                    proj.weight -= torch.outer(u, u @ proj.weight.double()).to(proj.weight.dtype)
+                if proj.bias is not None:
+                    proj.bias -= ((proj.bias.double() @ u) * u).to(proj.bias.dtype)
+    log.append("direction projected out of the embeddings and every attention/MLP output projection")
+
+
+def bake_hf(
+    spec: Spec,
+    source: "str | Path",
+    out: "str | Path",
+    *,
+    dtype: "str | None" = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a Hugging Face checkpoint at ``out``: the ``source`` checkpoint with ``spec`` folded into its weights.
+
+    Args:
+        spec: the edit (its fingerprint must match ``source``).
+        source: the local checkpoint folder the spec was made for (a toy name such as ``toy-m`` works too).
+        out: the new checkpoint folder (written atomically, with the tokenizer and ``workbench_bake.json``).
+        dtype: ``float32``, ``float16`` or ``bfloat16``; default the source's. Parity with the steered model is
+            exact up to float rounding in float32; lower precisions round the folded vectors.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from workbench.models import _fingerprint_hf, hf_folder
+
+    src = hf_folder(source)
+    adds = [iv for iv in spec.interventions if isinstance(iv, AddDirection)]
+    ablates = [iv for iv in spec.interventions if isinstance(iv, Ablate)]
+    for iv in spec.interventions:
+        if iv.positions.kind != "all":
+            raise WorkbenchError(
+                f"{iv.site.name}: positions={iv.positions.kind!r}; weights act on every position. Export with "
+                f"positions 'all', or deploy the spec with workbench.export.apply_hf."
+            )
+    if adds and ablates:
+        raise WorkbenchError("a spec mixing adds and ablations does not fold into weights in general (the ablation "
+                             "would remove part of the add); bake them as separate specs or use apply_hf.")
+    n = spec.fingerprint.n_layers
+    if ablates:
+        u = ablates[0].direction
+        if any(not torch.allclose(a.direction, u, atol=1e-6) for a in ablates):
+            raise WorkbenchError("baking ablations needs one direction ablated everywhere; this spec ablates several.")
+        if not ablation_everywhere([a.site for a in ablates], n):
+            raise WorkbenchError(
+                "an ablation at some sites only depends on the activation and does not fold into weights; ablate at "
+                "every site (workbench.export.bake.everywhere_sites(n_layers)) or deploy with apply_hf."
+            )
+    if dtype not in (None, "float32", "float16", "bfloat16"):
+        raise WorkbenchError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}.")
+    if Path(out).exists() and not overwrite:
+        raise WorkbenchError(f"out={str(out)!r} already exists; remove it or pass overwrite=True (--overwrite).")
+    hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
+    arch = (hf.config.architectures or [type(hf).__name__])[0]
+    spec.fingerprint.check(_fingerprint_hf(hf, tok, arch), what="intervention spec")
+    save_dtype = getattr(torch, dtype) if dtype else (getattr(hf.config, "dtype", None) or torch.float32)
+    if isinstance(save_dtype, str):
+        save_dtype = getattr(torch, save_dtype)
+    log: list[str] = []
+    if adds:
+        _bake_adds(hf, adds, log)
+    else:
+        _bake_ablation(hf, ablates[0].direction, log)
+    hf = hf.to(save_dtype)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        hf.save_pretrained(str(tmp))
+        for name in _TOKENIZER_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        write_json(tmp / "workbench_bake.json", {
+            "format": "workbench.baked", "source": str(src), "source_model": spec.fingerprint.to_dict(),
+            "dtype": str(save_dtype).removeprefix("torch."), "edits": log,
+            "interventions": [iv.to_dict() for iv in spec.interventions], "provenance": spec.provenance.to_dict(),
+        })
+    return Path(out)

@@ -1,0 +1,117 @@
+"""Parity: the deployed forms of a spec reproduce the TransformerLens-steered logits.
+
+For each deployment path (``apply_hf``: the standalone applier on a plain transformers model; ``baked``: the
+checkpoint with the edit folded into its weights, loaded by transformers; ``llama.cpp``: the checkpoint converted to
+GGUF plus the exported control vector in llama-cpp-python) ``check`` reports, over all positions and the whole
+vocabulary of every prompt:
+
+* ``max_abs_diff``: max |deployed - TransformerLens steered| of the logits;
+* ``effect``: max |TransformerLens steered - unsteered| (the edit is not a no-op);
+* ``off_by_one``: the smallest max |deployed - TransformerLens steered one block earlier or later|, which must be
+  far above ``max_abs_diff`` for the comparison to mean anything.
+"""
+
+__all__ = ["ParityRow", "PATHS", "tl_logits", "check"]
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from workbench.errors import WorkbenchError
+from workbench.export.spec import Spec
+from workbench.hooks import applied
+from workbench.models import HookedModel, hf_folder
+from workbench.sites import HookSite
+
+PATHS = ("apply_hf", "baked", "llama.cpp")
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    path: str
+    max_abs_diff: float
+    effect: float
+    off_by_one: "float | None"
+    n_tokens: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def tl_logits(model: HookedModel, tokens: torch.Tensor, spec: "Spec | None" = None) -> torch.Tensor:
+    """Logits [pos, vocab] of one token sequence under the spec's interventions (none: unsteered)."""
+    with torch.no_grad(), applied(model, *(spec.interventions if spec else ())):
+        return model(tokens[None]).float()[0]
+
+
+def _shifted(spec: Spec, delta: int) -> "Spec | None":
+    n = spec.fingerprint.n_layers
+    ivs = []
+    for iv in spec.interventions:
+        layer = iv.site.layer + delta
+        if not 0 <= layer < n:
+            return None
+        ivs.append(dataclasses.replace(iv, site=HookSite(layer, iv.site.kind)))
+    return Spec(tuple(ivs), spec.fingerprint, spec.provenance)
+
+
+def _hf_logits(hf, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return hf(tokens[None]).logits.float()[0]
+
+
+def check(
+    model: HookedModel,
+    spec: Spec,
+    prompts: "list[str]",
+    *,
+    paths: "tuple[str, ...]" = PATHS,
+    workdir: "str | Path | None" = None,
+) -> list[ParityRow]:
+    """Run ``spec`` on each deployment path and compare with the TransformerLens-steered model (see module doc)."""
+    from transformers import AutoModelForCausalLM
+
+    from workbench.export import apply_hf, llamacpp
+    from workbench.export.bake import bake_hf
+    from workbench.export.gguf import write_gguf
+
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or not prompts:
+        raise WorkbenchError(f"paths must be among {', '.join(PATHS)} (got {unknown}) and prompts non-empty.")
+    spec.check(model)
+    source = Path(getattr(model, "workbench_source", "") or ".")
+    source = hf_folder(source)
+    seqs = [model.to_tokens(p)[0].cpu() for p in prompts]
+    steered = [tl_logits(model, t, spec) for t in seqs]
+    effect = max(float((s - tl_logits(model, t)).abs().max()) for s, t in zip(steered, seqs))
+    neighbours = [s for s in (_shifted(spec, -1), _shifted(spec, 1)) if s is not None]
+    wrong = [[tl_logits(model, t, s) for t in seqs] for s in neighbours]
+
+    def row(name: str, deployed: "list[torch.Tensor]") -> ParityRow:
+        diff = max(float((d - s).abs().max()) for d, s in zip(deployed, steered))
+        obo = min((max(float((d - w).abs().max()) for d, w in zip(deployed, ws)) for ws in wrong), default=None)
+        return ParityRow(name, diff, effect, obo, sum(len(t) for t in seqs))
+
+    rows = []
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        if "apply_hf" in paths:
+            hf = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, local_files_only=True).eval()
+            with apply_hf.applied(hf, spec.save(tmp / "spec")):
+                rows.append(row("apply_hf", [_hf_logits(hf, t) for t in seqs]))
+        if "baked" in paths:
+            out = bake_hf(spec, source, tmp / "baked", dtype="float32")
+            hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, local_files_only=True).eval()
+            rows.append(row("baked", [_hf_logits(hf, t) for t in seqs]))
+        if "llama.cpp" in paths:
+            if not llamacpp.available():
+                raise WorkbenchError("llama.cpp parity needs llama-cpp-python and its converter; run `./dev test` once "
+                                     "to install them, or leave llama.cpp out of paths.")
+            gguf_model = llamacpp.convert_checkpoint(source, tmp / "model-f32.gguf")
+            cvec = llamacpp.control_vector_data([(write_gguf(spec, tmp / "control.gguf"), 1.0)])
+            rows.append(row("llama.cpp", [torch.from_numpy(llamacpp.llama_logits(gguf_model, t.tolist(), cvec))
+                                          for t in seqs]))
+    return rows
