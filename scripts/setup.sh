@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
-# Create .venv with everything the workbench, its tests and demo need. Idempotent: a stamp file records
-# the hash of the inputs, so a second run costs nothing. CPU torch is pinned through constraints.txt.
+# Create .venv with everything the workbench and its demo need; with --test also what the tests need (llama.cpp).
+# Idempotent: stamp files record the hash of the inputs, so a second run costs nothing. CPU torch is pinned
+# through constraints.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
-stamp="$VENV/.setup-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
-if [ -f "$stamp" ]; then exit 0; fi
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+LLAMA_CPP_PYTHON=0.3.36  # llama.cpp for the deployment-parity tests; its converter comes from the same release
 pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${pip[@]}" install -q -c constraints.txt "torch==2.13.0"
-"${pip[@]}" install -q -c constraints.txt -e ".[test]"
-# TransformerLens 3.9 (HookedTransformer) lives beside 4.x in its own folder; tests run once with it on
-# PYTHONPATH (see scripts/test.sh). It shares every other dependency of the main environment.
-"${pip[@]}" install -q --no-deps --target "$VENV/tl3" "transformer_lens==3.9.0" "better-abc"
-rm -f "$VENV"/.setup-*
-touch "$stamp"
+stamp="$VENV/.setup-$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+  "${pip[@]}" install -q -c constraints.txt "torch==2.13.0"
+  "${pip[@]}" install -q -c constraints.txt -e ".[test]"
+  # TransformerLens 3.9 (HookedTransformer) lives beside 4.x in its own folder; tests run once with it on
+  # PYTHONPATH (see scripts/test.sh). It shares every other dependency of the main environment.
+  "${pip[@]}" install -q --no-deps --target "$VENV/tl3" "transformer_lens==3.9.0" "better-abc"
+  rm -f "$VENV"/.setup-*
+  touch "$stamp"
+fi
+
+# Test extras: llama-cpp-python has no wheels on PyPI, so pip builds it from source (about 3 min on 2 cores
+# without the multimodal library; pip caches the built wheel) and portable (no -march=native, so a cached wheel
+# runs on any x86-64 CPU). llama.cpp's HF -> GGUF converter is not in the wheel: it is taken from the same source
+# release into .venv/llama.cpp/ (with the gguf-py it needs).
+if [ "${1:-}" = "--test" ] && [ ! -f "$VENV/.llamacpp-$LLAMA_CPP_PYTHON" ]; then
+  CMAKE_ARGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF" "${pip[@]}" install -q "llama-cpp-python==$LLAMA_CPP_PYTHON"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  "${pip[@]}" download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON" -d "$tmp"
+  src="llama_cpp_python-$LLAMA_CPP_PYTHON/vendor/llama.cpp"
+  tar xzf "$tmp/llama_cpp_python-$LLAMA_CPP_PYTHON.tar.gz" -C "$tmp" \
+    "$src/convert_hf_to_gguf.py" "$src/conversion" "$src/gguf-py"
+  rm -rf "$VENV/llama.cpp"
+  mv "$tmp/$src" "$VENV/llama.cpp"
+  touch "$VENV/.llamacpp-$LLAMA_CPP_PYTHON"
+fi

@@ -125,3 +125,62 @@ def test_toy_commands(tmp_path, capsys):
     (tmp_path / "toy-s").mkdir()
     code, _, err = run(capsys, "toy", "train", "--size", "toy-s", "--out", str(tmp_path / "toy-s"))
     assert code == 2 and "already exists" in err
+
+
+@pytest.fixture
+def llama_dirs(ckpt_dirs, pairs_file, tmp_path, capsys):
+    out_dir = tmp_path / "dirs"
+    assert run(capsys, "directions", "--model", str(ckpt_dirs["llama"]), "--pairs", str(pairs_file),
+               "--out", str(out_dir), "--backend", BACKEND)[0] == 0
+    return out_dir
+
+
+def test_export_every_format_with_parity_check_then_import(ckpt_dirs, llama_dirs, tmp_path, capsys):
+    from workbench.export.spec import Spec
+
+    llama = str(ckpt_dirs["llama"])
+    base = ["export", "--vector", str(llama_dirs), "--layers", "1", "--scale", "8", "--backend", BACKEND]
+    code, out, err = run(capsys, *base, "--format", "spec", "--out", str(tmp_path / "spec"), "--model", llama,
+                         "--check", "--prompt", "the cat is")
+    assert code == 0, err
+    row = json.loads(out.splitlines()[-1])
+    assert row["path"] == "apply_hf" and row["max_abs_diff"] < 5e-5 < row["effect"]
+    code, out, err = run(capsys, *base, "--format", "hf-baked", "--out", str(tmp_path / "baked"), "--model", llama,
+                         "--dtype", "float32", "--check", "--prompt", "the cat is")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["max_abs_diff"] < 5e-5
+    code, out, err = run(capsys, *base, "--format", "gguf", "--out", str(tmp_path / "v.gguf"))
+    assert code == 0, err
+    code, out, err = run(capsys, "import", str(tmp_path / "v.gguf"), "--model", llama, "--out", str(tmp_path / "imp"),
+                         "--backend", BACKEND)
+    assert code == 0, err
+    a, b = Spec.load(tmp_path / "spec"), Spec.load(tmp_path / "imp")
+    assert b.interventions[0].site == a.interventions[0].site
+    assert (b.interventions[0].vector - 8 * a.interventions[0].vector).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--format", "gguf", "--layers", "0", "--scale", "1"], "never steers block 0"),
+    (["--format", "gguf", "--layers", "1", "--scale", "1", "--positions", "generated"], "every position"),
+    (["--format", "hf-baked", "--layers", "1", "--scale", "1"], "needs --model"),
+    (["--format", "spec", "--layers", "1"], "needs --layers .* and --scale"),
+    (["--format", "spec", "--layers", "all", "--scale", "1"], "not an edit"),
+    (["--format", "spec", "--layers", "5", "--scale", "1"], "no resid_post direction at layer 5"),
+    (["--format", "tflite", "--layers", "1", "--scale", "1"], "invalid choice"),
+])
+def test_export_errors_leave_nothing(llama_dirs, tmp_path, capsys, extra, match):
+    import re
+
+    out = tmp_path / ("o.gguf" if "gguf" in extra else "o")
+    code, _, err = run(capsys, "export", "--vector", str(llama_dirs), "--out", str(out), *extra)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(match, err), err
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]
+
+
+def test_export_to_another_model_and_import_errors(ckpt_dirs, llama_dirs, tmp_path, capsys):
+    code, _, err = run(capsys, "export", "--vector", str(llama_dirs), "--layers", "1", "--scale", "1", "--format",
+                       "hf-baked", "--out", str(tmp_path / "b"), "--model", str(ckpt_dirs["gpt2"]), "--backend", BACKEND)
+    assert code == 2 and "made for another model" in err and not (tmp_path / "b").exists()
+    code, _, err = run(capsys, "import", str(tmp_path / "none.gguf"), "--model", str(ckpt_dirs["llama"]),
+                       "--out", str(tmp_path / "i"))
+    assert code == 2 and "does not exist" in err and not (tmp_path / "i").exists()

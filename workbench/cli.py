@@ -115,6 +115,82 @@ def cmd_steer(args) -> int:
     return 0
 
 
+def _export_spec(args):
+    """The spec to export: a spec folder as it is, or directions folder + --layers + --scale."""
+    from workbench.directions import DirectionSet
+    from workbench.export.spec import MANIFEST, Spec, spec_from_directions
+    from workbench.positions import Positions
+
+    folder = Path(args.vector)
+    if (folder / MANIFEST).is_file():
+        if args.layers is not None or args.scale is not None:
+            raise WorkbenchError(f"{folder} is a spec: it already fixes layers and scale; drop --layers/--scale.")
+        return Spec.load(folder)
+    if args.layers is None or args.scale is None:
+        raise WorkbenchError("exporting from a directions folder needs --layers (0-based blocks) and --scale.")
+    layers = _layers(args.layers)
+    if layers is None:
+        raise WorkbenchError("--layers all is not an edit; pass the blocks to steer, e.g. --layers 2 or 1,3.")
+    ds = DirectionSet.load(folder)
+    return spec_from_directions(ds, layers, args.scale, kind=args.kind, positions=Positions.parse(args.positions),
+                                source=str(folder))
+
+
+def cmd_export(args) -> int:
+    from workbench.export.bake import bake_hf
+    from workbench.export.gguf import cvec_block, write_gguf
+
+    spec = _export_spec(args)
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    if (args.format == "hf-baked" or args.check) and not args.model:
+        raise WorkbenchError(f"--format {args.format}{' --check' if args.check else ''} needs --model (the checkpoint "
+                             f"the vector was made for).")
+    from workbench import models
+
+    model = None
+    if args.model:
+        model = _load(args)
+        spec.check(model)
+    if args.format == "spec":
+        spec.save(out)
+    elif args.format == "gguf":
+        for iv in spec.interventions:  # refuse before writing anything
+            cvec_block(iv, spec.fingerprint.n_layers)
+        write_gguf(spec, out)
+    else:
+        bake_hf(spec, models.hf_folder(args.model), out, dtype=args.dtype, overwrite=args.overwrite)
+    what = ", ".join(f"{iv.site.name} {'x' + str(iv.scale) if hasattr(iv, 'scale') else 'ablated'}"
+                     for iv in spec.interventions)
+    print(f"wrote {args.format} to {out} ({what})")
+    if args.check:
+        import random
+
+        from workbench.export.parity import check
+        from workbench.toy.prompts import prompts as toy_prompts, random_attributes
+
+        path = {"spec": "apply_hf", "gguf": "llama.cpp", "hf-baked": "baked"}[args.format]
+        prompts = args.prompt or [p.text for p in toy_prompts(random_attributes(random.Random(0)), 3, seed=0)]
+        for row in check(model, spec, prompts, paths=(path,), artifacts={path: out}):
+            print(json.dumps(row.to_dict()))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from workbench.export.gguf import read_gguf
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    if not Path(args.file).is_file():
+        raise WorkbenchError(f"{args.file!r} does not exist; pass a .gguf control vector file.")
+    spec = read_gguf(args.file, _load(args))
+    spec.save(args.out)
+    print(f"imported {len(spec.interventions)} direction(s) from {args.file} into the spec {args.out}: "
+          f"{', '.join(iv.site.name for iv in spec.interventions)}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from workbench.demo import run_demo
 
@@ -221,6 +297,31 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--compare", action="store_true", help="also print the unsteered continuation (scale 0)")
     sp.set_defaults(func=cmd_steer)
+
+    sp = sub.add_parser("export", help="export a direction as a spec, a llama.cpp control vector or a baked checkpoint")
+    sp.add_argument("--vector", required=True, help="a directions folder (with --layers, --scale) or a spec folder")
+    sp.add_argument("--format", required=True, choices=["spec", "gguf", "hf-baked"])
+    sp.add_argument("--out", required=True, help="spec folder, .gguf file or checkpoint folder")
+    sp.add_argument("--layers", default=None, help="0-based blocks to steer: '2', '1,3' or '1-3'")
+    sp.add_argument("--kind", default="resid_post", help="site kind of the directions (resid_post = block output)")
+    sp.add_argument("--scale", type=float, default=None, help="strength (1 = the mean pair difference)")
+    sp.add_argument("--positions", default="all", help="all | generated | from:K (GGUF and baked need all)")
+    sp.add_argument("--model", default=None, help="the checkpoint it was made for (needed by hf-baked and --check)")
+    sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
+    sp.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                    help="hf-baked weights' precision (default: the source checkpoint's)")
+    sp.add_argument("--check", action="store_true",
+                    help="prove parity: run the exported form where it deploys and compare with TransformerLens")
+    sp.add_argument("--prompt", action="append", default=None, help="prompts for --check (default: toy neutral)")
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("import", help="import a llama.cpp / repeng GGUF control vector as a spec")
+    sp.add_argument("file", help="a .gguf control vector")
+    model_args(sp)
+    sp.add_argument("--out", required=True, help="spec folder to write")
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=cmd_import)
 
     toy = sub.add_parser("toy", help="the toy world: train, measure, sample").add_subparsers(
         dest="toy_command", required=True, parser_class=_Parser)

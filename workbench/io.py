@@ -23,6 +23,15 @@ from safetensors.torch import load_file, save_file
 from workbench.errors import WorkbenchError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temp directory that replaces ``path`` when the block succeeds and vanishes when it fails."""
@@ -33,6 +42,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[P
         raise WorkbenchError(f"out={str(final)!r} already exists. Remove it or choose another --out.")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    tmp.chmod(0o777 & ~_UMASK)  # mkdtemp makes 0700; artifacts are shared like any folder
     try:
         yield tmp
         if final.exists():
@@ -53,6 +63,7 @@ def atomic_file(path: "str | os.PathLike", write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -26,7 +26,7 @@ import torch
 from workbench.errors import WorkbenchError
 from workbench.export.spec import Spec
 from workbench.interventions import Ablate, AddDirection
-from workbench.io import atomic_dir, write_json
+from workbench.io import atomic_dir, read_json, write_json
 from workbench.sites import HookSite
 
 _TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -204,9 +204,9 @@ def bake_hf(
     tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
     arch = (hf.config.architectures or [type(hf).__name__])[0]
     spec.fingerprint.check(_fingerprint_hf(hf, tok, arch), what="intervention spec")
-    save_dtype = getattr(torch, dtype) if dtype else (getattr(hf.config, "dtype", None) or torch.float32)
-    if isinstance(save_dtype, str):
-        save_dtype = getattr(torch, save_dtype)
+    src_cfg = read_json(src / "config.json")
+    src_dtype = src_cfg.get("dtype") or src_cfg.get("torch_dtype") or "float32"
+    save_dtype = getattr(torch, dtype or src_dtype, torch.float32)
     log: list[str] = []
     if adds:
         _bake_adds(hf, adds, log)

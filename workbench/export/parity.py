@@ -70,8 +70,14 @@ def check(
     *,
     paths: "tuple[str, ...]" = PATHS,
     workdir: "str | Path | None" = None,
+    artifacts: "dict[str, str | Path] | None" = None,
 ) -> list[ParityRow]:
-    """Run ``spec`` on each deployment path and compare with the TransformerLens-steered model (see module doc)."""
+    """Run ``spec`` on each deployment path and compare with the TransformerLens-steered model (see module doc).
+
+    ``artifacts`` maps a path to an already exported artifact to check (``apply_hf``: a spec folder, ``baked``: a
+    checkpoint folder, ``llama.cpp``: a control-vector file); paths without one export ``spec`` to a temp folder
+    (baked in float32).
+    """
     from transformers import AutoModelForCausalLM
 
     from workbench.export import apply_hf, llamacpp
@@ -95,15 +101,15 @@ def check(
         obo = min((max(float((d - w).abs().max()) for d, w in zip(deployed, ws)) for ws in wrong), default=None)
         return ParityRow(name, diff, effect, obo, sum(len(t) for t in seqs))
 
-    rows = []
+    rows, given = [], dict(artifacts or {})
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         if "apply_hf" in paths:
             hf = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, local_files_only=True).eval()
-            with apply_hf.applied(hf, spec.save(tmp / "spec")):
+            with apply_hf.applied(hf, given.get("apply_hf") or spec.save(tmp / "spec")):
                 rows.append(row("apply_hf", [_hf_logits(hf, t) for t in seqs]))
         if "baked" in paths:
-            out = bake_hf(spec, source, tmp / "baked", dtype="float32")
+            out = given.get("baked") or bake_hf(spec, source, tmp / "baked", dtype="float32")
             hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, local_files_only=True).eval()
             rows.append(row("baked", [_hf_logits(hf, t) for t in seqs]))
         if "llama.cpp" in paths:
@@ -111,7 +117,8 @@ def check(
                 raise WorkbenchError("llama.cpp parity needs llama-cpp-python and its converter; run `./dev test` once "
                                      "to install them, or leave llama.cpp out of paths.")
             gguf_model = llamacpp.convert_checkpoint(source, tmp / "model-f32.gguf")
-            cvec = llamacpp.control_vector_data([(write_gguf(spec, tmp / "control.gguf"), 1.0)])
+            cvec_file = given.get("llama.cpp") or write_gguf(spec, tmp / "control.gguf")
+            cvec = llamacpp.control_vector_data([(cvec_file, 1.0)])
             rows.append(row("llama.cpp", [torch.from_numpy(llamacpp.llama_logits(gguf_model, t.tolist(), cvec))
                                           for t in seqs]))
     return rows
