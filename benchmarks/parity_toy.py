@@ -56,7 +56,7 @@ def main() -> None:
                 try:
                     rows += check(m, spec, texts, paths=("llama.cpp",))
                 except WorkbenchError as e:
-                    print(f"| {name} | {attribute} | {site} | {scale} | llama.cpp | refused: {str(e)[:70]}... | | |")
+                    print(f"| {name} | {attribute} | {site} | {scale} | llama.cpp | refused: {str(e).split(':')[0]} | | |")
             for r in rows:
                 label = "baked fp32" if r.path == "baked" else r.path
                 print(f"| {name} | {attribute} | {site} | {scale} | {label} | {r.max_abs_diff:.1e} | "

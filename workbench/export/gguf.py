@@ -56,10 +56,10 @@ def cvec_block(iv: object, n_layers: int) -> int:
             f"next block); {kind!r} cannot be expressed. Export it as --format spec or hf-baked."
         )
     if block < 1:
+        what = "the embeddings (block 0's input)" if block < 0 else "block 0's output"
         raise WorkbenchError(
-            f"{iv.site.name} is the output of block {block}: llama.cpp never steers block 0's output (a direction.0 "
-            f"tensor makes it skip the whole file) nor the embeddings. Use a layer >= 1 (resid_post) or export as "
-            f"--format hf-baked."
+            f"{iv.site.name} is {what}: llama.cpp never steers block 0's output (a direction.0 tensor makes it skip "
+            f"the whole file) nor the embeddings. Use a layer >= 1 (resid_post) or export as --format hf-baked."
         )
     if block > n_layers - 1:
         raise WorkbenchError(f"{iv.site.name}: block {block} does not exist in a {n_layers}-block model.")
