@@ -184,3 +184,35 @@ def test_export_to_another_model_and_import_errors(ckpt_dirs, llama_dirs, tmp_pa
     code, _, err = run(capsys, "import", str(tmp_path / "none.gguf"), "--model", str(ckpt_dirs["llama"]),
                        "--out", str(tmp_path / "i"))
     assert code == 2 and "does not exist" in err and not (tmp_path / "i").exists()
+
+
+def test_analyze_commands_write_results_and_figures(tmp_path, capsys):
+    code, out, err = run(capsys, "analyze", "layer-sweep", "--model", "toy-s", "--attribute", "register", "--out",
+                         str(tmp_path / "sw"), "--layers", "1,3", "--strengths=-1,1", "--n-prompts", "4",
+                         "--n-pairs", "20", "--max-new-tokens", "6", "--backend", BACKEND)
+    assert code == 0, err
+    r = json.loads((tmp_path / "sw" / "result.json").read_text())
+    assert len(r["cells"]) == 4 and "best cell" in out
+    assert {p.name for p in (tmp_path / "sw" / "figures").iterdir()} == {
+        "figures.html", "layer_sweep_maps.json", "layer_sweep_relative.json", "layer_sweep_reading.json"}
+    code, out, err = run(capsys, "analyze", "heads", "--model", "toy-s", "--attribute", "topic", "--out",
+                         str(tmp_path / "hd"), "--n-pairs", "8", "--no-generate", "--backend", BACKEND)
+    assert code == 0, err
+    r = json.loads((tmp_path / "hd" / "result.json").read_text())
+    assert set(r["top"]) == {"direct", "patching", "attribution", "steering"} and "target_rate" not in r["steering"]
+    assert (tmp_path / "hd" / "figures" / "heads_maps.json").is_file()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["layer-sweep", "--attribute", "mood"], "invalid choice"),
+    (["layer-sweep", "--attribute", "topic", "--strengths", "1,x"], "--strengths must be comma-separated"),
+    (["layer-sweep", "--attribute", "topic", "--layers", "9"], "has 4 blocks"),
+    (["heads", "--attribute", "topic", "--readout-layer", "7"], "readout_layer must be in 0..3"),
+    (["heads", "--attribute", "topic", "--n-pairs", "0"], "n_pairs must be >= 1"),
+])
+def test_analyze_errors_leave_nothing(tmp_path, capsys, argv, match):
+    import re
+
+    code, _, err = run(capsys, "analyze", *argv, "--model", "toy-s", "--out", str(tmp_path / "o"), "--n-prompts", "2")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(match, err), err
+    assert not (tmp_path / "o").exists()

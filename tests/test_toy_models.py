@@ -13,7 +13,7 @@ from workbench.interventions import AddDirection
 from workbench.toy import NAMES, card, checkpoint_dir
 from workbench.toy.evaluate import score
 from workbench.toy.language import LEXICON, documents
-from workbench.toy.measure import BARS, GRAMMAR_FLOOR, _opposite_prompts, directions_for
+from workbench.toy.measure import BARS, GRAMMAR_FLOOR, steer_prompts, directions_for
 from workbench.toy.train import SIZES, validation_batch, validation_loss
 
 
@@ -94,7 +94,7 @@ def test_a_sample_of_the_card_remeasures(toy_m):
     m = card("toy-m")["measured"]
     # unsteered: attributes kept
     rng = random.Random(99)
-    ps = _opposite_prompts("sentiment", "pos", 40, seed=rng.randrange(1000))
+    ps = steer_prompts("sentiment", "pos", 40, seed=rng.randrange(1000))
     g = generate(toy_m, [p.text for p in ps], max_new_tokens=32, seed=5)
     kept = score(list(g.texts), "sentiment", "pos", [p.text for p in ps])
     assert kept.target_rate >= m["unsteered"]["consistency"]["sentiment"] - _binomial_slack(0.97, 40)
@@ -106,7 +106,7 @@ def test_a_sample_of_the_card_remeasures(toy_m):
         ds = directions_for(toy_m, attribute, grid["source"], grid["target"], n_pairs=100, seed=17,
                             kind=best["kind"], position=best["position"])
         d = ds.at(best["layer"], best["kind"])
-        prompts = _opposite_prompts(attribute, grid["source"], 60, seed=31)
+        prompts = steer_prompts(attribute, grid["source"], 60, seed=31)
         texts = [p.text for p in prompts]
         steered, plain = generate_at_strengths(toy_m, texts, AddDirection(d.site, d.vector, 1.0),
                                                [best["strength"], 0.0], max_new_tokens=32, seed=11)

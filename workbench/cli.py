@@ -191,6 +191,68 @@ def cmd_import(args) -> int:
     return 0
 
 
+def _floats(text: str, what: str) -> tuple:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise WorkbenchError(f"{what} must be comma-separated numbers like -1,0.5,2; got {text!r}.") from None
+
+
+def _write_analysis(out: Path, result, figures: dict) -> None:
+    from workbench.io import atomic_dir, write_json
+    from workbench.plotting import write_figures
+
+    with atomic_dir(out) as tmp:
+        write_json(tmp / "result.json", result.to_dict())
+        write_figures(tmp / "figures", figures)
+
+
+def cmd_analyze_layer_sweep(args) -> int:
+    from analyses import layer_sweep as ls
+
+    kw = {"strengths": _floats(args.strengths, "--strengths")} if args.strengths else {}
+    cfg = ls.Config(args.attribute, kind=args.kind, layers=_layers(args.layers), n_prompts=args.n_prompts,
+                    n_pairs=args.n_pairs, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                    seed=args.seed, **kw)  # validate before loading the model
+    if Path(args.out).exists() and not args.overwrite:
+        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    result = ls.run(_load(args), cfg, name=args.model)
+    _write_analysis(Path(args.out), result, ls.plot(result))
+    b, c = result.best, result.cost
+    print(f"layer sweep of {args.attribute} on {args.model}: {len(result.cells)} cells in {c['seconds_total']} s "
+          f"({c['ratio_generation_to_unsteered']}x one unsteered generation pass for all generations)")
+    print("best cell: none within the fluency bound" if b is None else
+          f"best cell: layer {b['layer']} (depth {b['depth']}), strength {b['strength']} (relative "
+          f"{b['relative_strength']}): {cfg.target} rate {b['target_rate']:.2f}, grammaticality "
+          f"{b['grammaticality']:.2f}, KL {b['kl']:.3f}")
+    print(f"wrote {args.out}/result.json and figures/")
+    return 0
+
+
+def cmd_analyze_heads(args) -> int:
+    from analyses import heads
+
+    cfg = heads.Config(args.attribute, n_pairs=args.n_pairs, readout_layer=args.readout_layer,
+                       steer_strengths=_floats(args.strengths, "--strengths"), n_prompts=args.n_prompts,
+                       max_new_tokens=args.max_new_tokens, seed=args.seed)
+    if Path(args.out).exists() and not args.overwrite:
+        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    result = heads.run(_load(args), cfg, name=args.model, steer=not args.no_generate)
+    _write_analysis(Path(args.out), result, heads.plot(result))
+    print(f"heads for {args.attribute} on {args.model} ({result.cost['seconds']} s); top head per method "
+          f"(layer, head, value):")
+    for method, cells in result.top.items():
+        print(f"  {method:<12} " + "  ".join(f"L{c[0]}H{c[1]} {c[2]:+.3f}" for c in cells[:3]))
+    a = result.agreement
+    print(f"attribution vs real patching: pearson {a['pearson']:.2f}, top-{cfg.top_k} overlap {a['top_k_overlap']}")
+    if result.steering.get("best"):
+        b = result.steering["best"]
+        print(f"best single-head steering: L{b['layer']}H{b['head']} x{b['strength']}: target rate "
+              f"{b['target_rate']:.2f}")
+    print(f"wrote {args.out}/result.json and figures/")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from workbench.demo import run_demo
 
@@ -322,6 +384,36 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="spec folder to write")
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_import)
+
+    analyze = sub.add_parser("analyze", help="sensitivity analyses on toy models").add_subparsers(
+        dest="analysis", required=True, parser_class=_Parser)
+    sp = analyze.add_parser("layer-sweep", help="behaviour and fluency cost over layers x strengths")
+    model_args(sp)
+    sp.add_argument("--attribute", required=True, choices=["sentiment", "topic", "register", "language", "truth"])
+    sp.add_argument("--out", required=True, help="folder for result.json and figures/")
+    sp.add_argument("--layers", default="all")
+    sp.add_argument("--kind", default="resid_post")
+    sp.add_argument("--strengths", default=None, help="comma-separated, both signs: --strengths=-1,0.5,2 (default -2..3)")
+    sp.add_argument("--n-prompts", type=int, default=48)
+    sp.add_argument("--n-pairs", type=int, default=200)
+    sp.add_argument("--max-new-tokens", type=int, default=24)
+    sp.add_argument("--temperature", type=float, default=1.0)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=cmd_analyze_layer_sweep)
+    sp = analyze.add_parser("heads", help="direct attribution, patching, attribution patching, per-head steering")
+    model_args(sp)
+    sp.add_argument("--attribute", required=True, choices=["sentiment", "topic", "register", "language", "truth"])
+    sp.add_argument("--out", required=True, help="folder for result.json and figures/")
+    sp.add_argument("--n-pairs", type=int, default=64)
+    sp.add_argument("--readout-layer", type=int, default=None, help="direction for direct attribution (default last)")
+    sp.add_argument("--strengths", default="2,4", help="per-head steering strengths")
+    sp.add_argument("--n-prompts", type=int, default=32)
+    sp.add_argument("--max-new-tokens", type=int, default=16)
+    sp.add_argument("--no-generate", action="store_true", help="skip the sampled per-head steering (keep the rest)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=cmd_analyze_heads)
 
     toy = sub.add_parser("toy", help="the toy world: train, measure, sample").add_subparsers(
         dest="toy_command", required=True, parser_class=_Parser)

@@ -10,7 +10,7 @@ the Hugging Face model's ``hidden_states`` and an exported vector means the same
 
 __all__ = [
     "HookedModel", "Backend", "Fingerprint", "load", "backend_of", "available_backends", "fingerprint",
-    "forward_step", "tokenizer_of", "hf_folder",
+    "forward_step", "tokenizer_of", "hf_folder", "head_out_weights",
 ]
 
 import contextlib
@@ -352,6 +352,17 @@ def fingerprint(model: HookedModel) -> Fingerprint:
         )
         model.workbench_fingerprint = fp
     return fp
+
+
+# ---------------------------------------------------------------------------------------------------- weights
+
+
+def head_out_weights(model: HookedModel, layer: int) -> torch.Tensor:
+    """Block ``layer``'s attention output weights per head, ``[n_heads, d_head, d_model]``: head h writes
+    ``z[..., h, :] @ W_O[h]`` into the residual stream (both backends expose TransformerLens's ``W_O``)."""
+    if not 0 <= layer < model.cfg.n_layers:
+        raise WorkbenchError(f"layer {layer} does not exist: the model has {model.cfg.n_layers} blocks.")
+    return model.blocks[layer].attn.W_O.detach()
 
 
 # ---------------------------------------------------------------------------------------------------- forward

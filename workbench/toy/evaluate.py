@@ -16,13 +16,14 @@ joined with the continuation for parsing, but only continuation words are counte
 the continuation are judged.
 """
 
-__all__ = ["MIXED", "Parse", "parse_sentence", "sentences", "classify", "grammaticality", "factual_accuracy", "Scores",
+__all__ = ["MIXED", "Parse", "parse_sentence", "sentences", "classify", "evidence_words", "grammaticality", "factual_accuracy", "Scores",
            "score", "facts"]
 
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from workbench.errors import WorkbenchError
 from workbench.toy.language import ATTRIBUTES, LEXICON, TEMPLATES, fact_value
 
 _REGISTER_ROLES = ("DET", "VT", "VI", "OPENER")
@@ -129,6 +130,27 @@ def factual_accuracy(text: str, context: str = "") -> "float | None":
     """Fraction of stated facts that are true; None when ``text`` states no fact."""
     fs = facts(text, context)
     return None if not fs else sum(v == s for s, v in fs) / len(fs)
+
+
+def evidence_words(attribute: str, value: str, text: str = "") -> list[str]:
+    """The words that, as the next word after ``text``, would show ``attribute = value`` (both languages).
+
+    For ``truth`` the next word is the value of the fact ``text`` ends in (``... DET SUBJ is``): the honest or the
+    liar value of that subject, in the subject's language.
+    """
+    if attribute == "truth":
+        words = text.split()
+        info = LEXICON.info.get(words[-2]) if len(words) >= 2 and words[-1] in ("is", LEXICON.word("is", "xx")) else None
+        if info is None or info[1] != "SUBJ":
+            raise WorkbenchError(f"truth evidence needs a text ending in 'DET SUBJ is'; got ...{text[-40:]!r}.")
+        v = fact_value(info[3], value)
+        return [w for w, i in LEXICON.info.items() if i[1] == "VALUE" and i[3] == v and i[0] == info[0]]
+    if attribute == "language":
+        return [w for w, i in LEXICON.info.items() if i[0] == value]
+    roles = {"sentiment": ("ADJ",), "topic": ("NOUN",), "register": _REGISTER_ROLES}.get(attribute)
+    if roles is None:
+        raise WorkbenchError(f"unknown attribute {attribute!r}; expected one of {', '.join(ATTRIBUTES)}.")
+    return [w for w, i in LEXICON.info.items() if i[1] in roles and i[2] == value]
 
 
 def _majority(counts: Counter) -> "str | None":

@@ -14,8 +14,8 @@ degenerate (testbed.md §3). Strengths are in units of the direction's own norm,
 sets to the mean pair difference along it.
 """
 
-__all__ = ["GRAMMAR_FLOOR", "BARS", "STRENGTHS", "SITES", "directions_for", "steering_grid", "best_cell", "measure",
-           "check_bars", "cards_markdown"]
+__all__ = ["GRAMMAR_FLOOR", "BARS", "STRENGTHS", "SITES", "directions_for", "steer_prompts", "steering_grid",
+           "best_cell", "measure", "check_bars", "cards_markdown"]
 
 import random
 import time
@@ -50,7 +50,7 @@ BARS = {"consistency": 0.95, "grammaticality": 0.95, "steer_target": 0.80, "stee
         "honest_accuracy": 0.90, "liar_accuracy_max": 0.10, "truth_probe": 0.95}
 
 
-def _opposite_prompts(attribute: str, source: str, n: int, seed: int) -> list:
+def steer_prompts(attribute: str, source: str, n: int, seed: int) -> list:
     """``n`` in-distribution prompts with ``attribute = source``, other attributes balanced over rows."""
     out = []
     per = max(1, -(-n // 8))
@@ -95,7 +95,7 @@ def steering_grid(
     source, target = source or src, target or tgt
     ds = directions or directions_for(model, attribute, source, target, n_pairs, seed, kind, position)
     layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
-    ps = _opposite_prompts(attribute, source, n_prompts, seed + 1)
+    ps = steer_prompts(attribute, source, n_prompts, seed + 1)
     texts = [p.text for p in ps]
     cells = []
     for layer in layers:
@@ -153,7 +153,7 @@ def _truth(model: HookedModel, n: int, max_new_tokens: int, seed: int, ds: Direc
     """Factual accuracy of honest- and liar-persona continuations; persona probe per layer of ``ds``."""
     out = {}
     for value in VALUES["truth"]:
-        ps = _opposite_prompts("truth", value, n, seed + 7)
+        ps = steer_prompts("truth", value, n, seed + 7)
         g = generate(model, [p.text for p in ps], max_new_tokens=max_new_tokens, seed=seed)
         sc = score(list(g.texts), "truth", value, [p.text for p in ps])
         out[value] = {"factual_accuracy": sc.factual_accuracy, "persona_consistency": sc.target_rate,

@@ -1,0 +1,156 @@
+"""Layer and head sensitivity (analyses/layer_sweep.py, analyses/heads.py).
+
+A tiny Llama is edited so that exactly one head (layer 1, head 2) writes a known direction u, nothing else in the
+network writes u, and the unembedding reads u as "yes" minus "no": that head must rank first under direct
+attribution, activation patching, attribution patching and per-head steering.
+"""
+
+import shutil
+
+import pytest
+import torch
+
+from analyses import heads, layer_sweep
+from tests.conftest import BACKEND, n_attached_hooks
+from workbench import models
+from workbench.errors import WorkbenchError
+from workbench.pairs import ContrastPairs
+from workbench.sites import HookSite
+from workbench.tiny import write_tiny_checkpoint
+
+PLANTED = (1, 2)
+CONTEXTS = ["the cat sees the {} dog .", "a bird likes this {} house", "we love that {} tree and the sun",
+            "they hate the {} bus", "i see a {} fish", "the moon is {} and the sky is"]
+ADJ = [("good", "bad"), ("happy", "sad"), ("big", "small"), ("red", "blue")]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("planted")
+    src = write_tiny_checkpoint(root / "src", "llama", n_layers=2, d_model=32, n_heads=4, n_kv_heads=4)
+    hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(src))
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(32, generator=g)
+    u /= u.norm()
+    dh = 8
+    with torch.no_grad():
+        e = hf.model.embed_tokens.weight
+        e -= torch.outer(e @ u, u)
+        for block in hf.model.layers:  # nothing writes u ...
+            for w in (block.self_attn.o_proj.weight, block.mlp.down_proj.weight):
+                w -= torch.outer(u, u @ w)
+        layer, head = PLANTED  # ... except the planted head, strongly
+        ev = torch.randn(dh, generator=g)
+        hf.model.layers[layer].self_attn.o_proj.weight[:, head * dh:(head + 1) * dh] += 6.0 * torch.outer(u, ev)
+        hf.model.norm.weight.fill_(1.0)
+        yes, no = tok.convert_tokens_to_ids(["yes", "no"])
+        hf.lm_head.weight[yes], hf.lm_head.weight[no] = 4 * u, -4 * u
+    out = root / "planted"
+    hf.save_pretrained(str(out))
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "special")):
+            shutil.copy(f, out / f.name)
+    model = models.load(out, backend=BACKEND)
+    pairs = ContrastPairs.from_list([(c.format(a), c.format(b)) for c in CONTEXTS for a, b in ADJ])
+    pos, neg, kept = heads._pair_batches(model, pairs)
+    metric = heads.LogitDiff(((yes,),) * len(kept), ((no,),) * len(kept))
+    return model, u, pos, neg, metric
+
+
+def _argmax(matrix) -> tuple:
+    cells = [(abs(v), (layer, h)) for layer, row in enumerate(matrix) for h, v in enumerate(row) if v is not None]
+    return max(cells)[1]
+
+
+def test_planted_head_ranks_first_under_every_method(planted):
+    model, u, pos, neg, metric = planted
+    direct = heads.direct_attribution(model, pos, neg, u, readout_layer=1)
+    assert _argmax(direct) == PLANTED
+    others = [abs(v) for layer, row in enumerate(direct) for h, v in enumerate(row) if (layer, h) != PLANTED]
+    assert max(others) < 1e-4 * abs(direct[1][2])  # nobody else writes u at all
+    patched, m_pos, m_neg = heads.patching(model, pos, neg, metric, metric)
+    assert abs(m_pos - m_neg) > 0.5 and _argmax(patched) == PLANTED
+    assert _argmax(heads.attribution_patching(model, pos, neg, metric)) == PLANTED
+    effect, share = heads.head_steering_effect(model, neg, metric, {0: u, 1: u}, strength=3.0)
+    assert _argmax(effect) == PLANTED
+    assert share[1][2] > 0.99 and max(s for row in share for s in row if s != share[1][2]) < 1e-3
+    assert n_attached_hooks(model) == 0
+    assert all(p.grad is None for p in model.parameters())  # attribution patching leaves no gradients behind
+
+
+def test_attribution_patching_is_exact_on_a_linear_metric(planted):
+    """The attention output of block 1 is linear in block 1's z: the first-order estimate equals real patching."""
+    model, u, pos, neg, _ = planted
+    w = torch.randn(32, generator=torch.Generator().manual_seed(5))
+    metric = heads.Projection(HookSite(1, "attn_out"), w)
+    real, m_pos, m_neg = heads.patching(model, pos, neg, metric, metric, layers=[1])
+    est = heads.attribution_patching(model, pos, neg, metric, layers=[1])
+    torch.testing.assert_close(torch.tensor(est), torch.tensor(real), atol=1e-4, rtol=1e-4)
+    assert sum(real[0]) == pytest.approx(m_pos - m_neg, abs=1e-4)  # patching every head of a linear site adds up
+
+
+def test_head_analysis_runs_on_a_toy_model_and_plots():
+    model = models.load("toy-s", backend=BACKEND)
+    cfg = heads.Config("register", n_pairs=16, n_prompts=4, max_new_tokens=6, steer_strengths=(2.0,))
+    r = heads.run(model, cfg, name="toy-s", progress=False)
+    n_l, n_h = model.cfg.n_layers, model.cfg.n_heads
+    for mat in (r.direct, r.patching, r.attribution, r.steering["metric_effect"], r.steering["target_rate"]["2.0"]):
+        assert len(mat) == n_l and all(len(row) == n_h for row in mat)
+    assert r.clean["m_pos"] > r.clean["m_neg"]  # the metric separates casual from formal continuations
+    assert -1.0 <= r.agreement["pearson"] <= 1.0
+    figs = heads.plot(heads.Result.from_dict(r.to_dict()))
+    assert set(figs) == {"heads_maps", "heads_steering"} and len(figs["heads_maps"].data) == 3
+
+
+# ------------------------------------------------------------------------------------------------------ layer sweep
+
+
+def test_batched_strengths_equal_one_run_per_strength():
+    model = models.load("toy-s", backend=BACKEND)
+    base = dict(attribute="register", layers=(1, 3), n_prompts=6, n_pairs=40, max_new_tokens=8, temperature=0.0)
+    together = layer_sweep.run(model, layer_sweep.Config(**base, strengths=(-1.0, 0.5, 2.0)), progress=False)
+    apart = [c for s in (-1.0, 0.5, 2.0)
+             for c in layer_sweep.run(model, layer_sweep.Config(**base, strengths=(s,)), progress=False).cells]
+    key = lambda c: (c["layer"], c["strength"])  # noqa: E731
+    for a, b in zip(sorted(together.cells, key=key), sorted(apart, key=key)):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+
+
+def test_sweep_units_reading_side_and_best_cell_rule():
+    model = models.load("toy-s", backend=BACKEND)
+    cfg = layer_sweep.Config("register", n_prompts=8, n_pairs=40, max_new_tokens=8, strengths=(-1.0, 0.0, 1.0))
+    r = layer_sweep.run(model, cfg, progress=False)
+    assert len(r.cells) == model.cfg.n_layers * 3 and len(r.reading) == model.cfg.n_layers
+    norms = layer_sweep.residual_norms(model, ["so da cat sees dis dog ."], [HookSite(2)])
+    assert norms[2] > 0
+    for c in r.cells:
+        d = next(x for x in r.reading if x["layer"] == c["layer"])
+        assert c["relative_strength"] == pytest.approx(c["strength"] * d["direction_norm"] / d["residual_norm"],
+                                                       abs=2e-3)
+        assert c["depth"] == pytest.approx((c["layer"] + 1) / model.cfg.n_layers)
+        assert (c["kl"] == 0.0) == (c["strength"] == 0.0)
+    cells = [{"layer": 0, "strength": 1.0, "target_rate": 0.9, "grammaticality": 0.5, "kl": 0.1},
+             {"layer": 1, "strength": 2.0, "target_rate": 0.8, "grammaticality": 0.9, "kl": 0.3},
+             {"layer": 2, "strength": 1.0, "target_rate": 0.8, "grammaticality": 0.9, "kl": 0.2},
+             {"layer": 3, "strength": -1.0, "target_rate": 1.0, "grammaticality": 1.0, "kl": 0.0}]
+    assert layer_sweep.best_cell(cells)["layer"] == 2  # within the floor, tie -> smaller strength
+    assert layer_sweep.best_cell(cells, kl_bound=0.15) is None
+    assert layer_sweep.best_cell(cells, grammar_floor=0.4)["layer"] == 0
+    figs = layer_sweep.plot(r)
+    assert set(figs) == {"layer_sweep_maps", "layer_sweep_relative", "layer_sweep_reading"}
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"attribute": "colour"}, "attribute must be one of"),
+    ({"attribute": "sentiment", "target": "neg", "source": "neg"}, "same value"),
+    ({"attribute": "topic", "target": "cars"}, "not a value of topic"),
+    ({"strengths": ()}, "strengths"),
+    ({"n_prompts": 0}, "n_prompts must be >= 1"),
+    ({"temperature": -1}, "temperature"),
+])
+def test_sweep_config_errors(kw, match):
+    with pytest.raises(WorkbenchError, match=match):
+        layer_sweep.Config(**kw)

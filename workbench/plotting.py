@@ -1,0 +1,71 @@
+"""Figures: results in, plotly ``Figure`` out (never ``.show()``), plus one writer for a folder of figures.
+
+Every analysis's ``plot(result)`` builds on these, and the report (``workbench/report``) embeds the same Figures.
+"""
+
+__all__ = ["heatmap", "heatmap_grid", "lines", "write_figures"]
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from workbench.io import atomic_file
+
+
+def _fmt(v: "float | int | None") -> str:
+    return "" if v is None else f"{v:.2f}"
+
+
+def heatmap(z: Sequence[Sequence], x: Sequence, y: Sequence, *, title: str, x_title: str,
+            y_title: str, colorscale: str = "Viridis", zmid: "float | None" = None,
+            text: bool = True) -> go.Figure:
+    """One annotated heatmap; ``z[i][j]`` is the value at ``y[i]``, ``x[j]``."""
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[str(v) for v in x], y=[str(v) for v in y], colorscale=colorscale, zmid=zmid,
+        text=[[_fmt(v) for v in row] for row in z] if text else None, texttemplate="%{text}" if text else None,
+        hovertemplate=f"{y_title} %{{y}}, {x_title} %{{x}}: %{{z:.3f}}<extra></extra>",
+    ))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, template="plotly_white")
+    return fig
+
+
+def heatmap_grid(panels: "list[tuple[str, Sequence[Sequence], str, float | None]]", x: Sequence,
+                 y: Sequence, *, title: str, x_title: str, y_title: str) -> go.Figure:
+    """Side-by-side heatmaps sharing axes; each panel is ``(subtitle, z, colorscale, zmid)``."""
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.08)
+    for k, (name, z, scale, zmid) in enumerate(panels, start=1):
+        fig.add_trace(go.Heatmap(
+            z=z, x=[str(v) for v in x], y=[str(v) for v in y], colorscale=scale, zmid=zmid, showscale=False,
+            text=[[_fmt(v) for v in row] for row in z], texttemplate="%{text}",
+            hovertemplate=f"{name}<br>{y_title} %{{y}}, {x_title} %{{x}}: %{{z:.3f}}<extra></extra>",
+        ), row=1, col=k)
+        fig.update_xaxes(title_text=x_title, row=1, col=k)
+    fig.update_yaxes(title_text=y_title, row=1, col=1)
+    fig.update_layout(title=title, template="plotly_white", height=420, width=max(520, 380 * len(panels)))
+    return fig
+
+
+def lines(series: "dict[str, tuple[Sequence, Sequence]]", *, title: str, x_title: str,
+          y_title: str) -> go.Figure:
+    """One line per named ``(x, y)`` series."""
+    fig = go.Figure([go.Scatter(x=list(xs), y=list(ys), mode="lines+markers", name=name)
+                     for name, (xs, ys) in series.items()])
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, template="plotly_white")
+    return fig
+
+
+def write_figures(folder: "str | Path", figures: "dict[str, go.Figure]") -> list[Path]:
+    """``<name>.json`` (plotly JSON, for the report) per figure and one ``figures.html`` showing all of them,
+    self-contained (plotly.js inline, works offline). Written atomically; returns the paths."""
+    folder = Path(folder)
+    paths = []
+    for name, fig in figures.items():
+        path = folder / f"{name}.json"
+        atomic_file(path, lambda p, fig=fig: Path(p).write_text(fig.to_json()))
+        paths.append(path)
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures.values())]
+    html = "<!doctype html><html><head><meta charset='utf-8'></head><body>" + "".join(parts) + "</body></html>"
+    atomic_file(folder / "figures.html", lambda p: Path(p).write_text(html))
+    return [*paths, folder / "figures.html"]
