@@ -12,7 +12,7 @@ HookedTransformer's meaning on both backends, which is also what the exported fo
 reproduce.
 """
 
-__all__ = ["Intervention", "AddDirection", "Ablate", "intervention_from_dict"]
+__all__ = ["Intervention", "AddDirection", "Ablate", "SpectralEdit", "intervention_from_dict"]
 
 import math
 from collections.abc import Callable
@@ -169,7 +169,93 @@ class Ablate:
         return {"direction": self.direction}
 
 
-def intervention_from_dict(meta: dict, tensors: dict[str, torch.Tensor]) -> "AddDirection | Ablate":
+_SPECTRAL_SITES = ("mlp_out", "attn_out", "resid_pre", "resid_post")
+
+
+@dataclass(frozen=True, eq=False)
+class SpectralEdit:
+    """SEA at ``site``: h -> combine(Phi^-1(P+ Phi(h)), Phi^-1(P- Phi(h))) with P+ = U+U+^T, P- = I - U-U-^T,
+    applied through the rank-k factors (see ``workbench.spectral`` for the modes and the official code's quirks).
+
+    ``parts``: ``both`` (SEA), ``pos`` or ``neg`` only (ablations); ``reverse`` swaps what is kept and removed
+    (P+ = I - U+U+^T, P- = U-U-^T): the reversed-projection ablation.
+    """
+
+    site: HookSite
+    u_pos: torch.Tensor  # [d_model, k_pos], orthonormal columns
+    u_neg: torch.Tensor  # [d_model, k_neg]
+    combine: str = "norm"
+    feature: str = "identity"
+    parts: str = "both"
+    reverse: bool = False
+    positions: Positions = field(default_factory=Positions)
+
+    def __post_init__(self) -> None:
+        from workbench.spectral import COMBINES, FEATURES
+
+        for name in ("u_pos", "u_neg"):
+            u = getattr(self, name)
+            if not isinstance(u, torch.Tensor) or u.ndim != 2 or not u.is_floating_point() or not torch.isfinite(u).all():
+                raise WorkbenchError(f"SpectralEdit.{name} must be a finite float [d_model, k] tensor.")
+        if self.u_pos.shape[0] != self.u_neg.shape[0]:
+            raise WorkbenchError(f"SpectralEdit factors disagree on d_model: {self.u_pos.shape[0]} vs {self.u_neg.shape[0]}.")
+        if self.combine not in COMBINES:
+            raise WorkbenchError(f"SpectralEdit.combine must be one of {', '.join(COMBINES)}, got {self.combine!r}.")
+        if self.feature not in FEATURES:
+            raise WorkbenchError(f"SpectralEdit.feature must be one of {', '.join(FEATURES)}, got {self.feature!r}.")
+        if self.parts not in ("both", "pos", "neg"):
+            raise WorkbenchError(f"SpectralEdit.parts must be 'both', 'pos' or 'neg', got {self.parts!r}.")
+        if self.site.kind not in _SPECTRAL_SITES:
+            raise WorkbenchError(f"SpectralEdit works at {', '.join(_SPECTRAL_SITES)}; got {self.site.kind!r}.")
+        object.__setattr__(self, "u_pos", self.u_pos.detach().float())
+        object.__setattr__(self, "u_neg", self.u_neg.detach().float())
+
+    def edit(self, x: torch.Tensor, real: "torch.Tensor | None" = None) -> torch.Tensor:
+        """The edited activation for ``x`` [..., pos, d_model]; ``real`` [..., pos] marks non-padding positions
+        (used by the ``reference`` mode's per-feature norms over the sequence)."""
+        from workbench.spectral import phi, phi_inverse
+
+        up, un = self.u_pos.to(x), self.u_neg.to(x)
+        y = phi(x, self.feature)
+        keep_p = (y @ up) @ up.T
+        drop_n = (y @ un) @ un.T
+        a_pos = y - keep_p if self.reverse else keep_p
+        a_neg = drop_n if self.reverse else y - drop_n
+        chosen = {"both": (a_pos, a_neg), "pos": (a_pos,), "neg": (a_neg,)}[self.parts]
+        total = sum(phi_inverse(a, self.feature) for a in chosen)
+        if self.combine == "average":
+            return total / len(chosen)
+        if self.combine == "norm":
+            return total * x.norm(dim=-1, keepdim=True) / total.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        w = torch.ones(x.shape[:-1], dtype=x.dtype, device=x.device) if real is None else real.to(x)
+        nx = (x.pow(2) * w[..., None]).sum(-2, keepdim=True).sqrt()  # per feature, across positions
+        ny = (total.pow(2) * w[..., None]).sum(-2, keepdim=True).sqrt().clamp_min(1e-12)
+        return total * nx / ny
+
+    def to_hooks(self, model: Any, layout: "TokenLayout | None" = None) -> list[tuple[str, HookFn]]:
+        _check_width(self.site, model, self.u_pos[:, 0] if self.u_pos.shape[1] else self.u_neg[:, 0],
+                     "SpectralEdit factors")
+        positions = self.positions
+
+        def spectral(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            mask = _edit_mask(layout, positions, x)
+            real = None
+            if layout is not None:
+                real = layout.mask(Positions(), x.shape[1], x.device)
+            new = self.edit(x, real)
+            return new if mask is None else x + mask * (new - x)
+
+        return [(self.site.name, spectral)]
+
+    def to_dict(self) -> dict:
+        return {"kind": "spectral", "site": self.site.to_dict(), "combine": self.combine, "feature": self.feature,
+                "parts": self.parts, "reverse": self.reverse, "positions": self.positions.to_dict()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"u_pos": self.u_pos, "u_neg": self.u_neg}
+
+
+def intervention_from_dict(meta: dict, tensors: dict[str, torch.Tensor]) -> "AddDirection | Ablate | SpectralEdit":
     """Rebuild an intervention from ``to_dict()`` and ``tensors()`` output."""
     kind = meta.get("kind")
     try:
@@ -180,6 +266,10 @@ def intervention_from_dict(meta: dict, tensors: dict[str, torch.Tensor]) -> "Add
             return AddDirection(site, tensors["vector"], tuple(scale) if isinstance(scale, list) else scale, positions)
         if kind == "ablate":
             return Ablate(site, tensors["direction"], positions)
+        if kind == "spectral":
+            return SpectralEdit(site, tensors["u_pos"], tensors["u_neg"], meta.get("combine", "norm"),
+                                meta.get("feature", "identity"), meta.get("parts", "both"),
+                                bool(meta.get("reverse", False)), positions)
     except KeyError as e:
         raise WorkbenchError(f"intervention entry lacks {e}; re-export it with the workbench.") from None
-    raise WorkbenchError(f"unknown intervention kind {kind!r}; expected 'add' or 'ablate'.")
+    raise WorkbenchError(f"unknown intervention kind {kind!r}; expected 'add', 'ablate' or 'spectral'.")

@@ -114,8 +114,43 @@ def _first(out: Any, fn) -> Any:
     return fn(out)
 
 
+def _phi(x: torch.Tensor, f: str, inverse: bool = False) -> torch.Tensor:  # as workbench.spectral
+    if f == "identity":
+        return x
+    if f == "squared_exponential":
+        return -2 * torch.log(x.clamp_min(1e-4)) if inverse else torch.exp(-x.pow(2) / 2)
+    if f == "tanh":
+        return torch.atanh(x.clamp(-1 + 1e-4, 1 - 1e-4)) if inverse else torch.tanh(x)
+    if f == "elu":
+        return torch.where(x > 0, x, torch.log((x + 1).clamp_min(1e-12))) if inverse else torch.nn.functional.elu(x)
+    raise SpecError(f"unknown feature function {f!r}.")
+
+
+def _spectral(entry: dict, where: str):
+    """SEA through its rank-k factors (the math of workbench.interventions.SpectralEdit)."""
+    up, un = entry["_tensors"]["u_pos"], entry["_tensors"]["u_neg"]
+    combine, f = entry.get("combine", "norm"), entry.get("feature", "identity")
+    parts, rev = entry.get("parts", "both"), bool(entry.get("reverse", False))
+    if combine not in ("norm", "average", "reference") or parts not in ("both", "pos", "neg"):
+        raise SpecError(f"{where}: combine {combine!r} / parts {parts!r} not supported.")
+
+    def edit(x: torch.Tensor) -> torch.Tensor:
+        y = _phi(x, f)
+        kp, dn = (y @ up.to(x)) @ up.to(x).T, (y @ un.to(x)) @ un.to(x).T
+        a = {"pos": (y - kp if rev else kp,), "neg": (dn if rev else y - dn,)}
+        chosen = a["pos"] + a["neg"] if parts == "both" else a[parts]
+        total = sum(_phi(p, f, inverse=True) for p in chosen)
+        if combine == "average":
+            return total / len(chosen)
+        if combine == "norm":
+            return total * x.norm(dim=-1, keepdim=True) / total.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return total * x.norm(dim=-2, keepdim=True) / total.norm(dim=-2, keepdim=True).clamp_min(1e-12)
+
+    return edit, up[:, 0] if up.shape[1] else un[:, 0]
+
+
 def _edit(entry: dict, where: str):
-    """The tensor -> tensor function of one entry (add or ablate), and its vector."""
+    """The tensor -> tensor function of one entry (add, ablate, spectral), and a vector of the site's width."""
     t = entry["_tensors"]
     if entry.get("kind") == "add":
         v, s = t["vector"], float(entry.get("scale", 1.0))
@@ -123,7 +158,9 @@ def _edit(entry: dict, where: str):
     if entry.get("kind") == "ablate":
         u = t["direction"] / t["direction"].norm()
         return (lambda x: x - (x @ u.to(x))[..., None] * u.to(x)), u
-    raise SpecError(f"{where}: kind {entry.get('kind')!r} is not supported by this applier (add, ablate).")
+    if entry.get("kind") == "spectral":
+        return _spectral(entry, where)
+    raise SpecError(f"{where}: kind {entry.get('kind')!r} is not supported by this applier (add, ablate, spectral).")
 
 
 @contextlib.contextmanager
@@ -160,6 +197,8 @@ def applied(model: torch.nn.Module, spec: "dict | str | Path", *, check_weights:
             plans.append((block, "out", fn))
         elif kind == "mlp_out":
             plans.append((_module(block, mlp_name), "out", fn))
+        elif kind == "resid_mid" and e["kind"] == "spectral":
+            raise SpecError(f"{where}: spectral edits at resid_mid are not supported.")
         elif kind == "attn_out" or (kind == "resid_mid" and e["kind"] == "add"):
             plans.append((_module(block, attn_name), "out", fn))  # adding to resid_mid = adding to attn_out
         elif kind == "resid_mid":  # ablation of (input + attn_out): remember the input, edit the attention output

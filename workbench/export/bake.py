@@ -9,6 +9,8 @@ What folds exactly (every position, as the spec's ``positions="all"``):
 * add at ``mlp_post`` / ``z`` of block N -> ``W_down @ v`` / ``W_O @ v`` on that projection's bias;
 * add at ``resid_pre`` of block 0 -> every token embedding (Llama; untied from the unembedding first) or every
   position embedding (GPT-2);
+* a linear spectral edit (SEA ``combine="average"``, identity feature) at ``mlp_out`` of block N -> the
+  down-projection weight and bias left-multiplied by M = (P+ + P-) / 2 (or the one part kept);
 * one direction ablated everywhere (the residual never carries it: every read site covered, see
   ``ablation_everywhere``) -> orthogonalisation of every writer: embeddings, attention and MLP output projections.
 
@@ -25,7 +27,7 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.export.spec import Spec
-from workbench.interventions import Ablate, AddDirection
+from workbench.interventions import Ablate, AddDirection, SpectralEdit
 from workbench.io import atomic_dir, read_json, write_json
 from workbench.sites import HookSite
 
@@ -134,6 +136,35 @@ def _bake_adds(hf, adds: "list[AddDirection]", log: list) -> None:
                        f"projection bias += {'W @ v' if kind in ('mlp_post', 'z') else 'v'} ({a.site.name})")
 
 
+def _spectral_matrix(e: SpectralEdit) -> torch.Tensor:
+    """The linear map of an ``average``-mode, identity-feature spectral edit (float64)."""
+    up, un = e.u_pos.double(), e.u_neg.double()
+    eye = torch.eye(up.shape[0], dtype=torch.float64)
+    p_pos, p_neg = up @ up.T, eye - un @ un.T
+    if e.reverse:
+        p_pos, p_neg = eye - p_pos, eye - p_neg
+    chosen = {"both": (p_pos, p_neg), "pos": (p_pos,), "neg": (p_neg,)}[e.parts]
+    return sum(chosen) / len(chosen)
+
+
+def _bake_spectral(hf, edits: "list[SpectralEdit]", log: list) -> None:
+    layers, _, down = _layout(hf)
+    for e in edits:
+        if e.site.kind != "mlp_out" or e.combine != "average" or e.feature != "identity":
+            raise WorkbenchError(
+                f"{e.site.name}: only linear spectral edits (combine='average', feature='identity') at mlp_out fold "
+                f"into weights (got {e.site.kind}, {e.combine}, {e.feature}); deploy this one with apply_hf."
+            )
+        m, proj = _spectral_matrix(e), down(layers[e.site.layer])
+        with torch.no_grad():
+            w = proj.weight.double()
+            proj.weight.copy_((w @ m if _is_conv1d(proj) else m @ w).to(proj.weight.dtype))  # M symmetric
+            if proj.bias is not None:
+                proj.bias.copy_((m @ proj.bias.double()).to(proj.bias.dtype))
+        log.append(f"block {e.site.layer} down projection weight and bias <- M @ (.), M = SEA average map "
+                   f"(k+ {e.u_pos.shape[1]}, k- {e.u_neg.shape[1]})")
+
+
 def _bake_ablation(hf, u: torch.Tensor, log: list) -> None:
     layers, o_proj, down = _layout(hf)
     u = u.double() / u.double().norm()
@@ -177,6 +208,10 @@ def bake_hf(
     src = hf_folder(source)
     adds = [iv for iv in spec.interventions if isinstance(iv, AddDirection)]
     ablates = [iv for iv in spec.interventions if isinstance(iv, Ablate)]
+    spectral = [iv for iv in spec.interventions if isinstance(iv, SpectralEdit)]
+    if spectral and (adds or ablates):
+        raise WorkbenchError("a spec mixing spectral edits with adds or ablations is not baked in one step (their order "
+                             "at one site matters); bake them as separate specs or use apply_hf.")
     for iv in spec.interventions:
         if iv.positions.kind != "all":
             raise WorkbenchError(
@@ -208,7 +243,9 @@ def bake_hf(
     src_dtype = src_cfg.get("dtype") or src_cfg.get("torch_dtype") or "float32"
     save_dtype = getattr(torch, dtype or src_dtype, torch.float32)
     log: list[str] = []
-    if adds:
+    if spectral:
+        _bake_spectral(hf, spectral, log)
+    elif adds:
         _bake_adds(hf, adds, log)
     else:
         _bake_ablation(hf, ablates[0].direction, log)

@@ -27,7 +27,7 @@ import torch
 
 import workbench
 from workbench.errors import WorkbenchError
-from workbench.interventions import Ablate, AddDirection, intervention_from_dict
+from workbench.interventions import Ablate, AddDirection, SpectralEdit, intervention_from_dict
 from workbench.io import atomic_dir, read_json, read_tensors, write_json, write_tensors
 from workbench.models import Fingerprint, HookedModel, fingerprint
 from workbench.positions import Positions
@@ -61,7 +61,7 @@ class Provenance:
 class Spec:
     """Interventions for one model, ready to save, deploy (gguf, bake, apply_hf) or apply with ``hooks.applied``."""
 
-    interventions: tuple  # tuple[AddDirection | Ablate, ...]
+    interventions: tuple  # tuple[AddDirection | Ablate | SpectralEdit, ...]
     fingerprint: Fingerprint
     provenance: Provenance = field(default_factory=Provenance)
 
@@ -70,9 +70,10 @@ class Spec:
         if not ivs:
             raise WorkbenchError("a spec needs at least one intervention; pass AddDirection or Ablate values.")
         for i, iv in enumerate(ivs):
-            if not isinstance(iv, (AddDirection, Ablate)):
+            if not isinstance(iv, (AddDirection, Ablate, SpectralEdit)):
                 raise WorkbenchError(
-                    f"interventions[{i}] is a {type(iv).__name__}; a spec holds AddDirection or Ablate values."
+                    f"interventions[{i}] is a {type(iv).__name__}; a spec holds AddDirection, Ablate or "
+                    f"SpectralEdit values."
                 )
             if isinstance(iv, AddDirection) and isinstance(iv.scale, tuple):
                 raise WorkbenchError(
@@ -81,7 +82,8 @@ class Spec:
                 )
             width = self.fingerprint.d_model
             if iv.site.kind in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"):
-                n = (iv.vector if isinstance(iv, AddDirection) else iv.direction).numel()
+                n = (iv.u_pos.shape[0] if isinstance(iv, SpectralEdit)
+                     else (iv.vector if isinstance(iv, AddDirection) else iv.direction).numel())
                 if n != width:
                     raise WorkbenchError(
                         f"interventions[{i}] at {iv.site.name} has {n} entries but the model's d_model is {width}; "
