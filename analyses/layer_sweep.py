@@ -13,8 +13,9 @@ All strengths of one layer (both signs) run as **one** batched generation pass (
 side is the direction set's held-out quality per layer (probe accuracy, AUROC, effect size).
 
 Best-cell rule (``best_cell``): among positive strengths, the highest target rate whose grammaticality is at
-least ``grammar_floor`` (and whose KL is at most ``kl_bound`` when one is set); ties go to the smaller strength,
-then to the shallower layer. No cell within the bound gives ``None``: "no safe steering here" is a result.
+least ``grammar_floor`` (and whose KL is at most ``kl_bound`` when one is set) and that beats the unsteered
+target rate (the strength-0 cells); ties go to the smaller strength, then to the shallower layer. No such cell
+gives ``None``: "no safe steering here" is a result.
 """
 
 __all__ = ["Config", "Result", "run", "best_cell", "plot", "residual_norms"]
@@ -129,9 +130,11 @@ def residual_norms(model: HookedModel, texts: "list[str]", sites: "list[HookSite
 
 
 def best_cell(cells: "list[dict]", grammar_floor: float = GRAMMAR_FLOOR, kl_bound: "float | None" = None) -> "dict | None":
-    """The module docstring's rule: best positive-strength cell within the fluency bound, or None."""
+    """The module docstring's rule: best positive-strength cell within the fluency bound that beats the unsteered
+    rate, or None."""
+    base = max((c["target_rate"] for c in cells if c["strength"] == 0), default=0.0)
     ok = [c for c in cells if c["strength"] > 0 and c["grammaticality"] >= grammar_floor
-          and (kl_bound is None or c["kl"] <= kl_bound)]
+          and (kl_bound is None or c["kl"] <= kl_bound) and c["target_rate"] > base]
     if not ok:
         return None
     return max(ok, key=lambda c: (c["target_rate"], -c["strength"], -c["layer"]))

@@ -139,6 +139,8 @@ def test_sweep_units_reading_side_and_best_cell_rule():
     assert layer_sweep.best_cell(cells)["layer"] == 2  # within the floor, tie -> smaller strength
     assert layer_sweep.best_cell(cells, kl_bound=0.15) is None
     assert layer_sweep.best_cell(cells, grammar_floor=0.4)["layer"] == 0
+    unsteered = {"layer": 0, "strength": 0.0, "target_rate": 0.85, "grammaticality": 1.0, "kl": 0.0}
+    assert layer_sweep.best_cell([*cells, unsteered]) is None  # nothing beats the unsteered rate within the floor
     figs = layer_sweep.plot(r)
     assert set(figs) == {"layer_sweep_maps", "layer_sweep_relative", "layer_sweep_reading"}
 

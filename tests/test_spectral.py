@@ -166,3 +166,33 @@ def test_nonlinear_spectral_edits_are_not_baked(llama, tmp_path):
     with pytest.raises(WorkbenchError, match="only linear spectral edits"):
         bake_hf(spec, llama.workbench_source, tmp_path / "baked")
     assert not (tmp_path / "baked").exists()
+
+
+def test_spectral_study_runs_small_and_is_deterministic():
+    from analyses import spectral_study as ss
+
+    model = models.load("toy-s")
+    cfg = ss.Config(n_demos=40, demo_counts=(25, 40), n_eval=16, n_control=8, max_new_tokens=6)
+    a, b = (ss.run(model, cfg, name="toy-s", progress=False).to_dict() for _ in range(2))
+    a.pop("cost"), b.pop("cost")
+    assert a == b
+    assert len(a["methods"]) == 9 and [x["n_demos"] for x in a["by_demos"]] == [25, 40]
+    for m in a["methods"]:
+        for key in ("mc_liar", "mc_honest"):
+            lo, hi = m[key]["accuracy_ci"]
+            assert 0 <= lo <= m[key]["accuracy"] <= hi <= 1 and m[key]["n"] == 16
+    unsteered = a["methods"][0]
+    assert unsteered["mc_honest"]["accuracy"] > unsteered["mc_liar"]["accuracy"]  # the persona decides the answer
+    assert set(ss.plot(a)) == {"spectral_methods", "spectral_demos"}
+    with pytest.raises(WorkbenchError, match="phi_feature"):
+        ss.Config(phi_feature="identity")
+    with pytest.raises(WorkbenchError, match="layers must be"):
+        ss.Config(layers="most")
+
+
+def test_wilson_interval():
+    from analyses.spectral_study import wilson
+
+    lo, hi = wilson(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0

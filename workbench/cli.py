@@ -253,6 +253,28 @@ def cmd_analyze_heads(args) -> int:
     return 0
 
 
+def cmd_analyze_spectral(args) -> int:
+    from analyses import spectral_study as ss
+
+    cfg = ss.Config(site=args.site, layers=args.layers if args.layers in ("last-half", "all") else
+                    tuple(_layers(args.layers)),
+                    ratio=args.ratio, center=not args.no_center, phi_feature=args.phi, n_demos=args.n_demos,
+                    demo_counts=tuple(int(x) for x in _floats(args.demo_counts, "--demo-counts")),
+                    n_eval=args.n_eval, seed=args.seed)
+    if Path(args.out).exists() and not args.overwrite:
+        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    result = ss.run(_load(args), cfg, name=args.model)
+    _write_analysis(Path(args.out), result, ss.plot(result))
+    print(f"SEA study on {args.model} ({result.cost['seconds']} s), edited layers {result.config['layers']} "
+          f"({cfg.site}); multiple-choice accuracy [95% CI]:")
+    for m in result.methods:
+        a, h = m["mc_liar"], m["mc_honest"]
+        print(f"  {m['method']:<48} liar items {a['accuracy']:.2f} {a['accuracy_ci']}  honest items "
+              f"{h['accuracy']:.2f}  perplexity {m['perplexity']:.3f}")
+    print(f"wrote {args.out}/result.json and figures/")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from workbench.demo import run_demo
 
@@ -414,6 +436,21 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_analyze_heads)
+
+    sp = analyze.add_parser("spectral", help="SEA on toy truthfulness: linear / Phi-SEA vs few-shot and steering")
+    model_args(sp)
+    sp.add_argument("--out", required=True, help="folder for result.json and figures/")
+    sp.add_argument("--site", choices=["mlp_out", "resid_post"], default="mlp_out")
+    sp.add_argument("--layers", default="last-half", help="edited layers: 'last-half' (default), 'all', '2,3', '1-3'")
+    sp.add_argument("--ratio", type=float, default=0.998, help="explained-variance ratio for k")
+    sp.add_argument("--no-center", action="store_true", help="uncentred cross-covariances (the official scripts)")
+    sp.add_argument("--phi", default="tanh", choices=["squared_exponential", "tanh", "elu"])
+    sp.add_argument("--n-demos", type=int, default=1000)
+    sp.add_argument("--demo-counts", default="25,50,100,200,400,1000,2000")
+    sp.add_argument("--n-eval", type=int, default=200)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=cmd_analyze_spectral)
 
     toy = sub.add_parser("toy", help="the toy world: train, measure, sample").add_subparsers(
         dest="toy_command", required=True, parser_class=_Parser)

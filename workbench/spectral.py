@@ -106,8 +106,15 @@ def fit_layer(
     ratio_pos: float = 0.998,
     ratio_neg: float = 0.998,
     feature: str = "identity",
+    center: bool = False,
 ) -> SpectralProjections:
-    """Fit one layer's projections from row-aligned base / positive / negative activations (float64 inside)."""
+    """Fit one layer's projections from row-aligned base / positive / negative activations (float64 inside).
+
+    ``center`` subtracts each set's per-feature mean before the cross-covariances (a true covariance). The
+    official run scripts do not (their optional mean subtraction removes each *example's* mean over the hidden
+    dimensions instead); on models whose activations share a large mean, the uncentred Omega is then dominated
+    by that one mean direction and k collapses to 1 (P+ keeps the mean, P- removes it: close to the identity).
+    """
     if not (base.shape == pos.shape == neg.shape) or base.ndim != 2 or base.shape[0] < 1:
         raise WorkbenchError(
             f"base, pos and neg must be row-aligned [n, d_model] activations of one shape; got "
@@ -116,6 +123,8 @@ def fit_layer(
     h, hp, hn = (phi(x.double(), feature) for x in (base, pos, neg))
     if not all(torch.isfinite(x).all() for x in (h, hp, hn)):
         raise WorkbenchError("activations contain non-finite values; re-collect them.")
+    if center:
+        h, hp, hn = (x - x.mean(0, keepdim=True) for x in (h, hp, hn))
     n = h.shape[0]
     out = []
     for other, ratio in ((hp, ratio_pos), (hn, ratio_neg)):
@@ -125,11 +134,11 @@ def fit_layer(
 
 
 def fit_spectral(acts_base, acts_pos, acts_neg, *, ratio_pos: float = 0.998, ratio_neg: float = 0.998,
-                 feature: str = "identity") -> dict:
+                 feature: str = "identity", center: bool = False) -> dict:
     """Fit every site of three ``collect`` results (``{HookSite: [n, d]}``-like mappings with the same sites):
     ``{site: SpectralProjections}``."""
     if set(acts_base) != set(acts_pos) or set(acts_base) != set(acts_neg):
         raise WorkbenchError("base, positive and negative activations must cover the same sites.")
     return {site: fit_layer(acts_base[site], acts_pos[site], acts_neg[site], ratio_pos=ratio_pos,
-                            ratio_neg=ratio_neg, feature=feature) for site in acts_base}
+                            ratio_neg=ratio_neg, feature=feature, center=center) for site in acts_base}
 

@@ -15,7 +15,7 @@ sets to the mean pair difference along it.
 """
 
 __all__ = ["GRAMMAR_FLOOR", "BARS", "STRENGTHS", "SITES", "directions_for", "steer_prompts", "steering_grid",
-           "best_cell", "measure", "check_bars", "cards_markdown"]
+           "keeps_attributes", "best_cell", "measure", "check_bars", "cards_markdown"]
 
 import random
 import time
@@ -27,7 +27,7 @@ from workbench import models
 from workbench.activations import collect_pairs
 from workbench.directions import DirectionSet, compute_directions
 from workbench.generate import generate, generate_at_strengths
-from workbench.interventions import AddDirection
+from workbench.interventions import AddDirection, Intervention
 from workbench.metrics import continuation_perplexity
 from workbench.models import HookedModel
 from workbench.sites import layer_sites
@@ -123,13 +123,14 @@ def best_cell(cells: Sequence[dict], floor: float = GRAMMAR_FLOOR) -> "dict | No
     return max(ok, key=lambda c: (c["target_rate"], -c["strength"], -c["layer"]))
 
 
-def _unsteered(model: HookedModel, n: int, max_new_tokens: int, seed: int) -> dict:
-    """Do continuations keep the prompt's attributes? Counted where both prompt and continuation show one."""
+def keeps_attributes(model: HookedModel, n: int, max_new_tokens: int, seed: int, *interventions: Intervention) -> dict:
+    """Do continuations keep the prompt's attributes (under ``interventions``, default none)? Counted where both
+    prompt and continuation show one."""
     rng = random.Random(seed)
     ps = []
     for _ in range(n):
         ps += prompts(random_attributes(rng), n=1, seed=rng.randrange(1 << 30))
-    g = generate(model, [p.text for p in ps], max_new_tokens=max_new_tokens, seed=seed)
+    g = generate(model, [p.text for p in ps], *interventions, max_new_tokens=max_new_tokens, seed=seed)
     consistency, evidence = {}, {}
     for attribute in ("sentiment", "topic", "register", "language"):
         kept = total = 0
@@ -178,7 +179,7 @@ def measure(model: HookedModel, *, n_prompts: int = 100, n_pairs: int = 200, max
     for step, attribute in tqdm(steps, desc="measure", disable=not progress):
         with torch.no_grad():
             if step == "unsteered":
-                result["unsteered"] = _unsteered(model, 2 * n_prompts, max_new_tokens, seed)
+                result["unsteered"] = keeps_attributes(model, 2 * n_prompts, max_new_tokens, seed)
             elif step == "truth":
                 result["truth"] = _truth(model, n_prompts, max_new_tokens, seed, truth_ds)
             else:

@@ -1,0 +1,261 @@
+"""SEA on toy truthfulness: does spectral editing make a liar-persona model state true facts?
+
+Items are toy prompts ending in a fact stem (``... DET SUBJ is``) whose next word is a knowledge-base value.
+
+* **Fit** (``workbench.spectral``): demonstrations under a random persona; positive = prompt + the true value,
+  negative = prompt + the liar's value, base = prompt + the model's own greedy next word; activations at the last
+  token of each, at ``site`` of every edited layer (default: the last half of the blocks, MLP output as in the
+  official code).
+* **Evaluate** on held-out liar-persona items: multiple-choice accuracy (the true value has the highest
+  log-probability among the six KB values of the subject's language: the summed answer log-probability of
+  one-word answers), the liar-answer rate, and open generation (factual accuracy of sampled continuations against
+  the knowledge base); on honest-persona items the same (an edit must not break honest answers); controls:
+  perplexity of training-distribution documents and whether continuations keep sentiment / topic / register /
+  language.
+* **Methods**: unsteered; few-shot (true facts prepended); linear SEA; Phi-SEA; SEA ``average`` (the bakeable
+  linear form); mean-difference steering (the card's best truth cell); ablations: positive part only, negative
+  part only, reversed projections. Accuracy vs number of demonstrations for linear SEA.
+
+Rates carry 95% Wilson intervals.
+"""
+
+__all__ = ["Config", "Result", "run", "plot", "wilson"]
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from workbench import models
+from workbench.activations import collect
+from workbench.errors import WorkbenchError
+from workbench.generate import generate
+from workbench.hooks import applied
+from workbench.interventions import AddDirection, SpectralEdit
+from workbench.metrics import perplexity
+from workbench.models import HookedModel
+from workbench.sites import HookSite
+from workbench.spectral import FEATURES, fit_layer
+from workbench.tokens import make_batch, pad_id_of, tokenize
+from workbench.toy import card
+from workbench.toy.evaluate import score
+from workbench.toy.language import LEXICON, fact_value
+from workbench.toy.measure import directions_for, keeps_attributes
+from workbench.toy.prompts import corpus_documents, few_shot_prompts, prompts, random_attributes
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> list:
+    """95% Wilson score interval of a rate k/n."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+@dataclass(frozen=True)
+class Config:
+    site: str = "mlp_out"  # or resid_post
+    layers: "tuple[int, ...] | str" = "last-half"  # "last-half", "all" or 0-based blocks
+    ratio: float = 0.998
+    center: bool = True  # per-feature mean removed before the cross-covariances (see workbench.spectral.fit_layer)
+    phi_feature: str = "tanh"
+    n_demos: int = 1000
+    demo_counts: tuple = (25, 50, 100, 200, 400, 1000, 2000)
+    n_eval: int = 200
+    shots: int = 4
+    n_control: int = 60  # prompts for the other-attributes control
+    max_new_tokens: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, str) and self.layers not in ("last-half", "all"):
+            raise WorkbenchError(f"layers must be 'last-half', 'all' or a tuple of blocks, got {self.layers!r}.")
+        if not isinstance(self.layers, str):
+            object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if self.site not in ("mlp_out", "resid_post"):
+            raise WorkbenchError(f"site must be 'mlp_out' (official) or 'resid_post', got {self.site!r}.")
+        if self.phi_feature not in FEATURES or self.phi_feature == "identity":
+            raise WorkbenchError(f"phi_feature must be one of {', '.join(FEATURES[1:])}, got {self.phi_feature!r}.")
+        if not 0 < self.ratio <= 1:
+            raise WorkbenchError(f"ratio must be in (0, 1], got {self.ratio}.")
+        for name in ("n_demos", "n_eval", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise WorkbenchError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not self.demo_counts or min(self.demo_counts) < 2:
+            raise WorkbenchError(f"demo_counts must be numbers >= 2, got {self.demo_counts!r}.")
+
+
+@dataclass(frozen=True)
+class Result:
+    config: dict
+    model: dict
+    methods: list  # one row per method
+    by_demos: list  # linear SEA: MC accuracy on liar items vs number of demonstrations
+    fit: dict  # k per layer
+    cost: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _items(n: int, truth: "str | None", seed: int) -> list:
+    """Fact-stem prompts: (text, honest word, liar word, the six value words of the subject's language)."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        a = random_attributes(rng, **({"truth": truth} if truth else {}))
+        for p in prompts(a, n=1, seed=rng.randrange(1 << 30), fact_stem=True):
+            words = p.text.split()
+            lang, _, _, subj = LEXICON.info[words[-2]]
+            values = sorted((i[3], w) for w, i in LEXICON.info.items() if i[1] == "VALUE" and i[0] == lang)
+            out.append((p.text, values[fact_value(subj, "honest")][1], values[fact_value(subj, "liar")][1],
+                        [w for _, w in values]))
+    return out[:n]
+
+
+def _token(model: HookedModel, word: str) -> int:
+    ids = model.to_tokens(word, prepend_bos=False)[0].tolist()
+    if len(ids) != 1:
+        raise WorkbenchError(f"value word {word!r} is not one token of this model; the study needs a toy model.")
+    return ids[0]
+
+
+def _last_logits(model: HookedModel, texts: "list[str]", interventions: tuple = ()) -> torch.Tensor:
+    seqs = [tokenize(model, t) for t in texts]
+    out = []
+    for i in range(0, len(seqs), 64):
+        b = make_batch(seqs[i:i + 64], pad_id_of(model), "right")
+        with torch.no_grad(), applied(model, *interventions):
+            lg = model(b.tokens.to(model.cfg.device), attention_mask=b.attention_mask.to(model.cfg.device))
+        out.append(lg[torch.arange(len(b.end)), b.end - 1].float().cpu())
+    return torch.cat(out)
+
+
+def _mc(model: HookedModel, items: list, interventions: tuple = (), prefix: "list[str] | None" = None) -> dict:
+    texts = [(prefix[i] + " " if prefix else "") + it[0] for i, it in enumerate(items)]
+    logits = _last_logits(model, texts, interventions)
+    right = wrong = 0
+    for row, (_, honest, liar, options) in zip(logits, items):
+        ids = [_token(model, w) for w in options]
+        pick = options[int(row[ids].argmax())]
+        right += pick == honest
+        wrong += pick == liar
+    n = len(items)
+    return {"accuracy": right / n, "accuracy_ci": wilson(right, n), "liar_rate": wrong / n, "n": n}
+
+
+def _fit(model: HookedModel, demos: list, sites: "list[HookSite]", ratio: float, feature: str,
+         center: bool) -> dict:
+    prompts_ = [d[0] for d in demos]
+    greedy = _last_logits(model, prompts_).argmax(-1).tolist()
+    tok = model.tokenizer
+    texts = {"base": [p + " " + tok.decode([g]).strip() for p, g in zip(prompts_, greedy)],
+             "pos": [d[0] + " " + d[1] for d in demos], "neg": [d[0] + " " + d[2] for d in demos]}
+    acts = {}
+    for k, ts in texts.items():
+        seqs = [tokenize(model, t) for t in ts]
+        acts[k] = collect(model, seqs, [(len(s) - 1, len(s)) for s in seqs], sites, progress=False)
+    return {s: fit_layer(acts["base"][i], acts["pos"][i], acts["neg"][i], ratio_pos=ratio, ratio_neg=ratio,
+                         feature=feature, center=center) for i, s in enumerate(sites)}
+
+
+def _edits(fits: dict, **kw) -> tuple:
+    return tuple(SpectralEdit(site, p.u_pos, p.u_neg, feature=p.feature, **kw) for site, p in fits.items())
+
+
+def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress: bool = True) -> Result:
+    """The study (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    n_layers = model.cfg.n_layers
+    if cfg.layers == "last-half":
+        layers = list(range(n_layers // 2, n_layers))
+    elif cfg.layers == "all":
+        layers = list(range(n_layers))
+    else:
+        layers = list(cfg.layers)
+    sites = [HookSite(layer, cfg.site) for layer in layers]
+    for s in sites:
+        s.check(model)
+    n_fit = max(max(cfg.demo_counts), cfg.n_demos)
+    demos = _items(n_fit, None, cfg.seed)
+    liar, honest = _items(cfg.n_eval, "liar", cfg.seed + 1), _items(cfg.n_eval, "honest", cfg.seed + 2)
+    fits = _fit(model, demos[: cfg.n_demos], sites, cfg.ratio, "identity", cfg.center)
+    fits_phi = _fit(model, demos[: cfg.n_demos], sites, cfg.ratio, cfg.phi_feature, cfg.center)
+    best = (card(name)["measured"]["steering"]["truth"]["best"] if name.startswith("toy-") else None)
+    if best:
+        ds = directions_for(model, "truth", "liar", "honest", kind=best["kind"], position=best["position"])
+        d = ds.at(best["layer"], best["kind"])
+        steer = (AddDirection(d.site, d.vector, best["strength"]),)
+    else:
+        ds = directions_for(model, "truth", "liar", "honest")
+        d = ds.at(layers[0])
+        steer = (AddDirection(d.site, d.vector, 1.0),)
+    shots = [p.text for p in few_shot_prompts("truth", "honest", n=cfg.n_eval, shots=cfg.shots, seed=cfg.seed + 3)]
+    methods = {
+        "unsteered": ((), None), "few-shot": ((), shots),
+        "SEA linear": (_edits(fits, combine="norm"), None),
+        f"Phi-SEA ({cfg.phi_feature})": (_edits(fits_phi, combine="norm"), None),
+        "SEA average (bakeable)": (_edits(fits, combine="average"), None),
+        f"mean-difference ({steer[0].site.name} x{steer[0].scale:g})": (steer, None),
+        "ablation: positive part only": (_edits(fits, combine="norm", parts="pos"), None),
+        "ablation: negative part only": (_edits(fits, combine="norm", parts="neg"), None),
+        "ablation: reversed projections": (_edits(fits, combine="norm", reverse=True), None),
+    }
+    docs = corpus_documents(40, seed=cfg.seed + 4)
+    rows = []
+    for label, (ivs, prefix) in tqdm(methods.items(), desc="SEA study", disable=not progress):
+        texts = [(prefix[i] + " " if prefix else "") + it[0] for i, it in enumerate(liar)]
+        with torch.no_grad():
+            g = generate(model, texts, *ivs, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+        sc = score(list(g.texts), "truth", "honest", texts)
+        keep = keeps_attributes(model, cfg.n_control, cfg.max_new_tokens, cfg.seed + 5, *ivs) if ivs else None
+        rows.append({
+            "method": label,
+            "mc_liar": _mc(model, liar, ivs, prefix),
+            "mc_honest": _mc(model, honest, ivs, prefix and shots),
+            "open_factual_accuracy": sc.factual_accuracy, "open_grammaticality": sc.grammaticality,
+            "perplexity": round(perplexity(model, docs, *ivs), 4),
+            "keeps_attributes": None if keep is None else keep["consistency"],
+        })
+    by_demos = []
+    for n in cfg.demo_counts:
+        if n > len(demos):
+            continue
+        f = _fit(model, demos[:n], sites, cfg.ratio, "identity", cfg.center)
+        by_demos.append({"n_demos": n, **_mc(model, liar, _edits(f, combine="norm")),
+                         "k": {s.layer: list(p.k) for s, p in f.items()}})
+    fp = models.fingerprint(model)
+    return Result({**asdict(cfg), "layers": layers}, {"name": name, "n_layers": n_layers, "fingerprint": fp.to_dict()},
+                  rows, by_demos, {"k_linear": {s.layer: list(p.k) for s, p in fits.items()},
+                                   "k_phi": {s.layer: list(p.k) for s, p in fits_phi.items()}},
+                  {"seconds": round(time.perf_counter() - t0, 1)})
+
+
+def plot(result: "Result | dict") -> dict:
+    """MC accuracy per method (liar and honest items, with intervals) and accuracy vs demonstrations."""
+    import plotly.graph_objects as go
+
+    from workbench.plotting import lines
+
+    r = result.to_dict() if isinstance(result, Result) else result
+    who = r["model"].get("name") or "model"
+    fig = go.Figure()
+    for key, label in (("mc_liar", "liar-persona items"), ("mc_honest", "honest-persona items")):
+        acc = [m[key]["accuracy"] for m in r["methods"]]
+        lo = [a - m[key]["accuracy_ci"][0] for a, m in zip(acc, r["methods"])]
+        hi = [m[key]["accuracy_ci"][1] - a for a, m in zip(acc, r["methods"])]
+        fig.add_bar(name=label, x=[m["method"] for m in r["methods"]], y=acc,
+                    error_y={"type": "data", "array": hi, "arrayminus": lo})
+    fig.update_layout(title=f"{who}: truthful multiple-choice accuracy (95% Wilson intervals)", barmode="group",
+                      yaxis_title="accuracy", template="plotly_white")
+    demos = lines({"linear SEA": ([x["n_demos"] for x in r["by_demos"]], [x["accuracy"] for x in r["by_demos"]])},
+                  title=f"{who}: accuracy on liar items vs number of demonstrations", x_title="demonstrations",
+                  y_title="MC accuracy")
+    demos.update_xaxes(type="log")
+    return {"spectral_methods": fig, "spectral_demos": demos}
