@@ -36,9 +36,8 @@ from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite
 from workbench.tokens import Batch, make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import evidence_words, score
-from workbench.toy.language import VALUES
 from workbench.toy.measure import GRAMMAR_FLOOR, directions_for, steer_prompts
-from workbench.toy.prompts import STEER_TARGETS, contrast_pairs
+from workbench.toy.prompts import contrast_pairs, steer_values
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -277,14 +276,9 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.attribute not in STEER_TARGETS:
-            raise WorkbenchError(f"attribute must be one of {', '.join(STEER_TARGETS)}, got {self.attribute!r}.")
-        src, tgt = STEER_TARGETS[self.attribute]
-        object.__setattr__(self, "source", self.source or src)
-        object.__setattr__(self, "target", self.target or tgt)
-        for v in (self.source, self.target):
-            if v not in VALUES[self.attribute]:
-                raise WorkbenchError(f"{v!r} is not a value of {self.attribute} ({', '.join(VALUES[self.attribute])}).")
+        src, tgt = steer_values(self.attribute, self.source, self.target)
+        object.__setattr__(self, "source", src)
+        object.__setattr__(self, "target", tgt)
         if not all(isinstance(s, (int, float)) and math.isfinite(s) for s in self.steer_strengths):
             raise WorkbenchError(f"steer_strengths must be finite numbers, got {self.steer_strengths!r}.")
         object.__setattr__(self, "steer_strengths", tuple(float(s) for s in self.steer_strengths))

@@ -39,9 +39,8 @@ from workbench.pairs import join
 from workbench.sites import HookSite
 from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import score
-from workbench.toy.language import VALUES
 from workbench.toy.measure import GRAMMAR_FLOOR, directions_for, steer_prompts
-from workbench.toy.prompts import STEER_TARGETS
+from workbench.toy.prompts import steer_values
 
 STRENGTHS = (-2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -49,7 +48,7 @@ STRENGTHS = (-2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 @dataclass(frozen=True)
 class Config:
     attribute: str = "sentiment"
-    source: "str | None" = None  # default: STEER_TARGETS[attribute]
+    source: "str | None" = None  # default: workbench.toy.prompts.STEER_TARGETS[attribute]
     target: "str | None" = None
     kind: str = "resid_post"
     position: str = "last"
@@ -64,16 +63,9 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.attribute not in STEER_TARGETS:
-            raise WorkbenchError(f"attribute must be one of {', '.join(STEER_TARGETS)}, got {self.attribute!r}.")
-        src, tgt = STEER_TARGETS[self.attribute]
-        object.__setattr__(self, "source", self.source or src)
-        object.__setattr__(self, "target", self.target or tgt)
-        for v in (self.source, self.target):
-            if v not in VALUES[self.attribute]:
-                raise WorkbenchError(f"{v!r} is not a value of {self.attribute} ({', '.join(VALUES[self.attribute])}).")
-        if self.source == self.target:
-            raise WorkbenchError("source and target are the same value; a sweep steers from one to the other.")
+        src, tgt = steer_values(self.attribute, self.source, self.target)
+        object.__setattr__(self, "source", src)
+        object.__setattr__(self, "target", tgt)
         if not self.strengths or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in self.strengths):
             raise WorkbenchError(f"strengths must be a non-empty tuple of finite numbers, got {self.strengths!r}.")
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))

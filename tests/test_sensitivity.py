@@ -147,7 +147,7 @@ def test_sweep_units_reading_side_and_best_cell_rule():
 
 @pytest.mark.parametrize("kw, match", [
     ({"attribute": "colour"}, "attribute must be one of"),
-    ({"attribute": "sentiment", "target": "neg", "source": "neg"}, "same value"),
+    ({"attribute": "sentiment", "target": "neg", "source": "neg"}, "both"),
     ({"attribute": "topic", "target": "cars"}, "not a value of topic"),
     ({"strengths": ()}, "strengths"),
     ({"n_prompts": 0}, "n_prompts must be >= 1"),

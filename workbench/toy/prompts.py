@@ -14,7 +14,7 @@ are out of distribution in template, position, length or attribute mix. Prompts 
 """
 
 __all__ = ["FAMILIES", "OOD_FAMILIES", "random_attributes", "Prompt", "contrast_pairs", "ab_items", "prompts", "neutral_prompts",
-           "few_shot_prompts", "corpus_documents", "STEER_TARGETS"]
+           "few_shot_prompts", "corpus_documents", "STEER_TARGETS", "steer_values"]
 
 import random
 from dataclasses import dataclass
@@ -33,6 +33,21 @@ STEER_TARGETS: dict[str, tuple[str, str]] = {
     "sentiment": ("neg", "pos"), "topic": ("animals", "vehicles"), "register": ("formal", "casual"),
     "language": ("en", "xx"), "truth": ("liar", "honest"),
 }
+
+
+def steer_values(attribute: str, source: "str | None" = None, target: "str | None" = None) -> tuple[str, str]:
+    """``(source, target)`` for steering ``attribute`` (defaults from ``STEER_TARGETS``), validated."""
+    if attribute not in STEER_TARGETS:
+        raise WorkbenchError(f"attribute must be one of {', '.join(STEER_TARGETS)}, got {attribute!r}.")
+    src, tgt = source or STEER_TARGETS[attribute][0], target or STEER_TARGETS[attribute][1]
+    for v in (src, tgt):
+        if v not in VALUES[attribute]:
+            raise WorkbenchError(f"{v!r} is not a value of {attribute} ({', '.join(VALUES[attribute])}).")
+    if src == tgt:
+        raise WorkbenchError(f"source and target are both {src!r}; steering goes from one value to another.")
+    return src, tgt
+
+
 _PERSONA = Sentence("PERSONA", (0, 0, 0, 0))
 _NO_SWITCH = CorpusConfig(p_switch=0.0)
 
