@@ -21,13 +21,13 @@ Rates carry 95% Wilson intervals.
 
 __all__ = ["Config", "Result", "run", "plot", "wilson"]
 
-import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from analyses.common import wilson
 from workbench import models
 from workbench.activations import collect
 from workbench.errors import WorkbenchError
@@ -39,21 +39,11 @@ from workbench.models import HookedModel
 from workbench.sites import HookSite
 from workbench.spectral import FEATURES, fit_layer
 from workbench.tokens import make_batch, pad_id_of, tokenize
-from workbench.toy import card
+from workbench.toy import NAMES, card
 from workbench.toy.evaluate import score
 from workbench.toy.language import LEXICON, fact_value
 from workbench.toy.measure import directions_for, keeps_attributes
 from workbench.toy.prompts import corpus_documents, few_shot_prompts, prompts, random_attributes
-
-
-def wilson(k: float, n: int, z: float = 1.96) -> list:
-    """95% Wilson score interval of a rate k/n."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
 
 
 @dataclass(frozen=True)
@@ -187,7 +177,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
     liar, honest = _items(cfg.n_eval, "liar", cfg.seed + 1), _items(cfg.n_eval, "honest", cfg.seed + 2)
     fits = _fit(model, demos[: cfg.n_demos], sites, cfg.ratio, "identity", cfg.center)
     fits_phi = _fit(model, demos[: cfg.n_demos], sites, cfg.ratio, cfg.phi_feature, cfg.center)
-    best = (card(name)["measured"]["steering"]["truth"]["best"] if name.startswith("toy-") else None)
+    best = card(name)["measured"]["steering"]["truth"]["best"] if name in NAMES else None
     if best:
         ds = directions_for(model, "truth", "liar", "honest", kind=best["kind"], position=best["position"])
         d = ds.at(best["layer"], best["kind"])

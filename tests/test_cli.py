@@ -216,3 +216,18 @@ def test_analyze_errors_leave_nothing(tmp_path, capsys, argv, match):
     code, _, err = run(capsys, "analyze", *argv, "--model", "toy-s", "--out", str(tmp_path / "o"), "--n-prompts", "2")
     assert code == 2 and len(err.strip().splitlines()) == 1 and re.search(match, err), err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["sample-size", "--model", "toy-s", "--ns", "1,4", "--resamples", "1", "--pool", "20"], "saturation N"),
+    (["distribution-shift", "--model", "toy-s"], "OOD/ID"),
+    (["model-size", "--models", "toy-s"], "harm slopes"),
+    (["adversarial", "--model", "toy-s", "--steps", "1", "--n-train", "2", "--n-heldout", "4"], "reversal rate"),
+])
+def test_robustness_commands(tmp_path, capsys, argv, expect):
+    small = ["--n-prompts", "4"] if argv[0] != "adversarial" else []
+    code, out, err = run(capsys, "analyze", *argv, "--attribute", "register", "--out", str(tmp_path / "o"),
+                         "--max-new-tokens", "4", "--backend", BACKEND, *small)
+    assert code == 0, err
+    assert expect in out and (tmp_path / "o" / "result.json").is_file()
+    assert (tmp_path / "o" / "figures" / "figures.html").is_file()

@@ -275,6 +275,83 @@ def cmd_analyze_spectral(args) -> int:
     return 0
 
 
+def _robustness(args, module, cfg, run):
+    if Path(args.out).exists() and not args.overwrite:
+        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    result = run(cfg)
+    _write_analysis(Path(args.out), result, module.plot(result))
+    return result
+
+
+def cmd_analyze_sample_size(args) -> int:
+    from analyses import sample_size as m
+
+    cfg = m.Config(args.attribute, ns=tuple(int(x) for x in _floats(args.ns, "--ns")), resamples=args.resamples,
+                   pool=args.pool, layer=args.layer, strength=args.strength, n_prompts=args.n_prompts,
+                   max_new_tokens=args.max_new_tokens, seed=args.seed)
+    r = _robustness(args, m, cfg, lambda c: m.run(_load(args), c, name=args.model))
+    print(f"sample size, {args.attribute} on {args.model} (L{r.site['layer']} x{r.site['strength']:g}): full-pool "
+          f"effect {r.full['effect']:+.3f}; saturation N = {r.saturation_n}")
+    for x in r.rows:
+        print(f"  N={x['n']:<4} effect {x['effect_mean']:+.3f} [{x['effect_ci'][0]:+.3f}, {x['effect_ci'][1]:+.3f}]  "
+              f"cosine {x['cosine_mean']:.3f}")
+    return 0
+
+
+def cmd_analyze_distribution_shift(args) -> int:
+    from analyses import distribution_shift as m
+
+    cfg = m.Config(args.attribute, layer=args.layer, strength=args.strength, n_prompts=args.n_prompts,
+                   max_new_tokens=args.max_new_tokens, seed=args.seed)
+    r = _robustness(args, m, cfg, lambda c: m.run(_load(args), c, name=args.model))
+    print(f"distribution shift, {args.attribute} on {args.model} (L{r.site['layer']} x{r.site['strength']:g}):")
+    for x in r.families:
+        ratio = "n/a" if x["ratio_to_id"] is None else f"{x['ratio_to_id']:.2f}"
+        print(f"  {x['family']:<11} unsteered {x['unsteered']:.2f}  steered {x['steered']:.2f} {x['steered_ci']}  "
+              f"effect {x['effect']:+.2f}  OOD/ID {ratio}")
+    return 0
+
+
+def cmd_analyze_model_size(args) -> int:
+    from analyses import model_size as m
+    from workbench import models
+
+    cfg = m.Config(args.attribute, depth=args.depth, n_prompts=args.n_prompts, max_new_tokens=args.max_new_tokens,
+                   seed=args.seed)
+    names = [x for x in args.models.split(",") if x]
+    r = _robustness(args, m, cfg, lambda c: m.run({n: models.load(n, backend=args.backend) for n in names}, c))
+    print(f"model size, {args.attribute}, depth {args.depth}: harm slopes per unit relative strength")
+    for x in r.models:
+        sl = x["slopes"]
+        print(f"  {x['name']:<6} L{x['layer']}  KL {sl['kl']:.3f}  perplexity {sl['perplexity']:.3f}  "
+              f"grammaticality drop {sl['grammaticality_drop']:.3f}")
+    return 0
+
+
+def cmd_analyze_adversarial(args) -> int:
+    from analyses import adversarial as m
+    from workbench import models
+
+    cfg = m.Config(args.attribute, layer=args.layer, strength=args.strength, method=args.method,
+                   suffix_len=args.suffix_len, steps=args.steps, n_train=args.n_train, n_heldout=args.n_heldout,
+                   ce_weight=args.ce_weight, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    others = [x for x in (args.transfer or "").split(",") if x]
+    r = _robustness(args, m, cfg, lambda c: m.run(_load(args), c, name=args.model,
+                                                  others={n: models.load(n, backend=args.backend) for n in others}))
+    h = r.heldout
+    print(f"adversarial ({args.method}) on {args.model}, {args.attribute}: suffix {r.suffix['text']!r} "
+          f"(cross-entropy {r.suffix['ce']:.2f} nats/token); held-out reversal rate {h['reversal_rate']:.2f}; "
+          f"target rate steered {h['target_rate']['steered']:.2f} -> with suffix "
+          f"{h['target_rate']['steered_with_suffix']:.2f}")
+    for t in r.transfer:
+        if "reversal_rate" in t:
+            print(f"  transfer to {t['model']}: reversal {t['reversal_rate']:.2f}, target rate "
+                  f"{t['target_rate']['steered']:.2f} -> {t['target_rate']['steered_with_suffix']:.2f}")
+    sy = r.symmetry
+    print(f"symmetry: log-odds shift +s {sy['logodds_shift_plus']:+.3f}, -s {sy['logodds_shift_minus']:+.3f}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from workbench.demo import run_demo
 
@@ -451,6 +528,50 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_analyze_spectral)
+
+    def robust_args(sp, model=True, n_prompts=True):
+        if model:
+            model_args(sp)
+        sp.add_argument("--attribute", required=True, choices=["sentiment", "topic", "register", "language", "truth"])
+        sp.add_argument("--out", required=True, help="folder for result.json and figures/")
+        if n_prompts:
+            sp.add_argument("--n-prompts", type=int, default=48)
+        sp.add_argument("--max-new-tokens", type=int, default=24)
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--overwrite", action="store_true")
+
+    def cell_args(sp):
+        sp.add_argument("--layer", type=int, default=None, help="default: the toy card's best cell")
+        sp.add_argument("--strength", type=float, default=None)
+
+    sp = analyze.add_parser("sample-size", help="steering effect and cosine vs number of pairs")
+    robust_args(sp)
+    cell_args(sp)
+    sp.add_argument("--ns", default="1,2,5,10,20,40,80,160,320")
+    sp.add_argument("--resamples", type=int, default=5)
+    sp.add_argument("--pool", type=int, default=640)
+    sp.set_defaults(func=cmd_analyze_sample_size)
+    sp = analyze.add_parser("distribution-shift", help="effect on in- vs out-of-distribution prompt families")
+    robust_args(sp)
+    cell_args(sp)
+    sp.set_defaults(func=cmd_analyze_distribution_shift)
+    sp = analyze.add_parser("model-size", help="fluency harm vs relative strength across the toy family")
+    robust_args(sp, model=False)
+    sp.add_argument("--models", default="toy-s,toy-m,toy-l")
+    sp.add_argument("--depth", type=float, default=0.5)
+    sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
+    sp.set_defaults(func=cmd_analyze_model_size)
+    sp = analyze.add_parser("adversarial", help="search a suffix that reverses steering (GCG / EPO)")
+    robust_args(sp, n_prompts=False)
+    cell_args(sp)
+    sp.add_argument("--method", choices=["gcg", "epo"], default="gcg")
+    sp.add_argument("--suffix-len", type=int, default=4)
+    sp.add_argument("--steps", type=int, default=40)
+    sp.add_argument("--n-train", type=int, default=8)
+    sp.add_argument("--n-heldout", type=int, default=48)
+    sp.add_argument("--ce-weight", type=float, default=0.1, help="EPO: weight of the suffix cross-entropy")
+    sp.add_argument("--transfer", default="", help="other models to try the suffix on, e.g. toy-s,toy-l")
+    sp.set_defaults(func=cmd_analyze_adversarial)
 
     toy = sub.add_parser("toy", help="the toy world: train, measure, sample").add_subparsers(
         dest="toy_command", required=True, parser_class=_Parser)

@@ -6,7 +6,7 @@ the model has it, and otherwise raises with the closest valid names. Layers are 
 llama.cpp's ``direction.3``.
 """
 
-__all__ = ["SiteKind", "HookSite", "SITE_KINDS", "FINAL_NORM", "layer_sites", "hook_names"]
+__all__ = ["SiteKind", "HookSite", "SITE_KINDS", "FINAL_NORM", "EMBED", "layer_sites", "hook_names"]
 
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -36,6 +36,8 @@ _TEMPLATES = {
 
 #: The final norm's output: what Hugging Face returns as the last entry of ``hidden_states``.
 FINAL_NORM = "ln_final.hook_normalized"
+#: The token embeddings (before positional information; Llama: the block-0 input), [batch pos d_model].
+EMBED = "hook_embed"
 
 
 @dataclass(frozen=True)

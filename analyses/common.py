@@ -1,0 +1,83 @@
+"""What the toy studies share: the steering cell to study, behaviour rates of steered generations, intervals."""
+
+__all__ = ["SteerCell", "steer_cell", "target_rate", "mean_ci", "wilson"]
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from workbench.directions import DirectionSet
+from workbench.errors import WorkbenchError
+from workbench.generate import generate
+from workbench.interventions import AddDirection
+from workbench.models import HookedModel
+from workbench.toy.evaluate import score
+from workbench.toy.measure import directions_for
+
+
+@dataclass(frozen=True, eq=False)
+class SteerCell:
+    """One steering setting: the direction set it comes from, the site, the strength."""
+
+    directions: DirectionSet
+    layer: int
+    kind: str
+    strength: float
+
+    def intervention(self, vector: "torch.Tensor | None" = None, scale: "float | None" = None) -> AddDirection:
+        d = self.directions.at(self.layer, self.kind)
+        return AddDirection(d.site, d.vector if vector is None else vector, self.strength if scale is None else scale)
+
+
+def steer_cell(model: HookedModel, name: str, attribute: str, source: str, target: str, *,
+               layer: "int | None" = None, strength: "float | None" = None, n_pairs: int = 200,
+               seed: int = 0) -> SteerCell:
+    """The study's steering cell: explicit ``layer``/``strength``, else the toy card's best cell for the attribute
+    (when ``name`` is a shipped toy model and the card has one), else the middle block at strength 1."""
+    kind, position = "resid_post", "last"
+    if layer is None or strength is None:
+        best = None
+        from workbench.toy import NAMES, card
+
+        if name in NAMES:
+            best = card(name)["measured"]["steering"][attribute]["best"]
+        if best is not None:
+            kind, position = best["kind"], best["position"]
+            layer = best["layer"] if layer is None else layer
+            strength = best["strength"] if strength is None else strength
+        else:
+            layer = model.cfg.n_layers // 2 if layer is None else layer
+            strength = 1.0 if strength is None else strength
+    if not 0 <= layer < model.cfg.n_layers:
+        raise WorkbenchError(f"layer must be in 0..{model.cfg.n_layers - 1}, got {layer}.")
+    ds = directions_for(model, attribute, source, target, n_pairs=n_pairs, seed=seed, kind=kind, position=position)
+    return SteerCell(ds, layer, kind, float(strength))
+
+
+def target_rate(model: HookedModel, texts: "list[str]", attribute: str, target: str, *interventions,
+                max_new_tokens: int = 24, seed: int = 0) -> float:
+    """Fraction of sampled continuations classified as ``target`` (exact toy classifier)."""
+    with torch.no_grad():
+        g = generate(model, texts, *interventions, max_new_tokens=max_new_tokens, seed=seed)
+    return score(list(g.texts), attribute, target, texts).target_rate
+
+
+def mean_ci(values: "list[float]", z: float = 1.96) -> tuple[float, list]:
+    """Mean and a normal-approximation 95% interval of the mean (one value: a zero-width interval)."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, [m, m]
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return m, [m - z * sd / math.sqrt(n), m + z * sd / math.sqrt(n)]
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> list:
+    """95% Wilson score interval of a rate k/n."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]

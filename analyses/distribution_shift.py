@@ -1,0 +1,108 @@
+"""Does a steering vector work outside the distribution it was built on? (The CAE study: reliable only in-distribution.)
+
+The direction comes from the toy world's minimal pairs (the in-distribution family: a persona and 1-3 sentences,
+ending where the next word shows the attribute). It is evaluated on prompts of every family of
+``workbench.toy.prompts.FAMILIES`` that hold the source value: ``id`` (persona + 2 sentences) and the
+out-of-distribution ones (``long``, ``short``, ``no_persona``, ``mixed``, ``qa``). Effect per family = steered
+target rate minus unsteered target rate on the same prompts (95% Wilson intervals on the rates); ratio = effect /
+effect on ``id``.
+"""
+
+__all__ = ["Config", "Result", "run", "plot"]
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+from analyses.common import steer_cell, target_rate, wilson
+from workbench import models
+from workbench.errors import WorkbenchError
+from workbench.models import HookedModel
+from workbench.toy.prompts import FAMILIES, prompts, random_attributes, steer_values
+
+
+@dataclass(frozen=True)
+class Config:
+    attribute: str = "sentiment"
+    source: "str | None" = None
+    target: "str | None" = None
+    families: tuple = FAMILIES
+    layer: "int | None" = None
+    strength: "float | None" = None
+    n_prompts: int = 100
+    max_new_tokens: int = 24
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        src, tgt = steer_values(self.attribute, self.source, self.target)
+        object.__setattr__(self, "source", src)
+        object.__setattr__(self, "target", tgt)
+        bad = [f for f in self.families if f not in FAMILIES]
+        if bad or "id" not in self.families:
+            raise WorkbenchError(f"families must include 'id' and be among {', '.join(FAMILIES)}; got {self.families!r}.")
+        if self.n_prompts < 1 or self.max_new_tokens < 1:
+            raise WorkbenchError("n_prompts and max_new_tokens must be >= 1.")
+
+
+@dataclass(frozen=True)
+class Result:
+    config: dict
+    model: dict
+    site: dict
+    families: list
+    cost: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _family_prompts(cfg: Config, family: str) -> "list[str]":
+    rng = random.Random(cfg.seed + 7)
+    out = []
+    while len(out) < cfg.n_prompts:
+        a = random_attributes(rng, **{cfg.attribute: cfg.source})
+        out += [p.text for p in prompts(a, n=1, seed=rng.randrange(1 << 30), family=family,
+                                        fact_stem=cfg.attribute == "truth")]
+    return out[: cfg.n_prompts]
+
+
+def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress: bool = True) -> Result:
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    cell = steer_cell(model, name, cfg.attribute, cfg.source, cfg.target, layer=cfg.layer, strength=cfg.strength,
+                      seed=cfg.seed)
+    rows = []
+    for family in tqdm(cfg.families, desc=f"distribution shift ({cfg.attribute})", disable=not progress):
+        texts = _family_prompts(cfg, family)
+        kw = {"max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
+        base = target_rate(model, texts, cfg.attribute, cfg.target, **kw)
+        steered = target_rate(model, texts, cfg.attribute, cfg.target, cell.intervention(), **kw)
+        n = len(texts)
+        rows.append({"family": family, "n": n, "unsteered": base, "unsteered_ci": wilson(base * n, n),
+                     "steered": steered, "steered_ci": wilson(steered * n, n), "effect": steered - base})
+    id_effect = next(r["effect"] for r in rows if r["family"] == "id")
+    for r in rows:
+        r["ratio_to_id"] = None if id_effect == 0 else r["effect"] / id_effect
+    fp = models.fingerprint(model)
+    return Result(asdict(cfg), {"name": name, "fingerprint": fp.to_dict()},
+                  {"layer": cell.layer, "kind": cell.kind, "strength": cell.strength}, rows,
+                  {"seconds": round(time.perf_counter() - t0, 1)})
+
+
+def plot(result: "Result | dict") -> dict:
+    import plotly.graph_objects as go
+
+    r = result.to_dict() if isinstance(result, Result) else result
+    fam = [x["family"] for x in r["families"]]
+    fig = go.Figure()
+    for key, label in (("unsteered", "unsteered"), ("steered", "steered")):
+        v = [x[key] for x in r["families"]]
+        fig.add_bar(name=label, x=fam, y=v, error_y={"type": "data",
+                                                      "array": [x[f"{key}_ci"][1] - y for x, y in zip(r["families"], v)],
+                                                      "arrayminus": [y - x[f"{key}_ci"][0] for x, y in zip(r["families"], v)]})
+    c = r["config"]
+    fig.update_layout(title=f"{r['model'].get('name') or 'model'}: {c['attribute']} -> {c['target']} rate by prompt family "
+                            f"(direction from in-distribution pairs)", barmode="group", yaxis_title="target rate",
+                      template="plotly_white")
+    return {"distribution_shift": fig}
