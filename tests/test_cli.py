@@ -231,3 +231,14 @@ def test_robustness_commands(tmp_path, capsys, argv, expect):
     assert code == 0, err
     assert expect in out and (tmp_path / "o" / "result.json").is_file()
     assert (tmp_path / "o" / "figures" / "figures.html").is_file()
+
+
+def test_composition_command(tmp_path, capsys):
+    code, out, err = run(capsys, "analyze", "composition", "--model", "toy-s", "--properties", "register",
+                         "--pairs", "", "--fixed-alphas", "1", "--n-icl", "4", "--n-test", "4", "--steps", "4",
+                         "--out", str(tmp_path / "o"), "--backend", BACKEND)
+    assert code == 0, err
+    assert "dynamic" in out and (tmp_path / "o" / "figures" / "dac_tradeoff.json").is_file()
+    code, _, err = run(capsys, "analyze", "composition", "--model", "toy-s", "--properties", "truth",
+                       "--pairs", "", "--out", str(tmp_path / "t"))
+    assert code == 2 and "truth is not composed" in err and not (tmp_path / "t").exists()

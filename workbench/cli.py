@@ -352,6 +352,23 @@ def cmd_analyze_adversarial(args) -> int:
     return 0
 
 
+def cmd_analyze_composition(args) -> int:
+    from analyses import composition as m
+
+    props = tuple(x for x in args.properties.split(",") if x)
+    pairs = tuple(tuple(p.split("+")) for p in args.pairs.split(",") if p)
+    cfg = m.Config(properties=props, pairs=pairs, fixed_alphas=_floats(args.fixed_alphas, "--fixed-alphas"),
+                   alpha_max=args.alpha_max, top_p=args.top_p, normalisation=args.normalisation, kind=args.kind,
+                   n_icl=args.n_icl, n_test=args.n_test, steps=args.steps, seed=args.seed)
+    r = _robustness(args, m, cfg, lambda c: m.run(_load(args), c, name=args.model))
+    print(f"DAC on {args.model} ({r.cost['seconds']} s): property accuracy / grammaticality / delta-ppl")
+    for x in r.single + r.composed:
+        acc = ", ".join(f"{k} {v:.2f}" for k, v in x["accuracy"].items())
+        print(f"  {'+'.join(x['properties']):<20} {x['strategy']:<11} alpha {x['alpha']:<4g} {acc:<32} "
+              f"gram {x['grammaticality']:.2f}  dppl {x['delta_ppl']:+.2f}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from workbench.demo import run_demo
 
@@ -572,6 +589,24 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--ce-weight", type=float, default=0.1, help="EPO: weight of the suffix cross-entropy")
     sp.add_argument("--transfer", default="", help="other models to try the suffix on, e.g. toy-s,toy-l")
     sp.set_defaults(func=cmd_analyze_adversarial)
+
+    sp = analyze.add_parser("composition", help="DAC: fixed / start / diminishing / dynamic strengths, 1-2 properties")
+    model_args(sp)
+    sp.add_argument("--out", required=True, help="folder for result.json and figures/")
+    sp.add_argument("--properties", default="language,sentiment,register")
+    sp.add_argument("--pairs", default="language+sentiment,sentiment+register")
+    sp.add_argument("--fixed-alphas", default="0.5,1,2,3,4")
+    sp.add_argument("--alpha-max", type=float, default=2.0)
+    sp.add_argument("--top-p", type=float, default=0.9)
+    sp.add_argument("--normalisation", choices=["none", "seed"], default="none",
+                    help="'seed' divides the KL by |S| as the DAC code does")
+    sp.add_argument("--kind", choices=["z", "resid_post"], default="z")
+    sp.add_argument("--n-icl", type=int, default=30)
+    sp.add_argument("--n-test", type=int, default=50)
+    sp.add_argument("--steps", type=int, default=20)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=cmd_analyze_composition)
 
     toy = sub.add_parser("toy", help="the toy world: train, measure, sample").add_subparsers(
         dest="toy_command", required=True, parser_class=_Parser)

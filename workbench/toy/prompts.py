@@ -200,12 +200,14 @@ def neutral_prompts(attribute: str, n: int = 100, seed: int = 0) -> list[Prompt]
     return out
 
 
-def few_shot_prompts(attribute: str, value: str, n: int = 50, shots: int = 4, seed: int = 0) -> list[Prompt]:
+def few_shot_prompts(attribute: str, value: str, n: int = 50, shots: int = 4, seed: int = 0,
+                     also: "dict[str, str] | None" = None) -> list[Prompt]:
     """In-context prompts: ``shots`` sentences that all show ``attribute = value``.
 
     The toy analogue of few-shot demonstrations: evidence in the context, nothing in the weights. They open with
     the persona sentence, except for truth, whose demonstrations are facts (the persona would state it outright);
-    ``shots = 0`` gives the zero-shot prompts (persona only, or empty for truth).
+    ``shots = 0`` gives the zero-shot prompts (persona only, or empty for truth). ``also`` fixes further
+    attributes (composed demonstrations, e.g. ``{"sentiment": "pos"}`` with language ``xx``).
     """
     _check(attribute, value)
     if shots < 0:
@@ -214,7 +216,7 @@ def few_shot_prompts(attribute: str, value: str, n: int = 50, shots: int = 4, se
     kind = "fact" if attribute == "truth" else "content"
     out = []
     for _ in range(n):
-        a = random_attributes(rng, **{attribute: value})
+        a = random_attributes(rng, **{**(also or {}), attribute: value})
         head = [] if attribute == "truth" else [_PERSONA]
         out.append(Prompt(_text(head + [sample_sentence(rng, kind) for _ in range(shots)], a), a))
     return out

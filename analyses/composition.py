@@ -1,0 +1,191 @@
+"""DAC on the toy world: property accuracy and fluency cost per strength strategy, one and two properties.
+
+In-context vectors come from ``n_icl`` parallel 4-shot prompts with the target value vs the source value
+(``workbench.toy.prompts.few_shot_prompts``, same seed: identical texts but for the attribute). Test prompts are
+short prompts (persona + one sentence) showing the *source* value, so the zero-shot model continues in it.
+Decoding is greedy, as the seed's.
+
+Per strategy (fixed alphas, start, diminishing, dynamic) and property set:
+
+* property accuracy: fraction of continuations classified with the target value (exact classifier), per property;
+* fluency: grammaticality of the steered continuations, and **delta-ppl** (the seed's measure): perplexity of the
+  ICL model's own continuation teacher-forced through the steered zero-shot model, minus the ICL model's
+  perplexity on it (the ICL reference: the 4-shot prompt with the target value(s) before the test prompt);
+* for ``dynamic``: the per-step alpha traces (mean over prompts).
+"""
+
+__all__ = ["Config", "Result", "run", "plot", "PAIRS"]
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from workbench import models
+from workbench.composition import StepAdd, generate_composed, icv
+from workbench.errors import WorkbenchError
+from workbench.generate import generate
+from workbench.hooks import applied
+from workbench.models import HookedModel
+from workbench.positions import TokenLayout
+from workbench.tokens import make_batch, pad_id_of, tokenize
+from workbench.toy.evaluate import grammaticality, score
+from workbench.toy.prompts import few_shot_prompts, prompts, random_attributes, steer_values
+
+PAIRS = (("language", "sentiment"), ("sentiment", "register"))
+
+
+@dataclass(frozen=True)
+class Config:
+    properties: tuple = ("language", "sentiment", "register")
+    pairs: tuple = PAIRS
+    fixed_alphas: tuple = (0.5, 1.0, 2.0, 3.0, 4.0)
+    alpha: float = 2.0  # for start / diminishing
+    alpha_max: float = 2.0
+    top_p: float = 0.9
+    normalisation: str = "none"
+    kind: str = "z"
+    n_icl: int = 30
+    n_test: int = 50
+    steps: int = 20
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for p in (*self.properties, *(x for pair in self.pairs for x in pair)):
+            steer_values(p)
+            if p == "truth":
+                raise WorkbenchError("truth is not composed here (its evidence is facts, not words of a style).")
+        if any(p not in self.properties for pair in self.pairs for p in pair):
+            raise WorkbenchError("every property of a pair must also be in properties.")
+        if self.kind not in ("z", "resid_post"):
+            raise WorkbenchError(f"kind must be 'z' or 'resid_post', got {self.kind!r}.")
+        for name in ("n_icl", "n_test", "steps"):
+            if getattr(self, name) < 1:
+                raise WorkbenchError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+
+@dataclass(frozen=True)
+class Result:
+    config: dict
+    model: dict
+    single: list  # rows: property, strategy, alpha, accuracy, grammaticality, delta_ppl
+    composed: list  # rows: pair, strategy, accuracies per property, grammaticality, delta_ppl
+    traces: dict  # "property" or "a+b" -> mean alpha per step per property
+    cost: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _test_prompts(values: dict, n: int, seed: int) -> "list[str]":
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        a = random_attributes(rng, **values)
+        out += [p.text for p in prompts(a, n=1, seed=rng.randrange(1 << 30), family="short")]
+    return out[:n]
+
+
+def _icl_prefix(values: dict, n: int, seed: int) -> "list[str]":
+    """4-shot contexts showing every attribute value of ``values`` (the composed ICL reference)."""
+    (first, v), *rest = values.items()
+    return [p.text for p in few_shot_prompts(first, v, n=n, shots=4, seed=seed, also=dict(rest))]
+
+
+def _nll(model: HookedModel, contexts: "list[str]", conts: "list[str]", ivs_for=None) -> float:
+    """Mean per-token NLL of ``conts`` after ``contexts``; ``ivs_for(batch)`` gives interventions for the batch."""
+    seqs, spans = [], []
+    for c, x in zip(contexts, conts):
+        a, full = tokenize(model, c), tokenize(model, c + " " + x if x else c)
+        seqs.append(full)
+        spans.append((len(a), len(full)))
+    total = count = 0.0
+    for i in range(0, len(seqs), 32):
+        chunk = seqs[i:i + 32]
+        b = make_batch(chunk, pad_id_of(model), "left")
+        ivs = ivs_for(b, i) if ivs_for else ()
+        layout = TokenLayout(b.start, b.start + torch.tensor([spans[i + j][0] for j in range(len(chunk))]))
+        with torch.no_grad(), applied(model, *ivs, layout=layout):
+            lp = model(b.tokens.to(model.cfg.device), attention_mask=b.attention_mask.to(model.cfg.device)).float().log_softmax(-1)
+        for j, (a, e) in enumerate(spans[i:i + 32]):
+            if e <= a:
+                continue
+            off = int(b.start[j])
+            tgt = torch.tensor(chunk[j][a:e])
+            total -= float(lp[j, off + a - 1:off + e - 1].gather(-1, tgt[:, None].to(lp.device)).sum())
+            count += e - a
+    return total / max(count, 1)
+
+
+def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress: bool = True) -> Result:
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    vectors, tests, refs = {}, {}, {}
+    for i, p in enumerate(cfg.properties):
+        src, tgt = steer_values(p)
+        a = [x.text for x in few_shot_prompts(p, tgt, n=cfg.n_icl, shots=4, seed=cfg.seed + i)]
+        b = [x.text for x in few_shot_prompts(p, src, n=cfg.n_icl, shots=4, seed=cfg.seed + i)]
+        vectors[p] = icv(model, a, b, steps=cfg.steps, kind=cfg.kind)
+    groups = [(p,) for p in cfg.properties] + [tuple(pair) for pair in cfg.pairs]
+    for g in groups:
+        src = {p: steer_values(p)[0] for p in g}
+        tgt = {p: steer_values(p)[1] for p in g}
+        tests[g] = _test_prompts(src, cfg.n_test, cfg.seed + 17)
+        prefix = _icl_prefix(tgt, cfg.n_test, cfg.seed + 29)
+        icl_texts = [f"{x} {t}" for x, t in zip(prefix, tests[g])]
+        ref = generate(model, icl_texts, max_new_tokens=cfg.steps, temperature=0.0)
+        refs[g] = (icl_texts, list(ref.texts), _nll(model, icl_texts, list(ref.texts)))
+    single, composed, traces = [], [], {}
+    plans = [("fixed", a) for a in cfg.fixed_alphas] + [("start", cfg.alpha), ("diminishing", cfg.alpha),
+                                                        ("dynamic", cfg.alpha_max)]
+    for g in tqdm(groups, desc="DAC study", disable=not progress):
+        props = [vectors[p] for p in g]
+        icl_texts, icl_conts, icl_nll = refs[g]
+        for strategy, alpha in plans:
+            if len(g) > 1 and strategy in ("start", "diminishing"):
+                continue
+            out = generate_composed(model, tests[g], props, strategy, alpha=alpha, alpha_max=cfg.alpha_max,
+                                    top_p=cfg.top_p, normalisation=cfg.normalisation, max_new_tokens=cfg.steps)
+            used = out.alphas  # [rows, k, T]: teacher-force the ICL continuation with the same per-step alphas
+
+            def ivs_for(b, i, used=used, props=props):
+                return (StepAdd(props, [used[i:i + b.tokens.shape[0], j] for j in range(len(props))]),)
+
+            dppl = math.exp(_nll(model, tests[g], icl_conts, ivs_for)) - math.exp(icl_nll)
+            gram = sum(grammaticality(t, c) for t, c in zip(out.texts, tests[g])) / len(tests[g])
+            acc = {p: score(list(out.texts), p, steer_values(p)[1], tests[g]).target_rate for p in g}
+            row = {"properties": list(g), "strategy": strategy, "alpha": alpha, "accuracy": acc,
+                   "grammaticality": gram, "delta_ppl": dppl, "mean_alpha": used.mean((0, 2)).tolist(),
+                   "example": out.texts[0]}
+            (single if len(g) == 1 else composed).append(row)
+            if strategy == "dynamic":
+                traces["+".join(g)] = used.mean(0).tolist()
+    fp = models.fingerprint(model)
+    return Result(asdict(cfg), {"name": name, "fingerprint": fp.to_dict()}, single, composed, traces,
+                  {"seconds": round(time.perf_counter() - t0, 1)})
+
+
+def plot(result: "Result | dict") -> dict:
+    import plotly.graph_objects as go
+
+    from workbench.plotting import lines
+
+    r = result.to_dict() if isinstance(result, Result) else result
+    who = r["model"].get("name") or "model"
+    sweep = go.Figure()
+    for p in r["config"]["properties"]:
+        rows = [x for x in r["single"] if x["properties"] == [p] and x["strategy"] == "fixed"]
+        sweep.add_scatter(x=[x["delta_ppl"] for x in rows], y=[x["accuracy"][p] for x in rows], mode="lines+markers",
+                          name=f"{p} fixed", text=[f"alpha {x['alpha']}" for x in rows])
+        dyn = [x for x in r["single"] if x["properties"] == [p] and x["strategy"] == "dynamic"]
+        sweep.add_scatter(x=[x["delta_ppl"] for x in dyn], y=[x["accuracy"][p] for x in dyn], mode="markers",
+                          marker={"symbol": "star", "size": 14}, name=f"{p} dynamic")
+    sweep.update_layout(title=f"{who}: property accuracy vs delta-ppl (fixed alpha sweep and dynamic)",
+                        xaxis_title="delta ppl vs the ICL reference", yaxis_title="accuracy", template="plotly_white")
+    tr = lines({f"{g} / {prop}": (list(range(len(series[j]))), series[j])
+                for g, series in r["traces"].items() for j, prop in enumerate(g.split("+"))},
+               title=f"{who}: dynamic alpha per step (mean over prompts)", x_title="step", y_title="alpha")
+    return {"dac_tradeoff": sweep, "dac_alpha_traces": tr}

@@ -1,0 +1,115 @@
+"""DAC (workbench/composition.py): in-context vectors, step-wise application, dynamic strengths, composition."""
+
+import pytest
+import torch
+
+from tests.conftest import BACKEND, n_attached_hooks
+from workbench import models
+from workbench.composition import StepVectors, dynamic_alpha, generate_composed, icv
+from workbench.errors import WorkbenchError
+from workbench.toy.prompts import few_shot_prompts, prompts, random_attributes
+
+STRATEGIES = ["fixed", "start", "diminishing", "dynamic"]
+
+
+@pytest.fixture(scope="module")
+def toy_s():
+    return models.load("toy-s", backend=BACKEND)
+
+
+@pytest.fixture(scope="module")
+def language(toy_s):
+    a = [p.text for p in few_shot_prompts("language", "xx", n=8, shots=3, seed=0)]
+    b = [p.text for p in few_shot_prompts("language", "en", n=8, shots=3, seed=0)]
+    return icv(toy_s, a, b, steps=8)
+
+
+@pytest.fixture(scope="module")
+def tests_prompts():
+    import random
+
+    rng = random.Random(3)
+    return [p.text for _ in range(6) for p in prompts(random_attributes(rng, language="en"), n=1,
+                                                       seed=rng.randrange(1000), family="short")]
+
+
+def test_icv_shapes_and_zero_for_identical_sets(toy_s, language):
+    n_layers, width = toy_s.cfg.n_layers, toy_s.cfg.n_heads * toy_s.cfg.d_head
+    assert language.deltas.shape == (8, n_layers, width) and float(language.deltas.norm()) > 0
+    same = [p.text for p in few_shot_prompts("language", "en", n=4, shots=2, seed=1)]
+    assert float(icv(toy_s, same, same, steps=3).deltas.abs().max()) == 0.0
+    with pytest.raises(WorkbenchError, match="parallel"):
+        icv(toy_s, same, same[:2])
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_kv_cache_and_full_recompute_give_the_same_tokens(toy_s, language, tests_prompts, strategy):
+    kw = dict(alpha=1.5, max_new_tokens=8)
+    cached = generate_composed(toy_s, tests_prompts, [language], strategy, **kw)
+    full = generate_composed(toy_s, tests_prompts, [language], strategy, use_cache=False, **kw)
+    assert cached.tokens == full.tokens
+    torch.testing.assert_close(cached.alphas, full.alphas, atol=1e-4, rtol=1e-4)
+    assert n_attached_hooks(toy_s) == 0
+
+
+def test_dynamic_alpha_is_zero_for_a_zero_vector_and_bounded(toy_s, language, tests_prompts):
+    zero = StepVectors(torch.zeros_like(language.deltas))
+    g = generate_composed(toy_s, tests_prompts, [zero], "dynamic", max_new_tokens=6)
+    assert float(g.alphas.abs().max()) == 0.0
+    big = StepVectors(language.deltas * 50)
+    g = generate_composed(toy_s, tests_prompts, [big], "dynamic", alpha_max=1.25, max_new_tokens=6)
+    assert float(g.alphas.max()) == pytest.approx(1.25) and float(g.alphas.min()) >= 0.0
+    assert float(g.kl.max()) > 1.25  # the raw KL exceeded the bound and was clipped
+
+
+def test_composing_one_property_equals_the_single_property_path(toy_s, language, tests_prompts):
+    zero = StepVectors(torch.zeros_like(language.deltas))
+    for strategy in ("fixed", "dynamic"):
+        one = generate_composed(toy_s, tests_prompts, [language], strategy, alpha=1.5, max_new_tokens=8)
+        two = generate_composed(toy_s, tests_prompts, [language, zero], strategy, alpha=[1.5, 1.5], max_new_tokens=8)
+        assert one.tokens == two.tokens
+        torch.testing.assert_close(one.alphas[:, 0], two.alphas[:, 0])
+
+
+def test_schedules(toy_s, language, tests_prompts):
+    start = generate_composed(toy_s, tests_prompts, [language], "start", alpha=2.0, max_new_tokens=8).alphas
+    assert float(start[:, 0, 0].min()) == 2.0 and float(start[:, 0, 1:].abs().max()) == 0.0
+    dim = generate_composed(toy_s, tests_prompts, [language], "diminishing", alpha=2.0, max_new_tokens=8).alphas
+    torch.testing.assert_close(dim[0, 0], 2.0 * (1 - torch.arange(8) / 8))
+
+
+def test_dynamic_alpha_math():
+    lo = torch.tensor([[4.0, 3.0, 0.0, -5.0]])
+    assert float(dynamic_alpha(lo, lo)) == 0.0
+    hi = torch.tensor([[0.0, 3.0, 4.0, -5.0]])
+    s = torch.tensor([[True, True, True, False]])  # union of both top-0.9 sets
+    p = lo.masked_fill(~s, -1e9).log_softmax(-1)
+    q = hi.masked_fill(~s, -1e9).log_softmax(-1)
+    kl = float((p.exp() * (p - q))[s].sum())
+    assert float(dynamic_alpha(lo, hi, alpha_max=100.0)) == pytest.approx(kl, rel=1e-5)
+    assert float(dynamic_alpha(lo, hi, alpha_max=100.0, normalisation="seed")) == pytest.approx(kl / 3, rel=1e-5)
+    assert float(dynamic_alpha(lo, hi, alpha_max=0.5)) == 0.5
+    with pytest.raises(WorkbenchError, match="normalisation"):
+        dynamic_alpha(lo, hi, normalisation="mean")
+
+
+def test_generate_composed_errors(toy_s, language, tests_prompts):
+    with pytest.raises(WorkbenchError, match="strategy"):
+        generate_composed(toy_s, tests_prompts, [language], "adaptive")
+    with pytest.raises(WorkbenchError, match="cover 8 steps"):
+        generate_composed(toy_s, tests_prompts, [language], max_new_tokens=9)
+    with pytest.raises(WorkbenchError, match="alphas for 1"):
+        generate_composed(toy_s, tests_prompts, [language], "fixed", alpha=[1.0, 2.0])
+
+
+def test_composition_study_small(toy_s):
+    from analyses import composition
+
+    cfg = composition.Config(properties=("language", "register"), pairs=(("language", "register"),),
+                             fixed_alphas=(1.0,), n_icl=6, n_test=6, steps=6)
+    r = composition.run(toy_s, cfg, name="toy-s", progress=False).to_dict()
+    assert {x["strategy"] for x in r["single"]} == {"fixed", "start", "diminishing", "dynamic"}
+    assert [x["strategy"] for x in r["composed"]] == ["fixed", "dynamic"]
+    assert set(r["traces"]) == {"language", "register", "language+register"}
+    assert all(0 <= v <= 1 for x in r["single"] + r["composed"] for v in x["accuracy"].values())
+    assert set(composition.plot(r)) == {"dac_tradeoff", "dac_alpha_traces"}
