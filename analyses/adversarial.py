@@ -1,9 +1,11 @@
 """Adversarial reversal: can a short prompt suffix undo a steering vector? (The CAE study: EPO inputs reverse it.)
 
 The attacked system is the steered model (``source`` prompts pushed towards ``target``). The adversary appends
-``suffix_len`` tokens to the prompt and minimises the steered model's next-word log-odds of target evidence over
-source evidence (``logsumexp`` of the logits of the attribute's target words minus its source words, at the last
-position), averaged over ``n_train`` prompts:
+``suffix_len`` tokens to the prompt and minimises the steered model's log-odds of target evidence over source
+evidence (``logsumexp`` of the logits of the attribute's target words minus its source words) at the end of a fixed
+probe stem placed after the suffix, where the next word must show the attribute (sentiment: ``. the cat is`` ->
+an adjective; topic: ``. the big`` -> a noun; register and language: ``.`` -> a determiner or opener), averaged
+over ``n_train`` prompts:
 
 * ``gcg`` (greedy coordinate gradient): gradient of the loss w.r.t. the one-hot suffix, top-k tokens per position,
   ``candidates`` random single-token swaps evaluated exactly, the best kept;
@@ -17,7 +19,7 @@ cross-entropy; transfer of the found suffix to other model sizes (the toy family
 steered at its own card cell); and the negated-vector symmetry check (log-odds shift at +s vs -s).
 """
 
-__all__ = ["Config", "Result", "TokenSets", "search", "run", "plot"]
+__all__ = ["Config", "Result", "TokenSets", "PROBE_STEMS", "search", "run", "plot"]
 
 import random
 import time
@@ -82,33 +84,33 @@ def _forward_last(model: HookedModel, seqs: "list[list[int]]", ivs: tuple, extra
 
 
 def _evaluate(model: HookedModel, prompts: "list[list[int]]", suffixes: "list[list[int]]", ivs: tuple,
-              metric: TokenSets, batch_rows: int = 256) -> "tuple[torch.Tensor, torch.Tensor]":
+              metric: TokenSets, stem: "list[int]" = (), batch_rows: int = 256) -> "tuple[torch.Tensor, torch.Tensor]":
     """Mean loss over prompts and mean suffix cross-entropy, per suffix."""
-    rows = [(c, p + s) for c, s in enumerate(suffixes) for p in prompts]
+    stem = list(stem)
+    rows = [(c, len(p), p + s + stem) for c, s in enumerate(suffixes) for p in prompts]
     loss = torch.zeros(len(suffixes))
     ce = torch.zeros(len(suffixes))
     with torch.no_grad():
         for i in range(0, len(rows), batch_rows):
             chunk = rows[i:i + batch_rows]
-            logits, b = _forward_last(model, [r[1] for r in chunk], ivs)
+            logits, b = _forward_last(model, [r[2] for r in chunk], ivs)
             logits = logits.float().log_softmax(-1)
             last = b.end - 1
             m = metric.value(logits[torch.arange(len(chunk)), last])
-            for j, (c, seq) in enumerate(chunk):
-                L = len(suffixes[c])
-                start = len(seq) - L
-                nll = -logits[j, start - 1:len(seq) - 1].gather(-1, torch.tensor(seq[start:])[:, None]).mean()
+            for j, (c, start, seq) in enumerate(chunk):
+                end = start + len(suffixes[c])
+                nll = -logits[j, start - 1:end - 1].gather(-1, torch.tensor(seq[start:end])[:, None]).mean()
                 loss[c] += float(m[j]) / len(prompts)
                 ce[c] += float(nll) / len(prompts)
     return loss, ce
 
 
 def _gradient(model: HookedModel, prompts: "list[list[int]]", suffix: "list[int]", ivs: tuple,
-              metric: TokenSets) -> torch.Tensor:
+              metric: TokenSets, stem: "list[int]" = ()) -> torch.Tensor:
     """d(mean loss)/d(one-hot suffix), [L, vocab]."""
     w_e = model.W_E.detach()
     onehot = torch.nn.functional.one_hot(torch.tensor(suffix), w_e.shape[0]).float().requires_grad_(True)
-    seqs = [p + suffix for p in prompts]
+    seqs = [p + suffix + list(stem) for p in prompts]
     try:
         with torch.enable_grad():
             logits, b = _forward_last(model, seqs, ivs, (_EmbedSuffix(onehot, [len(p) for p in prompts], w_e),))
@@ -121,7 +123,7 @@ def _gradient(model: HookedModel, prompts: "list[list[int]]", suffix: "list[int]
 
 def search(model: HookedModel, prompts: "list[list[int]]", ivs: tuple, metric: TokenSets, *, method: str = "gcg",
            suffix_len: int = 4, steps: int = 40, topk: int = 16, candidates: int = 64, population: int = 8,
-           ce_weight: float = 0.1, seed: int = 0) -> dict:
+           ce_weight: float = 0.1, stem: "list[int]" = (), seed: int = 0) -> dict:
     """Find a suffix minimising the steered loss (see the module docstring); returns the suffix and its trace."""
     if method not in ("gcg", "epo"):
         raise WorkbenchError(f"method must be 'gcg' or 'epo', got {method!r}.")
@@ -133,7 +135,7 @@ def search(model: HookedModel, prompts: "list[list[int]]", ivs: tuple, metric: T
         return loss + (ce_weight * ce if method == "epo" else 0.0)
 
     def mutations(suffix: "list[int]", n: int) -> "list[list[int]]":
-        grad = _gradient(model, prompts, suffix, ivs, metric)
+        grad = _gradient(model, prompts, suffix, ivs, metric, stem)
         grad[:, banned] = float("inf")
         top = (-grad).topk(topk, dim=-1).indices  # [L, topk] tokens that lower the loss most
         out = []
@@ -145,17 +147,17 @@ def search(model: HookedModel, prompts: "list[list[int]]", ivs: tuple, metric: T
         return out
 
     pop = [[rng.choice(vocab) for _ in range(suffix_len)] for _ in range(population if method == "epo" else 1)]
-    loss, ce = _evaluate(model, prompts, pop, ivs, metric)
+    loss, ce = _evaluate(model, prompts, pop, ivs, metric, stem)
     trace = []
     for step in range(steps):
         if method == "gcg":
             cands = mutations(pop[0], candidates)
-            c_loss, c_ce = _evaluate(model, prompts, cands, ivs, metric)
+            c_loss, c_ce = _evaluate(model, prompts, cands, ivs, metric, stem)
             i = int(c_loss.argmin())
             pop, loss, ce = [cands[i]], c_loss[i:i + 1], c_ce[i:i + 1]
         else:
             cands = [m for s in pop for m in mutations(s, max(1, candidates // len(pop)))]
-            c_loss, c_ce = _evaluate(model, prompts, cands, ivs, metric)
+            c_loss, c_ce = _evaluate(model, prompts, cands, ivs, metric, stem)
             allp, all_l, all_c = pop + cands, torch.cat([loss, c_loss]), torch.cat([ce, c_ce])
             keep = fitness(all_l, all_c).argsort()[:population].tolist()
             pop, loss, ce = [allp[i] for i in keep], all_l[keep], all_c[keep]
@@ -224,15 +226,23 @@ def _ids(model: HookedModel, words: "list[str]") -> tuple:
     return tuple(out)
 
 
+PROBE_STEMS = {"sentiment": ". the cat is", "topic": ". the big", "register": ".", "language": "."}
+
+
+def _stem(model: HookedModel, attribute: str) -> "list[int]":
+    return model.to_tokens(PROBE_STEMS[attribute], prepend_bos=False)[0].tolist()
+
+
 def _heldout(model: HookedModel, name: str, cfg: Config, texts: "list[str]", suffix: "list[int]", cell) -> dict:
     metric = TokenSets(_ids(model, evidence_words(cfg.attribute, cfg.target)),
                        _ids(model, evidence_words(cfg.attribute, cfg.source)))
     seqs = [tokenize(model, t) for t in texts]
+    stem = _stem(model, cfg.attribute)
     iv = (cell.intervention(),)
     with torch.no_grad():
-        lg, b = _forward_last(model, seqs, iv)
+        lg, b = _forward_last(model, [s + stem for s in seqs], iv)
         plain = metric.value(lg.float()[torch.arange(len(seqs)), b.end - 1])
-        lg, b = _forward_last(model, [s + suffix for s in seqs], iv)
+        lg, b = _forward_last(model, [s + suffix + stem for s in seqs], iv)
         attacked = metric.value(lg.float()[torch.arange(len(seqs)), b.end - 1])
     was = plain > 0
     suffixed = [t + " " + model.tokenizer.decode(suffix) for t in texts]
@@ -263,7 +273,8 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "",
                        _ids(model, evidence_words(cfg.attribute, cfg.source)))
     found = search(model, [tokenize(model, t) for t in train], (cell.intervention(),), metric, method=cfg.method,
                    suffix_len=cfg.suffix_len, steps=cfg.steps, topk=cfg.topk, candidates=cfg.candidates,
-                   population=cfg.population, ce_weight=cfg.ce_weight, seed=cfg.seed)
+                   population=cfg.population, ce_weight=cfg.ce_weight, stem=_stem(model, cfg.attribute),
+                   seed=cfg.seed)
     suffix = found["suffix"]
     heldout = _heldout(model, name, cfg, held, suffix, cell)
     transfer = []
@@ -274,7 +285,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "",
             continue
         ocell = steer_cell(other, other_name, cfg.attribute, cfg.source, cfg.target, seed=cfg.seed)
         transfer.append(_heldout(other, other_name, cfg, held, suffix, ocell))
-    seqs = [tokenize(model, t) for t in held]
+    seqs = [tokenize(model, t) + _stem(model, cfg.attribute) for t in held]
     shifts = {}
     with torch.no_grad():
         for label, s in (("0", 0.0), ("+s", cell.strength), ("-s", -cell.strength)):

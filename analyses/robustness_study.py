@@ -19,8 +19,8 @@ from workbench.io import write_json
 SAMPLE_SIZE = [("toy-m", "sentiment"), ("toy-m", "topic"), ("toy-l", "sentiment"), ("toy-l", "register")]
 SHIFT = [(m, a) for m in ("toy-m", "toy-l") for a in ("sentiment", "topic", "register", "language")]
 SIZE = ["sentiment", "topic", "language"]
-ADVERSARIAL = [("toy-m", "sentiment", "gcg"), ("toy-m", "sentiment", "epo"), ("toy-l", "sentiment", "gcg"),
-               ("toy-m", "language", "gcg")]
+ADVERSARIAL = [("toy-m", "sentiment", "gcg", 4), ("toy-m", "sentiment", "epo", 4), ("toy-m", "sentiment", "gcg", 12),
+               ("toy-l", "sentiment", "gcg", 4), ("toy-m", "register", "gcg", 4), ("toy-m", "register", "gcg", 12)]
 
 
 def _once(path: Path, make) -> dict:
@@ -41,10 +41,11 @@ def run_all(out: Path) -> None:
     family = ("toy-s", "toy-m", "toy-l")
     for a in SIZE:
         _once(out / f"model_size-{a}.json", lambda: model_size.run({n: model(n) for n in family}, model_size.Config(a)))
-    for name, a, method in ADVERSARIAL:
+    for name, a, method, length in ADVERSARIAL:
         others = {n: model(n) for n in family if n != name}
-        _once(out / f"adversarial-{name}-{a}-{method}.json",
-              lambda: adversarial.run(model(name), adversarial.Config(a, method=method), name=name, others=others))
+        _once(out / f"adversarial-{name}-{a}-{method}-{length}.json",
+              lambda: adversarial.run(model(name), adversarial.Config(a, method=method, suffix_len=length), name=name,
+                                      others=others))
     (out / "SUMMARY.md").write_text(summary_markdown(out))
 
 
@@ -81,15 +82,17 @@ def summary_markdown(folder: Path) -> str:
             sl = m["slopes"]
             lines.append(f"| {a} | {m['name']} | L{m['layer']} | {sl['kl']:.3f} | {sl['perplexity']:.2f} | "
                          f"{sl['grammaticality_drop']:.3f} | {'-' if at1 is None else f'{at1:.2f}'} |")
-    lines += ["", "## Adversarial reversal (suffix of 4 tokens, 8 training prompts, 48 held-out prompts)", "",
-              "| model | attribute | method | suffix | cross-entropy (nats/token) | held-out reversal rate | target rate steered -> with suffix | unsteered with suffix | transfer (reversal; steered -> with suffix) | symmetry: log-odds shift +s / -s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, a, method in ADVERSARIAL:
-        r = json.loads((folder / f"adversarial-{name}-{a}-{method}.json").read_text())
+    lines += ["", "## Adversarial reversal (8 training prompts, 48 held-out prompts, 40 steps)", "",
+              "| model | attribute | method | suffix | cross-entropy (nats/token) | probe log-odds unsteered / steered / steered + suffix | held-out reversal rate | target rate steered -> with suffix | unsteered with suffix | transfer (reversal; steered -> with suffix) | symmetry: log-odds shift +s / -s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, a, method, length in ADVERSARIAL:
+        r = json.loads((folder / f"adversarial-{name}-{a}-{method}-{length}.json").read_text())
         h, sy = r["heldout"], r["symmetry"]
         tr = "; ".join(f"{t['model']}: {t['reversal_rate']:.2f}, {t['target_rate']['steered']:.2f} -> "
                        f"{t['target_rate']['steered_with_suffix']:.2f}" for t in r["transfer"] if "reversal_rate" in t)
+        lo = h["mean_logodds"]
         lines.append(f"| {name} | {a} | {method} | `{r['suffix']['text']}` | {r['suffix']['ce']:.2f} | "
+                     f"{sy['mean_logodds']['0']:+.2f} / {lo['steered']:+.2f} / {lo['steered_with_suffix']:+.2f} | "
                      f"{h['reversal_rate']:.2f} | {h['target_rate']['steered']:.2f} -> "
                      f"{h['target_rate']['steered_with_suffix']:.2f} | {h['target_rate']['unsteered_with_suffix']:.2f} | "
                      f"{tr} | {sy['logodds_shift_plus']:+.2f} / {sy['logodds_shift_minus']:+.2f} |")
