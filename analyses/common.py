@@ -11,6 +11,7 @@ from workbench.directions import DirectionSet
 from workbench.errors import WorkbenchError
 from workbench.generate import generate
 from workbench.interventions import AddDirection
+from workbench.metrics import wilson  # noqa: F401  (re-exported for the studies)
 from workbench.models import HookedModel
 from workbench.toy.evaluate import score
 from workbench.toy.measure import directions_for
@@ -71,13 +72,3 @@ def mean_ci(values: "list[float]", z: float = 1.96) -> tuple[float, list]:
         return m, [m, m]
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
     return m, [m - z * sd / math.sqrt(n), m + z * sd / math.sqrt(n)]
-
-
-def wilson(k: float, n: int, z: float = 1.96) -> list:
-    """95% Wilson score interval of a rate k/n."""
-    if n == 0:
-        return [0.0, 1.0]
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]

@@ -369,6 +369,14 @@ def cmd_analyze_composition(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from workbench.report import build_report
+
+    html_path, md_path = build_report(args.results, args.out, title=args.title)
+    print(f"wrote {html_path} and {md_path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from workbench.demo import run_demo
 
@@ -632,6 +640,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("-n", type=int, default=5)
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=cmd_toy_sample)
+
+    sp = sub.add_parser("report", help="self-contained HTML + Markdown report from a folder of results")
+    sp.add_argument("results", help="folder holding workbench results (demo output, analysis result.json, ...)")
+    sp.add_argument("--out", default=None, help="folder for report.html / report.md (default: the results folder)")
+    sp.add_argument("--title", default="workbench report")
+    sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("demo", help="end-to-end run on the embedded default model")
     sp.add_argument("--out", default="demo_out")

@@ -4,15 +4,22 @@ For every toy attribute: minimal contrast pairs from the toy world, mean-differe
 (with held-out probe accuracy), a small layer x strength sweep of steered, sampled continuations from prompts with
 the opposite value, scored exactly (target rate, grammaticality), and the best cell under the grammar floor.
 Directions are saved in the workbench format; ``results.json`` holds every number and ``summary.md`` reads them.
+The best cell of each attribute is exported (spec, llama.cpp control vector where expressible, baked checkpoint
+check) and its deployment parity measured (``parity.json``); the demo ends by writing ``report.html`` /
+``report.md`` (``workbench.report``) from all of it, with the model's card.
 """
 
 __all__ = ["run_demo"]
 
+import random
+import shutil
 import time
 from pathlib import Path
 
 from workbench import models
+from workbench.errors import WorkbenchError
 from workbench.io import atomic_dir, write_json
+from workbench.report import build_report
 from workbench.toy.measure import GRAMMAR_FLOOR, SITES, directions_for, steering_grid
 from workbench.toy.prompts import STEER_TARGETS
 
@@ -43,7 +50,47 @@ def run_demo(out: "str | Path", model: str = "toy-m", backend: "str | None" = No
         results["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(tmp / "results.json", results)
         (tmp / "summary.md").write_text(_summary(results))
+        _export_best(m, results, tmp, seed)
+        card = Path(getattr(m, "workbench_source", "")) / "card.json"
+        if card.is_file():
+            shutil.copy(card, tmp / "card.json")
+        build_report(tmp, title=f"workbench demo: {model}")
     return out
+
+
+def _export_best(m, results: dict, folder: Path, seed: int) -> None:
+    """Export every attribute's best block-output cell and measure parity on each deployment path available."""
+    from workbench.directions import DirectionSet
+    from workbench.export import llamacpp
+    from workbench.export.gguf import cvec_block, write_gguf
+    from workbench.export.parity import check
+    from workbench.export.spec import spec_from_directions
+    from workbench.toy.prompts import prompts, random_attributes
+
+    texts = [p.text for p in prompts(random_attributes(random.Random(seed)), 4, seed=seed)]
+    for attribute, grids in results["attributes"].items():
+        g = grids[0]
+        b = g["best"]
+        if b is None or b["strength"] <= 0:  # nothing to deploy
+            continue
+        ds = DirectionSet.load(folder / "directions" / f"{attribute}-{g['kind']}")
+        spec = spec_from_directions(ds, b["layer"], b["strength"], kind=g["kind"], source=f"demo:{attribute}")
+        exported = folder / "exports" / attribute
+        spec.save(exported / "spec")
+        paths, refused = ["apply_hf", "baked"], []
+        try:
+            cvec_block(spec.interventions[0], spec.fingerprint.n_layers)
+            write_gguf(spec, exported / "control.gguf")
+            if llamacpp.available():
+                paths.append("llama.cpp")
+            else:
+                refused.append("llama.cpp not installed here (./dev test installs it)")
+        except WorkbenchError as e:
+            refused.append(f"gguf: {str(e).split(':')[0]}")
+        rows = check(m, spec, texts, paths=tuple(paths))
+        write_json(exported / "parity.json", {
+            "format": "workbench.parity", "spec": f"{attribute}: {spec.interventions[0].site.name} x{b['strength']:g}",
+            "rows": [r.to_dict() for r in rows], "refused": refused})
 
 
 def _summary(r: dict) -> str:

@@ -7,7 +7,7 @@
 * ``kl_divergence``: mean KL(unsteered || steered) of next-token distributions over reference texts.
 """
 
-__all__ = ["ab_probability", "token_logprobs", "perplexity", "continuation_perplexity", "kl_divergence"]
+__all__ = ["ab_probability", "token_logprobs", "perplexity", "continuation_perplexity", "kl_divergence", "wilson"]
 
 import math
 from collections.abc import Sequence
@@ -118,3 +118,13 @@ def kl_divergence(
         total += float(kl[real].sum())
         count += int(real.sum())
     return total / count
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> list:
+    """95% Wilson score interval [low, high] of a rate k/n (n = 0: [0, 1])."""
+    if n == 0:
+        return [0.0, 1.0]
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]

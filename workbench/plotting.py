@@ -43,7 +43,7 @@ def heatmap_grid(panels: "list[tuple[str, Sequence[Sequence], str, float | None]
         ), row=1, col=k)
         fig.update_xaxes(title_text=x_title, row=1, col=k)
     fig.update_yaxes(title_text=y_title, row=1, col=1)
-    fig.update_layout(title=title, template="plotly_white", height=420, width=max(520, 380 * len(panels)))
+    fig.update_layout(title=title, template="plotly_white", height=420, width=min(1150, max(520, 380 * len(panels))))
     return fig
 
 
