@@ -36,3 +36,13 @@ if [ "${1:-}" = "--test" ] && [ ! -f "$VENV/.llamacpp-$LLAMA_CPP_PYTHON" ]; then
   mv "$tmp/$src" "$VENV/llama.cpp"
   touch "$VENV/.llamacpp-$LLAMA_CPP_PYTHON"
 fi
+
+# Test extras: Debian's chromium for the report's headless-browser test (apt, when it is missing and we may).
+if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null; })
+  else
+    echo "setup: chromium is missing and cannot be installed here (needs root and apt-get); the report's browser test will fail" >&2
+  fi
+fi
