@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import steer_cell, target_rate
+from analyses.common import ResultDict, require_positive, resolve_steer, steer_cell, target_rate
 from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.hooks import applied
@@ -37,7 +37,6 @@ from workbench.sites import EMBED
 from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import evidence_words
 from workbench.toy.measure import steer_prompts
-from workbench.toy.prompts import steer_values
 
 
 @dataclass(frozen=True)
@@ -189,21 +188,17 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        src, tgt = steer_values(self.attribute, self.source, self.target)
-        object.__setattr__(self, "source", src)
-        object.__setattr__(self, "target", tgt)
+        resolve_steer(self)
         if self.attribute == "truth":
             raise WorkbenchError("truth evidence depends on the fact stem the suffix would displace; attack "
                                  "sentiment, topic, register or language.")
         if self.method not in ("gcg", "epo"):
             raise WorkbenchError(f"method must be 'gcg' or 'epo', got {self.method!r}.")
-        for name in ("suffix_len", "steps", "topk", "candidates", "population", "n_train", "n_heldout"):
-            if getattr(self, name) < 1:
-                raise WorkbenchError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        require_positive(self, "suffix_len", "steps", "topk", "candidates", "population", "n_train", "n_heldout")
 
 
 @dataclass(frozen=True)
-class Result:
+class Result(ResultDict):
     config: dict
     model: dict
     site: dict
@@ -213,8 +208,6 @@ class Result:
     symmetry: dict
     cost: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _ids(model: HookedModel, words: "list[str]") -> tuple:

@@ -1,9 +1,10 @@
 """What the toy studies share: the steering cell to study, behaviour rates of steered generations, intervals."""
 
-__all__ = ["SteerCell", "steer_cell", "target_rate", "mean_ci", "wilson"]
+__all__ = ["SteerCell", "steer_cell", "target_rate", "mean_ci", "wilson", "resolve_steer", "require_positive",
+           "ResultDict"]
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -15,6 +16,28 @@ from workbench.metrics import wilson  # noqa: F401  (re-exported for the studies
 from workbench.models import HookedModel
 from workbench.toy.evaluate import score
 from workbench.toy.measure import directions_for
+from workbench.toy.prompts import steer_values
+
+
+def resolve_steer(cfg) -> None:
+    """Fill a frozen config's ``source`` / ``target`` from its ``attribute`` (validated by ``steer_values``)."""
+    src, tgt = steer_values(cfg.attribute, cfg.source, cfg.target)
+    object.__setattr__(cfg, "source", src)
+    object.__setattr__(cfg, "target", tgt)
+
+
+def require_positive(cfg, *names: str) -> None:
+    """Raise naming the first of ``names`` whose value on ``cfg`` is below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise WorkbenchError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
+
+
+class ResultDict:
+    """``to_dict`` for the studies' frozen result dataclasses (JSON-able, what ``plot`` and the report read)."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True, eq=False)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from analyses.common import ResultDict, require_positive
 from workbench import models
 from workbench.composition import StepAdd, generate_composed, icv
 from workbench.errors import WorkbenchError
@@ -61,13 +62,11 @@ class Config:
             raise WorkbenchError("every property of a pair must also be in properties.")
         if self.kind not in ("z", "resid_post"):
             raise WorkbenchError(f"kind must be 'z' or 'resid_post', got {self.kind!r}.")
-        for name in ("n_icl", "n_test", "steps"):
-            if getattr(self, name) < 1:
-                raise WorkbenchError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        require_positive(self, "n_icl", "n_test", "steps")
 
 
 @dataclass(frozen=True)
-class Result:
+class Result(ResultDict):
     config: dict
     model: dict
     single: list  # rows: property, strategy, alpha, accuracy, grammaticality, delta_ppl
@@ -75,8 +74,6 @@ class Result:
     traces: dict  # "property" or "a+b" -> mean alpha per step per property
     cost: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _test_prompts(values: dict, n: int, seed: int) -> "list[str]":

@@ -14,11 +14,11 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 
-from analyses.common import steer_cell, target_rate, wilson
+from analyses.common import ResultDict, resolve_steer, steer_cell, target_rate, wilson
 from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.models import HookedModel
-from workbench.toy.prompts import FAMILIES, prompts, random_attributes, steer_values
+from workbench.toy.prompts import FAMILIES, prompts, random_attributes
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        src, tgt = steer_values(self.attribute, self.source, self.target)
-        object.__setattr__(self, "source", src)
-        object.__setattr__(self, "target", tgt)
+        resolve_steer(self)
         bad = [f for f in self.families if f not in FAMILIES]
         if bad or "id" not in self.families:
             raise WorkbenchError(f"families must include 'id' and be among {', '.join(FAMILIES)}; got {self.families!r}.")
@@ -45,15 +43,13 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Result:
+class Result(ResultDict):
     config: dict
     model: dict
     site: dict
     families: list
     cost: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _family_prompts(cfg: Config, family: str) -> "list[str]":

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from analyses.common import ResultDict, require_positive, resolve_steer
 from workbench import models
 from workbench.directions import DirectionSet
 from workbench.errors import WorkbenchError
@@ -37,7 +38,7 @@ from workbench.sites import HookSite
 from workbench.tokens import Batch, make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import evidence_words, score
 from workbench.toy.measure import GRAMMAR_FLOOR, directions_for, steer_prompts
-from workbench.toy.prompts import contrast_pairs, steer_values
+from workbench.toy.prompts import contrast_pairs
 
 
 # ---------------------------------------------------------------------------------------------------- metrics
@@ -276,19 +277,15 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        src, tgt = steer_values(self.attribute, self.source, self.target)
-        object.__setattr__(self, "source", src)
-        object.__setattr__(self, "target", tgt)
+        resolve_steer(self)
         if not all(isinstance(s, (int, float)) and math.isfinite(s) for s in self.steer_strengths):
             raise WorkbenchError(f"steer_strengths must be finite numbers, got {self.steer_strengths!r}.")
         object.__setattr__(self, "steer_strengths", tuple(float(s) for s in self.steer_strengths))
-        for name in ("n_pairs", "n_prompts", "max_new_tokens", "top_k"):
-            if getattr(self, name) < 1:
-                raise WorkbenchError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        require_positive(self, "n_pairs", "n_prompts", "max_new_tokens", "top_k")
 
 
 @dataclass(frozen=True)
-class Result:
+class Result(ResultDict):
     config: dict
     model: dict
     direct: list
@@ -300,8 +297,6 @@ class Result:
     steering: dict
     cost: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Result":

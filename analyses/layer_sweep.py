@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from analyses.common import ResultDict, require_positive, resolve_steer
 from workbench import models
 from workbench.directions import DirectionSet
 from workbench.errors import WorkbenchError
@@ -40,7 +41,6 @@ from workbench.sites import HookSite
 from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import score
 from workbench.toy.measure import GRAMMAR_FLOOR, directions_for, steer_prompts
-from workbench.toy.prompts import steer_values
 
 STRENGTHS = (-2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -63,17 +63,13 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        src, tgt = steer_values(self.attribute, self.source, self.target)
-        object.__setattr__(self, "source", src)
-        object.__setattr__(self, "target", tgt)
+        resolve_steer(self)
         if not self.strengths or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in self.strengths):
             raise WorkbenchError(f"strengths must be a non-empty tuple of finite numbers, got {self.strengths!r}.")
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        for name in ("n_prompts", "n_pairs", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise WorkbenchError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        require_positive(self, "n_prompts", "n_pairs", "max_new_tokens")
         if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
             raise WorkbenchError(f"temperature must be >= 0, got {self.temperature!r}.")
         if not 0.0 <= self.grammar_floor <= 1.0:
@@ -81,7 +77,7 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Result:
+class Result(ResultDict):
     config: dict
     model: dict  # name, fingerprint, n_layers, d_model
     cells: list  # one dict per (layer, strength)
@@ -90,8 +86,6 @@ class Result:
     cost: dict  # seconds and the ratio to one unsteered generation pass
     examples: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Result":

@@ -14,11 +14,11 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from analyses import layer_sweep
+from analyses.common import ResultDict, resolve_steer
 from workbench.errors import WorkbenchError
 from workbench.models import HookedModel
 from workbench.sites import HookSite
 from workbench.toy.measure import directions_for, steer_prompts
-from workbench.toy.prompts import steer_values
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        src, tgt = steer_values(self.attribute, self.source, self.target)
-        object.__setattr__(self, "source", src)
-        object.__setattr__(self, "target", tgt)
+        resolve_steer(self)
         if not 0 < self.depth <= 1:
             raise WorkbenchError(f"depth must be in (0, 1], got {self.depth}.")
         if 0.0 not in self.relative_strengths:
@@ -43,13 +41,11 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Result:
+class Result(ResultDict):
     config: dict
     models: list  # per model: name, n_layers, d_model, layer, residual norm, cells, slopes
     cost: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def slope(xs: "list[float]", ys: "list[float]") -> float:

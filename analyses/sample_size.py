@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from analyses.common import mean_ci, steer_cell, target_rate
+from analyses.common import ResultDict, mean_ci, require_positive, resolve_steer, steer_cell, target_rate
 from workbench import models
 from workbench.activations import collect_pairs
 from workbench.errors import WorkbenchError
 from workbench.models import HookedModel
 from workbench.sites import HookSite
 from workbench.toy.measure import steer_prompts
-from workbench.toy.prompts import contrast_pairs, steer_values
+from workbench.toy.prompts import contrast_pairs
 
 
 @dataclass(frozen=True)
@@ -40,18 +40,14 @@ class Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        src, tgt = steer_values(self.attribute, self.source, self.target)
-        object.__setattr__(self, "source", src)
-        object.__setattr__(self, "target", tgt)
+        resolve_steer(self)
         if not self.ns or min(self.ns) < 1 or max(self.ns) > self.pool:
             raise WorkbenchError(f"ns must be pair counts in 1..pool ({self.pool}), got {self.ns!r}.")
-        for name in ("resamples", "n_prompts", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise WorkbenchError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        require_positive(self, "resamples", "n_prompts", "max_new_tokens")
 
 
 @dataclass(frozen=True)
-class Result:
+class Result(ResultDict):
     config: dict
     model: dict
     site: dict
@@ -61,8 +57,6 @@ class Result:
     saturation_n: "int | None"
     cost: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def saturation(rows: "list[dict]", full_effect: float, frac: float = 0.9, min_cosine: float = 0.9) -> "int | None":

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from analyses.common import wilson
+from analyses.common import ResultDict, require_positive, wilson
 from workbench import models
 from workbench.activations import collect
 from workbench.errors import WorkbenchError
@@ -72,15 +72,13 @@ class Config:
             raise WorkbenchError(f"phi_feature must be one of {', '.join(FEATURES[1:])}, got {self.phi_feature!r}.")
         if not 0 < self.ratio <= 1:
             raise WorkbenchError(f"ratio must be in (0, 1], got {self.ratio}.")
-        for name in ("n_demos", "n_eval", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise WorkbenchError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        require_positive(self, "n_demos", "n_eval", "max_new_tokens")
         if not self.demo_counts or min(self.demo_counts) < 2:
             raise WorkbenchError(f"demo_counts must be numbers >= 2, got {self.demo_counts!r}.")
 
 
 @dataclass(frozen=True)
-class Result:
+class Result(ResultDict):
     config: dict
     model: dict
     methods: list  # one row per method
@@ -88,8 +86,6 @@ class Result:
     fit: dict  # k per layer
     cost: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _items(n: int, truth: "str | None", seed: int) -> list:

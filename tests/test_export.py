@@ -24,7 +24,6 @@ from workbench.export.bake import ablation_everywhere, bake_hf, everywhere_sites
 from workbench.export.gguf import cvec_block, read_gguf, write_gguf
 from workbench.export.parity import check, tl_logits
 from workbench.export.spec import Provenance, Spec
-from workbench.hooks import applied
 from workbench.interventions import Ablate, AddDirection
 from workbench.positions import Positions
 from workbench.sites import HookSite

@@ -6,18 +6,14 @@ reads u as "yes" minus "no", steering adds +3u everywhere and one token's embedd
 token reverses the steered log-odds, nothing else can.
 """
 
-import shutil
-
 import pytest
-import torch
 
 from analyses import adversarial, distribution_shift, model_size, sample_size
-from tests.conftest import BACKEND, n_attached_hooks
+from tests.conftest import BACKEND, n_attached_hooks, planted_llama
 from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.interventions import AddDirection
 from workbench.sites import HookSite
-from workbench.tiny import write_tiny_checkpoint
 from workbench.tokens import tokenize
 
 
@@ -28,32 +24,12 @@ def toy_s():
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    def edit(hf, tok, u):  # one token's embedding is -6u
+        hf.model.embed_tokens.weight[tok.convert_tokens_to_ids("sad")] = -6 * u
 
-    root = tmp_path_factory.mktemp("adv")
-    src = write_tiny_checkpoint(root / "src", "llama", n_layers=2, d_model=32, n_heads=4, n_kv_heads=4)
-    hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(src))
-    u = torch.randn(32, generator=torch.Generator().manual_seed(1))
-    u /= u.norm()
-    planted_id = tok.convert_tokens_to_ids("sad")
+    model, u, tok = planted_llama(tmp_path_factory.mktemp("adv"), 1, edit)
     yes, no = tok.convert_tokens_to_ids(["yes", "no"])
-    with torch.no_grad():
-        e = hf.model.embed_tokens.weight
-        e -= torch.outer(e @ u, u)
-        e[planted_id] = -6 * u
-        for block in hf.model.layers:
-            for w in (block.self_attn.o_proj.weight, block.mlp.down_proj.weight):
-                w -= torch.outer(u, u @ w)
-        hf.model.norm.weight.fill_(1.0)
-        hf.lm_head.weight[yes], hf.lm_head.weight[no] = 4 * u, -4 * u
-    out = root / "planted"
-    hf.save_pretrained(str(out))
-    for f in src.iterdir():
-        if f.name.startswith(("tokenizer", "special")):
-            shutil.copy(f, out / f.name)
-    model = models.load(out, backend=BACKEND)
-    return model, u, planted_id, adversarial.TokenSets((yes,), (no,))
+    return model, u, tok.convert_tokens_to_ids("sad"), adversarial.TokenSets((yes,), (no,))
 
 
 @pytest.mark.parametrize("method", ["gcg", "epo"])

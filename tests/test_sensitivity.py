@@ -5,18 +5,15 @@ network writes u, and the unembedding reads u as "yes" minus "no": that head mus
 attribution, activation patching, attribution patching and per-head steering.
 """
 
-import shutil
-
 import pytest
 import torch
 
 from analyses import heads, layer_sweep
-from tests.conftest import BACKEND, n_attached_hooks
+from tests.conftest import BACKEND, n_attached_hooks, planted_llama
 from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite
-from workbench.tiny import write_tiny_checkpoint
 
 PLANTED = (1, 2)
 CONTEXTS = ["the cat sees the {} dog .", "a bird likes this {} house", "we love that {} tree and the sun",
@@ -26,34 +23,15 @@ ADJ = [("good", "bad"), ("happy", "sad"), ("big", "small"), ("red", "blue")]
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    root = tmp_path_factory.mktemp("planted")
-    src = write_tiny_checkpoint(root / "src", "llama", n_layers=2, d_model=32, n_heads=4, n_kv_heads=4)
-    hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(str(src))
-    g = torch.Generator().manual_seed(0)
-    u = torch.randn(32, generator=g)
-    u /= u.norm()
-    dh = 8
-    with torch.no_grad():
-        e = hf.model.embed_tokens.weight
-        e -= torch.outer(e @ u, u)
-        for block in hf.model.layers:  # nothing writes u ...
-            for w in (block.self_attn.o_proj.weight, block.mlp.down_proj.weight):
-                w -= torch.outer(u, u @ w)
-        layer, head = PLANTED  # ... except the planted head, strongly
+    def edit(hf, tok, u):  # only the planted head writes u, strongly
+        layer, head, dh = *PLANTED, 8
+        g = torch.Generator().manual_seed(0)
+        torch.randn(32, generator=g)  # u's draw (planted_llama, seed 0); ev is the next one
         ev = torch.randn(dh, generator=g)
         hf.model.layers[layer].self_attn.o_proj.weight[:, head * dh:(head + 1) * dh] += 6.0 * torch.outer(u, ev)
-        hf.model.norm.weight.fill_(1.0)
-        yes, no = tok.convert_tokens_to_ids(["yes", "no"])
-        hf.lm_head.weight[yes], hf.lm_head.weight[no] = 4 * u, -4 * u
-    out = root / "planted"
-    hf.save_pretrained(str(out))
-    for f in src.iterdir():
-        if f.name.startswith(("tokenizer", "special")):
-            shutil.copy(f, out / f.name)
-    model = models.load(out, backend=BACKEND)
+
+    model, u, tok = planted_llama(tmp_path_factory.mktemp("planted"), 0, edit)
+    yes, no = tok.convert_tokens_to_ids(["yes", "no"])
     pairs = ContrastPairs.from_list([(c.format(a), c.format(b)) for c in CONTEXTS for a, b in ADJ])
     pos, neg, kept = heads._pair_batches(model, pairs)
     metric = heads.LogitDiff(((yes,),) * len(kept), ((no,),) * len(kept))

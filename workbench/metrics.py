@@ -120,7 +120,7 @@ def kl_divergence(
     return total / count
 
 
-def wilson(k: float, n: int, z: float = 1.96) -> list:
+def wilson(k: "float | int", n: int, z: float = 1.96) -> list:
     """95% Wilson score interval [low, high] of a rate k/n (n = 0: [0, 1])."""
     if n == 0:
         return [0.0, 1.0]

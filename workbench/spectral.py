@@ -26,7 +26,6 @@ Application never forms a d x d matrix: P+ h = U+ (U+^T h) and P- h = h - U- (U-
 __all__ = ["FEATURES", "COMBINES", "phi", "phi_inverse", "explained_rank", "SpectralProjections", "fit_layer",
            "fit_spectral"]
 
-import math
 from dataclasses import dataclass
 
 import torch
