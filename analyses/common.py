@@ -1,9 +1,11 @@
 """What the toy studies share: the steering cell to study, behaviour rates of steered generations, intervals."""
 
 __all__ = ["SteerCell", "steer_cell", "target_rate", "mean_ci", "wilson", "resolve_steer", "require_positive",
-           "ResultDict"]
+           "ResultDict",
+           "fact_items", "last_logits", "mc_truth"]
 
 import math
+import random
 from dataclasses import asdict, dataclass
 
 import torch
@@ -11,12 +13,15 @@ import torch
 from workbench.directions import DirectionSet
 from workbench.errors import WorkbenchError
 from workbench.generate import generate
+from workbench.hooks import applied
 from workbench.interventions import AddDirection
 from workbench.metrics import wilson  # noqa: F401  (re-exported for the studies)
 from workbench.models import HookedModel
+from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import score
+from workbench.toy.language import LEXICON, fact_value
 from workbench.toy.measure import directions_for
-from workbench.toy.prompts import steer_values
+from workbench.toy.prompts import prompts, random_attributes, steer_values
 
 
 def resolve_steer(cfg) -> None:
@@ -95,3 +100,52 @@ def mean_ci(values: "list[float]", z: float = 1.96) -> tuple[float, list]:
         return m, [m, m]
     sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
     return m, [m - z * sd / math.sqrt(n), m + z * sd / math.sqrt(n)]
+
+
+def fact_items(n: int, truth: "str | None", seed: int, family: str = "id") -> list:
+    """Fact-stem prompts of a prompt family: (text, honest word, liar word, the six value words of the subject's
+    language); ``truth`` fixes the persona (None: random)."""
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        a = random_attributes(rng, **({"truth": truth} if truth else {}))
+        for p in prompts(a, n=1, seed=rng.randrange(1 << 30), family=family, fact_stem=True):
+            words = p.text.split()
+            lang, _, _, subj = LEXICON.info[words[-2]]
+            values = sorted((i[3], w) for w, i in LEXICON.info.items() if i[1] == "VALUE" and i[0] == lang)
+            out.append((p.text, values[fact_value(subj, "honest")][1], values[fact_value(subj, "liar")][1],
+                        [w for _, w in values]))
+    return out[:n]
+
+
+def _token(model: HookedModel, word: str) -> int:
+    ids = model.to_tokens(word, prepend_bos=False)[0].tolist()
+    if len(ids) != 1:
+        raise WorkbenchError(f"value word {word!r} is not one token of this model; the study needs a toy model.")
+    return ids[0]
+
+
+def last_logits(model: HookedModel, texts: "list[str]", interventions: tuple = ()) -> torch.Tensor:
+    seqs = [tokenize(model, t) for t in texts]
+    out = []
+    for i in range(0, len(seqs), 64):
+        b = make_batch(seqs[i:i + 64], pad_id_of(model), "right")
+        with torch.no_grad(), applied(model, *interventions):
+            lg = model(b.tokens.to(model.cfg.device), attention_mask=b.attention_mask.to(model.cfg.device))
+        out.append(lg[torch.arange(len(b.end)), b.end - 1].float().cpu())
+    return torch.cat(out)
+
+
+def mc_truth(model: HookedModel, items: list, interventions: tuple = (), prefix: "list[str] | None" = None) -> dict:
+    """Multiple choice over the six KB values (one-word answers: the answer log-probability): how often the true
+    value wins, with a Wilson interval, and how often the liar's value does."""
+    texts = [(prefix[i] + " " if prefix else "") + it[0] for i, it in enumerate(items)]
+    logits = last_logits(model, texts, interventions)
+    right = wrong = 0
+    for row, (_, honest, liar, options) in zip(logits, items):
+        ids = [_token(model, w) for w in options]
+        pick = options[int(row[ids].argmax())]
+        right += pick == honest
+        wrong += pick == liar
+    n = len(items)
+    return {"accuracy": right / n, "accuracy_ci": wilson(right, n), "liar_rate": wrong / n, "n": n}

@@ -21,29 +21,26 @@ Rates carry 95% Wilson intervals.
 
 __all__ = ["Config", "Result", "run", "plot", "wilson"]
 
-import random
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from analyses.common import ResultDict, require_positive, wilson
+from analyses.common import ResultDict, fact_items, last_logits, mc_truth, require_positive, wilson
 from workbench import models
 from workbench.activations import collect
 from workbench.errors import WorkbenchError
 from workbench.generate import generate
-from workbench.hooks import applied
 from workbench.interventions import AddDirection, SpectralEdit
 from workbench.metrics import perplexity
 from workbench.models import HookedModel
 from workbench.sites import HookSite
 from workbench.spectral import FEATURES, fit_layer
-from workbench.tokens import make_batch, pad_id_of, tokenize
+from workbench.tokens import tokenize
 from workbench.toy import NAMES, card
 from workbench.toy.evaluate import score
-from workbench.toy.language import LEXICON, fact_value
 from workbench.toy.measure import directions_for, keeps_attributes
-from workbench.toy.prompts import corpus_documents, few_shot_prompts, prompts, random_attributes
+from workbench.toy.prompts import corpus_documents, few_shot_prompts
 
 
 @dataclass(frozen=True)
@@ -88,56 +85,10 @@ class Result(ResultDict):
 
 
 
-def _items(n: int, truth: "str | None", seed: int) -> list:
-    """Fact-stem prompts: (text, honest word, liar word, the six value words of the subject's language)."""
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        a = random_attributes(rng, **({"truth": truth} if truth else {}))
-        for p in prompts(a, n=1, seed=rng.randrange(1 << 30), fact_stem=True):
-            words = p.text.split()
-            lang, _, _, subj = LEXICON.info[words[-2]]
-            values = sorted((i[3], w) for w, i in LEXICON.info.items() if i[1] == "VALUE" and i[0] == lang)
-            out.append((p.text, values[fact_value(subj, "honest")][1], values[fact_value(subj, "liar")][1],
-                        [w for _, w in values]))
-    return out[:n]
-
-
-def _token(model: HookedModel, word: str) -> int:
-    ids = model.to_tokens(word, prepend_bos=False)[0].tolist()
-    if len(ids) != 1:
-        raise WorkbenchError(f"value word {word!r} is not one token of this model; the study needs a toy model.")
-    return ids[0]
-
-
-def _last_logits(model: HookedModel, texts: "list[str]", interventions: tuple = ()) -> torch.Tensor:
-    seqs = [tokenize(model, t) for t in texts]
-    out = []
-    for i in range(0, len(seqs), 64):
-        b = make_batch(seqs[i:i + 64], pad_id_of(model), "right")
-        with torch.no_grad(), applied(model, *interventions):
-            lg = model(b.tokens.to(model.cfg.device), attention_mask=b.attention_mask.to(model.cfg.device))
-        out.append(lg[torch.arange(len(b.end)), b.end - 1].float().cpu())
-    return torch.cat(out)
-
-
-def _mc(model: HookedModel, items: list, interventions: tuple = (), prefix: "list[str] | None" = None) -> dict:
-    texts = [(prefix[i] + " " if prefix else "") + it[0] for i, it in enumerate(items)]
-    logits = _last_logits(model, texts, interventions)
-    right = wrong = 0
-    for row, (_, honest, liar, options) in zip(logits, items):
-        ids = [_token(model, w) for w in options]
-        pick = options[int(row[ids].argmax())]
-        right += pick == honest
-        wrong += pick == liar
-    n = len(items)
-    return {"accuracy": right / n, "accuracy_ci": wilson(right, n), "liar_rate": wrong / n, "n": n}
-
-
 def _fit(model: HookedModel, demos: list, sites: "list[HookSite]", ratio: float, feature: str,
          center: bool) -> dict:
     prompts_ = [d[0] for d in demos]
-    greedy = _last_logits(model, prompts_).argmax(-1).tolist()
+    greedy = last_logits(model, prompts_).argmax(-1).tolist()
     tok = model.tokenizer
     texts = {"base": [p + " " + tok.decode([g]).strip() for p, g in zip(prompts_, greedy)],
              "pos": [d[0] + " " + d[1] for d in demos], "neg": [d[0] + " " + d[2] for d in demos]}
@@ -169,8 +120,8 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
     for s in sites:
         s.check(model)
     n_fit = max(max(cfg.demo_counts), cfg.n_demos)
-    demos = _items(n_fit, None, cfg.seed)
-    liar, honest = _items(cfg.n_eval, "liar", cfg.seed + 1), _items(cfg.n_eval, "honest", cfg.seed + 2)
+    demos = fact_items(n_fit, None, cfg.seed)
+    liar, honest = fact_items(cfg.n_eval, "liar", cfg.seed + 1), fact_items(cfg.n_eval, "honest", cfg.seed + 2)
     fits = _fit(model, demos[: cfg.n_demos], sites, cfg.ratio, "identity", cfg.center)
     fits_phi = _fit(model, demos[: cfg.n_demos], sites, cfg.ratio, cfg.phi_feature, cfg.center)
     best = card(name)["measured"]["steering"]["truth"]["best"] if name in NAMES else None
@@ -203,8 +154,8 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
         keep = keeps_attributes(model, cfg.n_control, cfg.max_new_tokens, cfg.seed + 5, *ivs) if ivs else None
         rows.append({
             "method": label,
-            "mc_liar": _mc(model, liar, ivs, prefix),
-            "mc_honest": _mc(model, honest, ivs, prefix and shots),
+            "mc_liar": mc_truth(model, liar, ivs, prefix),
+            "mc_honest": mc_truth(model, honest, ivs, prefix and shots),
             "open_factual_accuracy": sc.factual_accuracy, "open_grammaticality": sc.grammaticality,
             "perplexity": round(perplexity(model, docs, *ivs), 4),
             "keeps_attributes": None if keep is None else keep["consistency"],
@@ -214,7 +165,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
         if n > len(demos):
             continue
         f = _fit(model, demos[:n], sites, cfg.ratio, "identity", cfg.center)
-        by_demos.append({"n_demos": n, **_mc(model, liar, _edits(f, combine="norm")),
+        by_demos.append({"n_demos": n, **mc_truth(model, liar, _edits(f, combine="norm")),
                          "k": {s.layer: list(p.k) for s, p in f.items()}})
     fp = models.fingerprint(model)
     return Result({**asdict(cfg), "layers": layers}, {"name": name, "n_layers": n_layers, "fingerprint": fp.to_dict()},

@@ -242,3 +242,11 @@ def test_composition_command(tmp_path, capsys):
     code, _, err = run(capsys, "analyze", "composition", "--model", "toy-s", "--properties", "truth",
                        "--pairs", "", "--out", str(tmp_path / "t"))
     assert code == 2 and "truth is not composed" in err and not (tmp_path / "t").exists()
+
+
+def test_tuning_command_writes_the_tuned_checkpoint(tmp_path, capsys):
+    code, out, err = run(capsys, "analyze", "tuning", "--model", "toy-s", "--out", str(tmp_path / "o"), "--n-train",
+                         "16", "--n-val", "8", "--n-eval", "8", "--max-steps", "2", "--backend", BACKEND)
+    assert code == 0, err
+    assert (tmp_path / "o" / "tuned-model" / "model.safetensors").is_file() and "dual-loss tuned" in out
+    assert (tmp_path / "o" / "result.json").is_file()

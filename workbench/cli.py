@@ -198,13 +198,15 @@ def _floats(text: str, what: str) -> tuple:
         raise WorkbenchError(f"{what} must be comma-separated numbers like -1,0.5,2; got {text!r}.") from None
 
 
-def _write_analysis(out: Path, result, figures: dict) -> None:
+def _write_analysis(out: Path, result, figures: dict, extra=None) -> None:
     from workbench.io import atomic_dir, write_json
     from workbench.plotting import write_figures
 
     with atomic_dir(out) as tmp:
         write_json(tmp / "result.json", result.to_dict())
         write_figures(tmp / "figures", figures)
+        if extra is not None:
+            extra(tmp)
 
 
 def cmd_analyze_layer_sweep(args) -> int:
@@ -374,6 +376,33 @@ def cmd_report(args) -> int:
 
     html_path, md_path = build_report(args.results, args.out, title=args.title)
     print(f"wrote {html_path} and {md_path}")
+    return 0
+
+
+def cmd_analyze_tuning(args) -> int:
+    import shutil
+    import tempfile
+
+    from analyses import tuning as m
+
+    cfg = m.Config(layers=None if args.layers == "middle" else tuple(_layers(args.layers) or ()),
+                   n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, max_steps=args.max_steps,
+                   token_weight=args.token_weight, seed=args.seed)
+    if Path(args.out).exists() and not args.overwrite:
+        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    with tempfile.TemporaryDirectory() as work:
+        r = m.run(_load(args), cfg, name=args.model, out=work)
+        _write_analysis(Path(args.out), r, m.plot(r),
+                        extra=lambda tmp: shutil.copytree(Path(work) / "tuned-model", tmp / "tuned-model"))
+    print(f"representation tuning on {args.model}, layers {r.config['layers']} ({r.cost['seconds']} s); truthful "
+          f"MC accuracy [95% CI] on liar-persona items:")
+    for row in r.settings:
+        a = row["liar_id"]
+        ood = " ".join(f"{k[5:]} {row[k]['accuracy']:.2f}" for k in row
+                       if k.startswith("liar_") and k not in ("liar_id", "liar_id_opposed"))
+        print(f"  {row['setting']:<42} ID {a['accuracy']:.2f} {a['accuracy_ci']}  OOD {ood}  opposed "
+              f"{row['liar_id_opposed']['accuracy']:.2f}  honest items {row['honest_id']['accuracy']:.2f}")
+    print(f"tuned checkpoint (Hugging Face, with tuning_card.json): {Path(args.out) / 'tuned-model'}")
     return 0
 
 
@@ -615,6 +644,19 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_analyze_composition)
+
+    sp = analyze.add_parser("tuning", help="representation tuning vs online steering on toy truthfulness")
+    model_args(sp)
+    sp.add_argument("--out", required=True, help="folder for result.json, figures/ and tuned-model/")
+    sp.add_argument("--layers", default="middle", help="blocks to tune: 'middle' (default) or e.g. '1,2'")
+    sp.add_argument("--n-train", type=int, default=600)
+    sp.add_argument("--n-val", type=int, default=100)
+    sp.add_argument("--n-eval", type=int, default=200)
+    sp.add_argument("--max-steps", type=int, default=200)
+    sp.add_argument("--token-weight", type=float, default=1.0)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--overwrite", action="store_true")
+    sp.set_defaults(func=cmd_analyze_tuning)
 
     toy = sub.add_parser("toy", help="the toy world: train, measure, sample").add_subparsers(
         dest="toy_command", required=True, parser_class=_Parser)

@@ -186,6 +186,23 @@ def _composition(r: dict) -> Section:
     return Section("composition", f"DAC: composing properties ({_who(r)})", text, composition.plot(r), 50)
 
 
+def _tuning(r: dict) -> Section:
+    from analyses import tuning
+
+    keys = [k for k in r["settings"][0] if isinstance(r["settings"][0][k], dict)]
+    rows = ["| setting | " + " | ".join(keys) + " | perplexity | grammaticality |", "|---" * (len(keys) + 3) + "|"]
+    for x in r["settings"]:
+        rows.append(f"| {x['setting']} | " + " | ".join(
+            f"{x[k]['accuracy']:.2f} [{x[k]['accuracy_ci'][0]:.2f}, {x[k]['accuracy_ci'][1]:.2f}]" for k in keys)
+            + f" | {x['perplexity']:.3f} | {x['grammaticality']:.2f} |")
+    best = max(r["settings"], key=lambda x: x["liar_id"]["accuracy"])
+    text = (f"Representation tuning on {_who(r)} (layers {r['config']['layers']}): truthful multiple-choice accuracy "
+            f"on liar-persona items is highest for {best['setting']} ({best['liar_id']['accuracy']:.2f}); columns are "
+            f"item sets (liar_* under the liar persona in each prompt family, *_opposed under opposite-sign "
+            f"steering).\n\n" + "\n".join(rows))
+    return Section("tuning", f"Representation tuning: {_who(r)}", text, tuning.plot(r), 55)
+
+
 def _parity(r: dict) -> Section:
     rows = ["| path | max abs logit diff | edit effect | one block off |", "|---|---|---|---|"]
     for x in r["rows"]:
@@ -210,6 +227,7 @@ KINDS = [
     ("model_size", {"models", "config"}, _model_size),
     ("adversarial", {"suffix", "heldout", "symmetry"}, _adversarial),
     ("composition", {"single", "composed", "traces"}, _composition),
+    ("tuning", {"settings", "training"}, _tuning),
     ("parity", {"rows", "format"}, _parity),
 ]
 
