@@ -166,23 +166,20 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
 
 
 def plot(result: "Result | dict") -> dict:
-    import plotly.graph_objects as go
-
-    from workbench.plotting import lines
+    from workbench.plotting import lines, points
 
     r = result.to_dict() if isinstance(result, Result) else result
     who = r["model"].get("name") or "model"
-    sweep = go.Figure()
+    series = {}
     for p in r["config"]["properties"]:
         rows = [x for x in r["single"] if x["properties"] == [p] and x["strategy"] == "fixed"]
-        sweep.add_scatter(x=[x["delta_ppl"] for x in rows], y=[x["accuracy"][p] for x in rows], mode="lines+markers",
-                          name=f"{p} fixed", text=[f"alpha {x['alpha']}" for x in rows])
+        series[f"{p} fixed"] = ([x["delta_ppl"] for x in rows], [x["accuracy"][p] for x in rows],
+                                [f"alpha {x['alpha']}" for x in rows], "lines+markers")
         dyn = [x for x in r["single"] if x["properties"] == [p] and x["strategy"] == "dynamic"]
-        sweep.add_scatter(x=[x["delta_ppl"] for x in dyn], y=[x["accuracy"][p] for x in dyn], mode="markers",
-                          marker={"symbol": "star", "size": 14}, name=f"{p} dynamic")
-    sweep.update_layout(title=f"{who}: property accuracy vs delta-ppl (fixed alpha sweep and dynamic)",
-                        xaxis_title="delta ppl vs the ICL reference", yaxis_title="accuracy", template="plotly_white")
-    tr = lines({f"{g} / {prop}": (list(range(len(series[j]))), series[j])
-                for g, series in r["traces"].items() for j, prop in enumerate(g.split("+"))},
+        series[f"{p} dynamic"] = ([x["delta_ppl"] for x in dyn], [x["accuracy"][p] for x in dyn], None, "markers")
+    sweep = points(series, title=f"{who}: property accuracy vs delta-ppl (fixed alpha sweep and dynamic)",
+                   x_title="delta ppl vs the ICL reference", y_title="accuracy")
+    tr = lines({f"{g} / {prop}": (list(range(len(s[j]))), s[j])
+                for g, s in r["traces"].items() for j, prop in enumerate(g.split("+"))},
                title=f"{who}: dynamic alpha per step (mean over prompts)", x_title="step", y_title="alpha")
     return {"dac_tradeoff": sweep, "dac_alpha_traces": tr}

@@ -87,18 +87,13 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
 
 
 def plot(result: "Result | dict") -> dict:
-    import plotly.graph_objects as go
+    from workbench.plotting import bars
 
     r = result.to_dict() if isinstance(result, Result) else result
     fam = [x["family"] for x in r["families"]]
-    fig = go.Figure()
-    for key, label in (("unsteered", "unsteered"), ("steered", "steered")):
-        v = [x[key] for x in r["families"]]
-        fig.add_bar(name=label, x=fam, y=v, error_y={"type": "data",
-                                                      "array": [x[f"{key}_ci"][1] - y for x, y in zip(r["families"], v)],
-                                                      "arrayminus": [y - x[f"{key}_ci"][0] for x, y in zip(r["families"], v)]})
     c = r["config"]
-    fig.update_layout(title=f"{r['model'].get('name') or 'model'}: {c['attribute']} -> {c['target']} rate by prompt family "
-                            f"(direction from in-distribution pairs)", barmode="group", yaxis_title="target rate",
-                      template="plotly_white")
+    fig = bars({k: (fam, [x[k] for x in r["families"]], [x[f"{k}_ci"] for x in r["families"]])
+                for k in ("unsteered", "steered")},
+               title=f"{r['model'].get('name') or 'model'}: {c['attribute']} -> {c['target']} rate by prompt family "
+                     f"(direction from in-distribution pairs)", y_title="target rate", x_title="prompt family")
     return {"distribution_shift": fig}

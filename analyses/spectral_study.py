@@ -176,21 +176,14 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
 
 def plot(result: "Result | dict") -> dict:
     """MC accuracy per method (liar and honest items, with intervals) and accuracy vs demonstrations."""
-    import plotly.graph_objects as go
-
-    from workbench.plotting import lines
+    from workbench.plotting import bars, lines
 
     r = result.to_dict() if isinstance(result, Result) else result
     who = r["model"].get("name") or "model"
-    fig = go.Figure()
-    for key, label in (("mc_liar", "liar-persona items"), ("mc_honest", "honest-persona items")):
-        acc = [m[key]["accuracy"] for m in r["methods"]]
-        lo = [a - m[key]["accuracy_ci"][0] for a, m in zip(acc, r["methods"])]
-        hi = [m[key]["accuracy_ci"][1] - a for a, m in zip(acc, r["methods"])]
-        fig.add_bar(name=label, x=[m["method"] for m in r["methods"]], y=acc,
-                    error_y={"type": "data", "array": hi, "arrayminus": lo})
-    fig.update_layout(title=f"{who}: truthful multiple-choice accuracy (95% Wilson intervals)", barmode="group",
-                      yaxis_title="accuracy", template="plotly_white")
+    methods = [m["method"] for m in r["methods"]]
+    fig = bars({label: (methods, [m[key]["accuracy"] for m in r["methods"]], [m[key]["accuracy_ci"] for m in r["methods"]])
+                for key, label in (("mc_liar", "liar-persona items"), ("mc_honest", "honest-persona items"))},
+               title=f"{who}: truthful multiple-choice accuracy (95% Wilson intervals)", y_title="accuracy")
     demos = lines({"linear SEA": ([x["n_demos"] for x in r["by_demos"]], [x["accuracy"] for x in r["by_demos"]])},
                   title=f"{who}: accuracy on liar items vs number of demonstrations", x_title="demonstrations",
                   y_title="MC accuracy")

@@ -265,16 +265,12 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", out: "str
 
 
 def plot(result: "Result | dict") -> dict:
-    import plotly.graph_objects as go
+    from workbench.plotting import bars
 
     r = result.to_dict() if isinstance(result, Result) else result
     keys = [k for k in r["settings"][0] if isinstance(r["settings"][0][k], dict)]
-    fig = go.Figure()
-    for row in r["settings"]:
-        acc = [row[k]["accuracy"] for k in keys]
-        fig.add_bar(name=row["setting"], x=keys, y=acc,
-                    error_y={"type": "data", "array": [row[k]["accuracy_ci"][1] - a for k, a in zip(keys, acc)],
-                             "arrayminus": [a - row[k]["accuracy_ci"][0] for k, a in zip(keys, acc)]})
-    fig.update_layout(title=f"{r['model'].get('name') or 'model'}: truthful MC accuracy per setting (95% CI)",
-                      barmode="group", yaxis_title="accuracy", template="plotly_white")
+    fig = bars({row["setting"]: (keys, [row[k]["accuracy"] for k in keys], [row[k]["accuracy_ci"] for k in keys])
+                for row in r["settings"]},
+               title=f"{r['model'].get('name') or 'model'}: truthful MC accuracy per setting (95% CI)",
+               y_title="accuracy", x_title="item set")
     return {"tuning": fig}

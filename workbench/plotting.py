@@ -3,7 +3,7 @@
 Every analysis's ``plot(result)`` builds on these, and the report (``workbench/report``) embeds the same Figures.
 """
 
-__all__ = ["heatmap", "heatmap_grid", "lines", "write_figures"]
+__all__ = ["heatmap", "heatmap_grid", "lines", "bars", "points", "write_figures"]
 
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +52,28 @@ def lines(series: "dict[str, tuple[Sequence, Sequence]]", *, title: str, x_title
     """One line per named ``(x, y)`` series."""
     fig = go.Figure([go.Scatter(x=list(xs), y=list(ys), mode="lines+markers", name=name)
                      for name, (xs, ys) in series.items()])
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, template="plotly_white")
+    return fig
+
+
+def bars(groups: "dict[str, tuple[Sequence, Sequence, Sequence | None]]", *, title: str, y_title: str,
+         x_title: str = "") -> go.Figure:
+    """Grouped bars: one trace per named ``(x, y, intervals)``; ``intervals`` is a list of ``[low, high]`` or None."""
+    fig = go.Figure()
+    for name, (xs, ys, cis) in groups.items():
+        err = None if cis is None else {"type": "data", "array": [hi - y for (lo, hi), y in zip(cis, ys)],
+                                        "arrayminus": [y - lo for (lo, hi), y in zip(cis, ys)]}
+        fig.add_bar(name=name, x=list(xs), y=list(ys), error_y=err)
+    fig.update_layout(title=title, barmode="group", xaxis_title=x_title, yaxis_title=y_title, template="plotly_white")
+    return fig
+
+
+def points(series: "dict[str, tuple[Sequence, Sequence, Sequence | None, str]]", *, title: str, x_title: str,
+           y_title: str) -> go.Figure:
+    """Scatter series ``name -> (x, y, hover labels, mode)`` (mode: "lines+markers" or "markers")."""
+    fig = go.Figure([go.Scatter(x=list(xs), y=list(ys), text=None if labels is None else list(labels), mode=mode,
+                                name=name, marker={"size": 12 if mode == "markers" else 6})
+                     for name, (xs, ys, labels, mode) in series.items()])
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, template="plotly_white")
     return fig
 
