@@ -5,7 +5,8 @@ In-context vectors come from ``n_icl`` parallel 4-shot prompts with the target v
 short prompts (persona + one sentence) showing the *source* value, so the zero-shot model continues in it.
 Decoding is greedy, as the seed's.
 
-Per strategy (fixed alphas, start, diminishing, dynamic) and property set:
+Per strategy (fixed alphas, start, diminishing, dynamic, and dynamic with the one-pass lagged timing) and
+property set:
 
 * property accuracy: fraction of continuations classified with the target value (exact classifier), per property;
 * fluency: grammaticality of the steered continuations, and **delta-ppl** (the seed's measure): perplexity of the
@@ -136,16 +137,18 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
         ref = generate(model, icl_texts, max_new_tokens=cfg.steps, temperature=0.0)
         refs[g] = (icl_texts, list(ref.texts), _nll(model, icl_texts, list(ref.texts)))
     single, composed, traces = [], [], {}
-    plans = [("fixed", a) for a in cfg.fixed_alphas] + [("start", cfg.alpha), ("diminishing", cfg.alpha),
-                                                        ("dynamic", cfg.alpha_max)]
+    plans = ([("fixed", "fixed", a, "exact") for a in cfg.fixed_alphas]
+             + [("start", "start", cfg.alpha, "exact"), ("diminishing", "diminishing", cfg.alpha, "exact"),
+                ("dynamic", "dynamic", cfg.alpha_max, "exact"), ("dynamic-lagged", "dynamic", cfg.alpha_max, "lagged")])
     for g in tqdm(groups, desc="DAC study", disable=not progress):
         props = [vectors[p] for p in g]
         icl_texts, icl_conts, icl_nll = refs[g]
-        for strategy, alpha in plans:
+        for label, strategy, alpha, timing in plans:
             if len(g) > 1 and strategy in ("start", "diminishing"):
                 continue
             out = generate_composed(model, tests[g], props, strategy, alpha=alpha, alpha_max=cfg.alpha_max,
-                                    top_p=cfg.top_p, normalisation=cfg.normalisation, max_new_tokens=cfg.steps)
+                                    top_p=cfg.top_p, normalisation=cfg.normalisation, max_new_tokens=cfg.steps,
+                                    timing=timing)
             used = out.alphas  # [rows, k, T]: teacher-force the ICL continuation with the same per-step alphas
 
             def ivs_for(b, i, used=used, props=props):
@@ -154,11 +157,11 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
             dppl = math.exp(_nll(model, tests[g], icl_conts, ivs_for)) - math.exp(icl_nll)
             gram = sum(grammaticality(t, c) for t, c in zip(out.texts, tests[g])) / len(tests[g])
             acc = {p: score(list(out.texts), p, steer_values(p)[1], tests[g]).target_rate for p in g}
-            row = {"properties": list(g), "strategy": strategy, "alpha": alpha, "accuracy": acc,
+            row = {"properties": list(g), "strategy": label, "alpha": alpha, "accuracy": acc,
                    "grammaticality": gram, "delta_ppl": dppl, "mean_alpha": used.mean((0, 2)).tolist(),
                    "example": out.texts[0]}
             (single if len(g) == 1 else composed).append(row)
-            if strategy == "dynamic":
+            if label == "dynamic":
                 traces["+".join(g)] = used.mean(0).tolist()
     fp = models.fingerprint(model)
     return Result(asdict(cfg), {"name": name, "fingerprint": fp.to_dict()}, single, composed, traces,

@@ -108,8 +108,23 @@ def test_composition_study_small(toy_s):
     cfg = composition.Config(properties=("language", "register"), pairs=(("language", "register"),),
                              fixed_alphas=(1.0,), n_icl=6, n_test=6, steps=6)
     r = composition.run(toy_s, cfg, name="toy-s", progress=False).to_dict()
-    assert {x["strategy"] for x in r["single"]} == {"fixed", "start", "diminishing", "dynamic"}
-    assert [x["strategy"] for x in r["composed"]] == ["fixed", "dynamic"]
+    assert {x["strategy"] for x in r["single"]} == {"fixed", "start", "diminishing", "dynamic", "dynamic-lagged"}
+    assert [x["strategy"] for x in r["composed"]] == ["fixed", "dynamic", "dynamic-lagged"]
     assert set(r["traces"]) == {"language", "register", "language+register"}
     assert all(0 <= v <= 1 for x in r["single"] + r["composed"] for v in x["accuracy"].values())
     assert set(composition.plot(r)) == {"dac_tradeoff", "dac_alpha_traces"}
+
+
+def test_lagged_dynamic_is_one_pass_per_step_and_cache_exact(toy_s, language, tests_prompts):
+    kw = dict(max_new_tokens=8, timing="lagged")
+    cached = generate_composed(toy_s, tests_prompts, [language], "dynamic", **kw)
+    full = generate_composed(toy_s, tests_prompts, [language], "dynamic", use_cache=False, **kw)
+    assert cached.tokens == full.tokens
+    torch.testing.assert_close(cached.alphas, full.alphas, atol=1e-4, rtol=1e-4)
+    assert float(cached.alphas[:, 0, 0].min()) == 2.0  # alpha_max at the first step, then the previous step's KL
+    torch.testing.assert_close(cached.alphas[:, 0, 1:], cached.kl[:, 0, :-1].clamp(0, 2.0))
+    zero = StepVectors(torch.zeros_like(language.deltas))
+    z = generate_composed(toy_s, tests_prompts, [zero], "dynamic", **kw)
+    assert float(z.alphas[:, :, 1:].abs().max()) == 0.0
+    with pytest.raises(WorkbenchError, match="timing"):
+        generate_composed(toy_s, tests_prompts, [language], "dynamic", timing="late")

@@ -20,7 +20,9 @@ reproduces it, ``"none"`` (default) is the plain KL. Several properties each get
 
 Cost per step: the unsteered pass and all probes run as **one** batched forward (their own KV cache), the steered
 pass as a second one (it needs this step's alphas, which depend on the first pass's logits at the same position,
-so the two cannot share a forward exactly).
+so the two cannot share a forward exactly). ``timing="lagged"`` puts all of them in one batched forward per step
+by using, at step t >= 1, the alpha measured at step t - 1 (and alpha_max at t = 0, where the measured traces of the
+exact rule sit): an approximation of the method, offered for speed and compared in the benchmark.
 """
 
 __all__ = ["STRATEGIES", "StepVectors", "icv", "StepAdd", "Composed", "generate_composed", "dynamic_alpha"]
@@ -184,8 +186,11 @@ def generate_composed(
     normalisation: str = "none",
     max_new_tokens: "int | None" = None,
     use_cache: bool = True,
+    timing: str = "exact",
 ) -> Composed:
     """Greedy generation from ``prompts`` with the properties composed under ``strategy`` (module docstring)."""
+    if timing not in ("exact", "lagged"):
+        raise WorkbenchError(f"timing must be 'exact' or 'lagged' (one pass per step, alpha one step late), got {timing!r}.")
     if strategy not in STRATEGIES:
         raise WorkbenchError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}.")
     if isinstance(prompts, str) or not prompts or not properties:
@@ -203,7 +208,6 @@ def generate_composed(
     seqs = [tokenize(model, p) for p in prompts]
     b, dev = len(seqs), model.cfg.device
     batch = make_batch(seqs, pad_id_of(model), "left")
-    eos = tokenizer_of(model).eos_token_id
     # steered alphas [rows, T] per property; dynamic fills column t at step t
     steer_a = [(_schedule(strategy, a, steps)[None].repeat(b, 1) if strategy != "dynamic" else torch.zeros(b, steps))
                for a in alphas_in]
@@ -216,6 +220,8 @@ def generate_composed(
         probe_a[j][(j + 1) * b:(j + 2) * b] = alpha_max
     p_layout = TokenLayout(batch.start.repeat(k + 1), batch.end.repeat(k + 1))
     tokens, mask = batch.tokens.to(dev), batch.attention_mask.to(dev)
+    if strategy == "dynamic" and timing == "lagged":
+        return _lagged(model, prompts, properties, batch, k, steps, t_max, alpha_max, top_p, normalisation, use_cache)
     steer_iv, probe_iv = StepAdd(properties, steer_a), StepAdd(properties, probe_a)
     state = p_state = None
     new = tokens
@@ -248,9 +254,52 @@ def generate_composed(
             tokens = torch.cat([tokens, nxt[:, None]], 1)
             mask = torch.cat([mask, torch.ones_like(nxt[:, None])], 1)
             new = nxt[:, None]
+    used = torch.stack([a[:, :t_max] for a in steer_a], 1)
+    return _finish(model, prompts, out, used, None if kl_trace is None else kl_trace[:, :, :t_max])
+
+
+def _finish(model: HookedModel, prompts: "list[str]", out: list, used: torch.Tensor, kl) -> Composed:
+    eos = tokenizer_of(model).eos_token_id
     ids = torch.stack(out, 1).tolist()
     rows = tuple(tuple(r[: r.index(eos)] if eos is not None and eos in r else r) for r in ids)
-    tok = tokenizer_of(model)
-    texts = tuple(tok.decode(list(r), skip_special_tokens=True) for r in rows)
-    used = torch.stack([a[:, :t_max] for a in steer_a], 1)
-    return Composed(tuple(prompts), rows, texts, used, None if kl_trace is None else kl_trace[:, :, :t_max])
+    texts = tuple(tokenizer_of(model).decode(list(r), skip_special_tokens=True) for r in rows)
+    return Composed(tuple(prompts), rows, texts, used, kl)
+
+
+def _lagged(model, prompts, properties, batch, k, steps, t_max, alpha_max, top_p, normalisation, use_cache) -> Composed:
+    """Dynamic strengths with one batched forward per step: groups [unsteered, probe_1..probe_k, steered]; the
+    steered rows use at step t the alpha measured at step t - 1 (alpha_max at t = 0)."""
+    b, dev = batch.tokens.shape[0], model.cfg.device
+    g = k + 2
+    tables = [torch.zeros(g * b, steps) for _ in range(k)]
+    for j in range(k):
+        tables[j][(j + 1) * b:(j + 2) * b] = alpha_max
+        tables[j][(k + 1) * b:, 0] = alpha_max
+    layout = TokenLayout(batch.start.repeat(g), batch.end.repeat(g))
+    iv = StepAdd(properties, tables)
+    kl = torch.zeros(b, k, steps)
+    tokens, mask = batch.tokens.to(dev).repeat(g, 1), batch.attention_mask.to(dev).repeat(g, 1)
+    new, state, out = tokens, None, []
+    with torch.no_grad():
+        for step in range(t_max):
+            layout.offset = tokens.shape[1] - new.shape[1] if use_cache else 0
+            with applied(model, iv, layout=layout):
+                if use_cache:
+                    lg, state = forward_step(model, new, mask, state)
+                else:
+                    lg, _ = forward_step(model, tokens, mask, use_cache=False)
+            last = lg[:, -1].float()
+            for j in range(k):
+                a = dynamic_alpha(last[:b], last[(j + 1) * b:(j + 2) * b], top_p=top_p, alpha_max=float("inf"),
+                                  normalisation=normalisation)
+                kl[:, j, step] = a.cpu()
+                if step + 1 < steps:
+                    tables[j][(k + 1) * b:, step + 1] = a.clamp(0.0, alpha_max).cpu()
+            nxt = last[(k + 1) * b:].argmax(-1)
+            out.append(nxt.cpu())
+            step_tok = nxt.repeat(g)[:, None]
+            tokens = torch.cat([tokens, step_tok], 1)
+            mask = torch.cat([mask, torch.ones_like(step_tok)], 1)
+            new = step_tok
+    used = torch.stack([t[(k + 1) * b:, :t_max] for t in tables], 1)
+    return _finish(model, prompts, out, used, kl[:, :, :t_max])
