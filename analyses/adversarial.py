@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import ResultDict, require_positive, resolve_steer, steer_cell, target_rate
+from analyses.common import ResultDict, require_positive, resolve_steer, steer_cell, target_rate, word_ids
 from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.hooks import applied
@@ -210,15 +210,6 @@ class Result(ResultDict):
 
 
 
-def _ids(model: HookedModel, words: "list[str]") -> tuple:
-    out = []
-    for w in words:
-        t = model.to_tokens(w, prepend_bos=False)[0].tolist()
-        if len(t) == 1:
-            out.append(t[0])
-    return tuple(out)
-
-
 PROBE_STEMS = {"sentiment": ". the cat is", "topic": ". the big", "register": ".", "language": "."}
 
 
@@ -226,9 +217,13 @@ def _stem(model: HookedModel, attribute: str) -> "list[int]":
     return model.to_tokens(PROBE_STEMS[attribute], prepend_bos=False)[0].tolist()
 
 
+def _metric(model: HookedModel, cfg: Config) -> TokenSets:
+    return TokenSets(word_ids(model, evidence_words(cfg.attribute, cfg.target)),
+                     word_ids(model, evidence_words(cfg.attribute, cfg.source)))
+
+
 def _heldout(model: HookedModel, name: str, cfg: Config, texts: "list[str]", suffix: "list[int]", cell) -> dict:
-    metric = TokenSets(_ids(model, evidence_words(cfg.attribute, cfg.target)),
-                       _ids(model, evidence_words(cfg.attribute, cfg.source)))
+    metric = _metric(model, cfg)
     seqs = [tokenize(model, t) for t in texts]
     stem = _stem(model, cfg.attribute)
     iv = (cell.intervention(),)
@@ -262,12 +257,11 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "",
                       seed=cfg.seed)
     texts = [p.text for p in steer_prompts(cfg.attribute, cfg.source, cfg.n_train + cfg.n_heldout, cfg.seed + 11)]
     train, held = texts[:cfg.n_train], texts[cfg.n_train:]
-    metric = TokenSets(_ids(model, evidence_words(cfg.attribute, cfg.target)),
-                       _ids(model, evidence_words(cfg.attribute, cfg.source)))
+    metric = _metric(model, cfg)
+    stem = _stem(model, cfg.attribute)
     found = search(model, [tokenize(model, t) for t in train], (cell.intervention(),), metric, method=cfg.method,
                    suffix_len=cfg.suffix_len, steps=cfg.steps, topk=cfg.topk, candidates=cfg.candidates,
-                   population=cfg.population, ce_weight=cfg.ce_weight, stem=_stem(model, cfg.attribute),
-                   seed=cfg.seed)
+                   population=cfg.population, ce_weight=cfg.ce_weight, stem=stem, seed=cfg.seed)
     suffix = found["suffix"]
     heldout = _heldout(model, name, cfg, held, suffix, cell)
     transfer = []
@@ -278,7 +272,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "",
             continue
         ocell = steer_cell(other, other_name, cfg.attribute, cfg.source, cfg.target, seed=cfg.seed)
         transfer.append(_heldout(other, other_name, cfg, held, suffix, ocell))
-    seqs = [tokenize(model, t) + _stem(model, cfg.attribute) for t in held]
+    seqs = [tokenize(model, t) + stem for t in held]
     shifts = {}
     with torch.no_grad():
         for label, s in (("0", 0.0), ("+s", cell.strength), ("-s", -cell.strength)):

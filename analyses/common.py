@@ -2,7 +2,7 @@
 
 __all__ = ["SteerCell", "steer_cell", "target_rate", "mean_ci", "wilson", "resolve_steer", "require_positive",
            "ResultDict",
-           "fact_items", "last_logits", "mc_truth"]
+           "fact_items", "last_logits", "mc_truth", "word_ids", "once"]
 
 import math
 import random
@@ -36,6 +36,16 @@ def require_positive(cfg, *names: str) -> None:
     for name in names:
         if getattr(cfg, name) < 1:
             raise WorkbenchError(f"{name} must be >= 1, got {getattr(cfg, name)}.")
+
+
+def once(path, make) -> None:
+    """Write ``make().to_dict()`` as JSON at ``path`` unless it is already there (resumable study runners)."""
+    from pathlib import Path
+
+    from workbench.io import write_json
+
+    if not Path(path).exists():
+        write_json(path, make().to_dict())
 
 
 class ResultDict:
@@ -118,6 +128,18 @@ def fact_items(n: int, truth: "str | None", seed: int, family: str = "id") -> li
     return out[:n]
 
 
+def word_ids(model: HookedModel, words: "list[str]") -> tuple:
+    """Token ids of the ``words`` that are one token of ``model`` (the toy tokenizer: all of them)."""
+    out = []
+    for w in words:
+        t = model.to_tokens(w, prepend_bos=False)[0].tolist()
+        if len(t) == 1:
+            out.append(t[0])
+    if not out:
+        raise WorkbenchError(f"none of the words {list(words)[:5]} is a single token of this model; use a toy model.")
+    return tuple(out)
+
+
 def _token(model: HookedModel, word: str) -> int:
     ids = model.to_tokens(word, prepend_bos=False)[0].tolist()
     if len(ids) != 1:
@@ -142,8 +164,9 @@ def mc_truth(model: HookedModel, items: list, interventions: tuple = (), prefix:
     texts = [(prefix[i] + " " if prefix else "") + it[0] for i, it in enumerate(items)]
     logits = last_logits(model, texts, interventions)
     right = wrong = 0
+    token = {w: _token(model, w) for it in items for w in it[3]}  # each option word tokenised once
     for row, (_, honest, liar, options) in zip(logits, items):
-        ids = [_token(model, w) for w in options]
+        ids = [token[w] for w in options]
         pick = options[int(row[ids].argmax())]
         right += pick == honest
         wrong += pick == liar

@@ -18,7 +18,6 @@ property set:
 __all__ = ["Config", "Result", "run", "plot", "PAIRS"]
 
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -34,7 +33,7 @@ from workbench.models import HookedModel
 from workbench.positions import TokenLayout
 from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import grammaticality, score
-from workbench.toy.prompts import few_shot_prompts, prompts, random_attributes, steer_values
+from workbench.toy.prompts import few_shot_prompts, prompts_with, steer_values
 
 PAIRS = (("language", "sentiment"), ("sentiment", "register"))
 
@@ -75,15 +74,6 @@ class Result(ResultDict):
     traces: dict  # "property" or "a+b" -> mean alpha per step per property
     cost: dict = field(default_factory=dict)
 
-
-
-def _test_prompts(values: dict, n: int, seed: int) -> "list[str]":
-    rng = random.Random(seed)
-    out = []
-    while len(out) < n:
-        a = random_attributes(rng, **values)
-        out += [p.text for p in prompts(a, n=1, seed=rng.randrange(1 << 30), family="short")]
-    return out[:n]
 
 
 def _icl_prefix(values: dict, n: int, seed: int) -> "list[str]":
@@ -131,7 +121,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
     for g in groups:
         src = {p: steer_values(p)[0] for p in g}
         tgt = {p: steer_values(p)[1] for p in g}
-        tests[g] = _test_prompts(src, cfg.n_test, cfg.seed + 17)
+        tests[g] = prompts_with(src, cfg.n_test, cfg.seed + 17, family="short")
         prefix = _icl_prefix(tgt, cfg.n_test, cfg.seed + 29)
         icl_texts = [f"{x} {t}" for x, t in zip(prefix, tests[g])]
         ref = generate(model, icl_texts, max_new_tokens=cfg.steps, temperature=0.0)

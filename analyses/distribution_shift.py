@@ -10,7 +10,6 @@ effect on ``id``.
 
 __all__ = ["Config", "Result", "run", "plot"]
 
-import random
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -18,7 +17,7 @@ from analyses.common import ResultDict, resolve_steer, steer_cell, target_rate, 
 from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.models import HookedModel
-from workbench.toy.prompts import FAMILIES, prompts, random_attributes
+from workbench.toy.prompts import FAMILIES, prompts_with
 
 
 @dataclass(frozen=True)
@@ -52,16 +51,6 @@ class Result(ResultDict):
 
 
 
-def _family_prompts(cfg: Config, family: str) -> "list[str]":
-    rng = random.Random(cfg.seed + 7)
-    out = []
-    while len(out) < cfg.n_prompts:
-        a = random_attributes(rng, **{cfg.attribute: cfg.source})
-        out += [p.text for p in prompts(a, n=1, seed=rng.randrange(1 << 30), family=family,
-                                        fact_stem=cfg.attribute == "truth")]
-    return out[: cfg.n_prompts]
-
-
 def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress: bool = True) -> Result:
     from tqdm.auto import tqdm
 
@@ -70,7 +59,8 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
                       seed=cfg.seed)
     rows = []
     for family in tqdm(cfg.families, desc=f"distribution shift ({cfg.attribute})", disable=not progress):
-        texts = _family_prompts(cfg, family)
+        texts = prompts_with({cfg.attribute: cfg.source}, cfg.n_prompts, cfg.seed + 7, family,
+                             fact_stem=cfg.attribute == "truth")
         kw = {"max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
         base = target_rate(model, texts, cfg.attribute, cfg.target, **kw)
         steered = target_rate(model, texts, cfg.attribute, cfg.target, cell.intervention(), **kw)

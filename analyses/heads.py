@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from analyses.common import ResultDict, require_positive, resolve_steer
+from analyses.common import ResultDict, require_positive, resolve_steer, word_ids
 from workbench import models
 from workbench.directions import DirectionSet
 from workbench.errors import WorkbenchError
@@ -249,15 +249,13 @@ def head_steering(model: HookedModel, ds: DirectionSet, attribute: str, source: 
 
 def toy_metric(model: HookedModel, texts: "list[str]", attribute: str, target: str, source: str) -> LogitDiff:
     """The default behaviour metric on toy texts: next-word log-odds of ``target`` evidence vs ``source``."""
+    cache: dict = {}  # evidence sets repeat across texts (all of them, but for truth)
+
     def ids(words: "list[str]") -> tuple:
-        out = []
-        for w in words:
-            t = model.to_tokens(w, prepend_bos=False)[0].tolist()
-            if len(t) == 1:
-                out.append(t[0])
-        if not out:
-            raise WorkbenchError(f"none of the words {words[:5]} is a single token of this model.")
-        return tuple(out)
+        key = tuple(words)
+        if key not in cache:
+            cache[key] = word_ids(model, words)
+        return cache[key]
 
     return LogitDiff(tuple(ids(evidence_words(attribute, target, t)) for t in texts),
                      tuple(ids(evidence_words(attribute, source, t)) for t in texts))

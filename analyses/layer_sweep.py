@@ -167,7 +167,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, directions: "DirectionSet
     reading = [{"layer": d.site.layer, "depth": round((d.site.layer + 1) / n_layers, 4),
                 "probe_accuracy": d.quality.probe_accuracy, "auroc": d.quality.auroc,
                 "effect_size": d.quality.effect_size, "direction_norm": round(float(d.vector.norm()), 4),
-                "residual_norm": round(norms.get(d.site.layer, float("nan")), 4) if d.site.layer in norms else None}
+                "residual_norm": round(norms[d.site.layer], 4) if d.site.layer in norms else None}
                for d in ds.directions if d.site.kind == cfg.kind]
     total = time.perf_counter() - t_start
     cost = {"seconds_total": round(total, 2), "seconds_generation": round(t_generate, 2),

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from analyses import adversarial, distribution_shift, model_size, sample_size
+from analyses.common import once
 from workbench import models
-from workbench.io import write_json
 
 SAMPLE_SIZE = [("toy-m", "sentiment"), ("toy-m", "topic"), ("toy-l", "sentiment"), ("toy-l", "register")]
 SHIFT = [(m, a) for m in ("toy-m", "toy-l") for a in ("sentiment", "topic", "register", "language")]
@@ -23,27 +23,21 @@ ADVERSARIAL = [("toy-m", "sentiment", "gcg", 4), ("toy-m", "sentiment", "epo", 4
                ("toy-l", "sentiment", "gcg", 4), ("toy-m", "register", "gcg", 4), ("toy-m", "register", "gcg", 12)]
 
 
-def _once(path: Path, make) -> dict:
-    if not path.exists():
-        write_json(path, make().to_dict())
-    return json.loads(path.read_text())
-
-
 def run_all(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     loaded = {}
     model = lambda n: loaded.setdefault(n, models.load(n))  # noqa: E731
     for name, a in SAMPLE_SIZE:
-        _once(out / f"sample_size-{name}-{a}.json", lambda: sample_size.run(model(name), sample_size.Config(a), name=name))
+        once(out / f"sample_size-{name}-{a}.json", lambda: sample_size.run(model(name), sample_size.Config(a), name=name))
     for name, a in SHIFT:
-        _once(out / f"distribution_shift-{name}-{a}.json",
+        once(out / f"distribution_shift-{name}-{a}.json",
               lambda: distribution_shift.run(model(name), distribution_shift.Config(a), name=name))
     family = ("toy-s", "toy-m", "toy-l")
     for a in SIZE:
-        _once(out / f"model_size-{a}.json", lambda: model_size.run({n: model(n) for n in family}, model_size.Config(a)))
+        once(out / f"model_size-{a}.json", lambda: model_size.run({n: model(n) for n in family}, model_size.Config(a)))
     for name, a, method, length in ADVERSARIAL:
         others = {n: model(n) for n in family if n != name}
-        _once(out / f"adversarial-{name}-{a}-{method}-{length}.json",
+        once(out / f"adversarial-{name}-{a}-{method}-{length}.json",
               lambda: adversarial.run(model(name), adversarial.Config(a, method=method, suffix_len=length), name=name,
                                       others=others))
     (out / "SUMMARY.md").write_text(summary_markdown(out))

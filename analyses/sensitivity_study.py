@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 from analyses import heads, layer_sweep
+from analyses.common import once
 from workbench import models
-from workbench.io import write_json
 from workbench.toy.prompts import STEER_TARGETS
 
 
@@ -24,12 +24,9 @@ def run_all(out: Path, names: "list[str]") -> None:
     for name in names:
         model = models.load(name)
         for attribute in STEER_TARGETS:
-            path = out / f"{name}-{attribute}-layer_sweep.json"
-            if not path.exists():  # resumable: finished cells are kept
-                write_json(path, layer_sweep.run(model, layer_sweep.Config(attribute), name=name).to_dict())
-            path = out / f"{name}-{attribute}-heads.json"
-            if not path.exists():
-                write_json(path, heads.run(model, heads.Config(attribute), name=name).to_dict())
+            once(out / f"{name}-{attribute}-layer_sweep.json",  # resumable: finished results are kept
+                 lambda: layer_sweep.run(model, layer_sweep.Config(attribute), name=name))
+            once(out / f"{name}-{attribute}-heads.json", lambda: heads.run(model, heads.Config(attribute), name=name))
     (out / "SUMMARY.md").write_text(summary_markdown(out, names))
 
 

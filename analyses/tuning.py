@@ -34,6 +34,7 @@ import torch
 from analyses.common import ResultDict, fact_items, mc_truth, require_positive, steer_cell
 from workbench import models
 from workbench.errors import WorkbenchError
+from workbench.generate import generate
 from workbench.io import atomic_dir, write_json
 from workbench.metrics import perplexity
 from workbench.models import HookedModel, hf_folder
@@ -191,8 +192,6 @@ def _evaluate(model: HookedModel, label: str, eval_sets: dict, steer: tuple, opp
     row["liar_id_opposed"] = mc_truth(model, eval_sets["liar_id"], oppose)
     row["perplexity"] = perplexity(model, docs, *steer)
     texts = [it[0] for it in eval_sets["liar_id"][:n_gen]]
-    from workbench.generate import generate
-
     with torch.no_grad():
         g = generate(model, texts, *steer, max_new_tokens=max_new_tokens, seed=0)
     row["grammaticality"] = sum(grammaticality(t, c) for t, c in zip(g.texts, texts)) / len(texts)

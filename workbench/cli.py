@@ -36,6 +36,12 @@ def _layers(text: str) -> "list[int] | None":
         raise WorkbenchError(f"--layers must be 'all', a list like 0,2,5 or a range like 2-6; got {text!r}.") from None
 
 
+def _fresh_out(out: "str | Path", overwrite: bool) -> None:
+    """Refuse an existing --out unless --overwrite (checked before any work starts)."""
+    if Path(out).exists() and not overwrite:
+        raise WorkbenchError(f"--out {str(out)!r} already exists; remove it or pass --overwrite.")
+
+
 def _quiet() -> None:
     import warnings
 
@@ -79,8 +85,7 @@ def cmd_directions(args) -> int:
     from workbench.sites import layer_sites
 
     pairs = load_pairs(args.pairs)  # validate the cheap inputs before loading a model
-    if Path(args.out).exists() and not args.overwrite:
-        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    _fresh_out(args.out, args.overwrite)
     m = _load(args)
     sites = layer_sites(m, _layers(args.layers), args.kind)
     acts = collect_pairs(m, pairs, sites, position=args.position, batch_size=args.batch_size)
@@ -138,12 +143,11 @@ def _export_spec(args):
 
 def cmd_export(args) -> int:
     from workbench.export.bake import bake_hf
-    from workbench.export.gguf import cvec_block, write_gguf
+    from workbench.export.gguf import write_gguf
 
     spec = _export_spec(args)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    _fresh_out(out, args.overwrite)
     if (args.format == "hf-baked" or args.check) and not args.model:
         raise WorkbenchError(f"--format {args.format}{' --check' if args.check else ''} needs --model (the checkpoint "
                              f"the vector was made for).")
@@ -156,9 +160,7 @@ def cmd_export(args) -> int:
     if args.format == "spec":
         spec.save(out)
     elif args.format == "gguf":
-        for iv in spec.interventions:  # refuse before writing anything
-            cvec_block(iv, spec.fingerprint.n_layers)
-        write_gguf(spec, out)
+        write_gguf(spec, out)  # refuses what llama.cpp cannot express before writing anything
     else:
         bake_hf(spec, models.hf_folder(args.model), out, dtype=args.dtype, overwrite=args.overwrite)
     what = ", ".join(f"{iv.site.name} {'x' + str(iv.scale) if hasattr(iv, 'scale') else 'ablated'}"
@@ -180,8 +182,7 @@ def cmd_export(args) -> int:
 def cmd_import(args) -> int:
     from workbench.export.gguf import read_gguf
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    _fresh_out(args.out, args.overwrite)
     if not Path(args.file).is_file():
         raise WorkbenchError(f"{args.file!r} does not exist; pass a .gguf control vector file.")
     spec = read_gguf(args.file, _load(args))
@@ -216,8 +217,7 @@ def cmd_analyze_layer_sweep(args) -> int:
     cfg = ls.Config(args.attribute, kind=args.kind, layers=_layers(args.layers), n_prompts=args.n_prompts,
                     n_pairs=args.n_pairs, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     seed=args.seed, **kw)  # validate before loading the model
-    if Path(args.out).exists() and not args.overwrite:
-        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    _fresh_out(args.out, args.overwrite)
     result = ls.run(_load(args), cfg, name=args.model)
     _write_analysis(Path(args.out), result, ls.plot(result))
     b, c = result.best, result.cost
@@ -237,8 +237,7 @@ def cmd_analyze_heads(args) -> int:
     cfg = heads.Config(args.attribute, n_pairs=args.n_pairs, readout_layer=args.readout_layer,
                        steer_strengths=_floats(args.strengths, "--strengths"), n_prompts=args.n_prompts,
                        max_new_tokens=args.max_new_tokens, seed=args.seed)
-    if Path(args.out).exists() and not args.overwrite:
-        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    _fresh_out(args.out, args.overwrite)
     result = heads.run(_load(args), cfg, name=args.model, steer=not args.no_generate)
     _write_analysis(Path(args.out), result, heads.plot(result))
     print(f"heads for {args.attribute} on {args.model} ({result.cost['seconds']} s); top head per method "
@@ -263,8 +262,7 @@ def cmd_analyze_spectral(args) -> int:
                     ratio=args.ratio, center=not args.no_center, phi_feature=args.phi, n_demos=args.n_demos,
                     demo_counts=tuple(int(x) for x in _floats(args.demo_counts, "--demo-counts")),
                     n_eval=args.n_eval, seed=args.seed)
-    if Path(args.out).exists() and not args.overwrite:
-        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    _fresh_out(args.out, args.overwrite)
     result = ss.run(_load(args), cfg, name=args.model)
     _write_analysis(Path(args.out), result, ss.plot(result))
     print(f"SEA study on {args.model} ({result.cost['seconds']} s), edited layers {result.config['layers']} "
@@ -278,8 +276,7 @@ def cmd_analyze_spectral(args) -> int:
 
 
 def _robustness(args, module, cfg, run):
-    if Path(args.out).exists() and not args.overwrite:
-        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    _fresh_out(args.out, args.overwrite)
     result = run(cfg)
     _write_analysis(Path(args.out), result, module.plot(result))
     return result
@@ -388,8 +385,7 @@ def cmd_analyze_tuning(args) -> int:
     cfg = m.Config(layers=None if args.layers == "middle" else tuple(_layers(args.layers) or ()),
                    n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, max_steps=args.max_steps,
                    token_weight=args.token_weight, seed=args.seed)
-    if Path(args.out).exists() and not args.overwrite:
-        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    _fresh_out(args.out, args.overwrite)
     with tempfile.TemporaryDirectory() as work:
         r = m.run(_load(args), cfg, name=args.model, out=work)
         _write_analysis(Path(args.out), r, m.plot(r),
@@ -409,8 +405,7 @@ def cmd_analyze_tuning(args) -> int:
 def cmd_demo(args) -> int:
     from workbench.demo import run_demo
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise WorkbenchError(f"--out {args.out!r} already exists; remove it or pass --overwrite.")
+    _fresh_out(args.out, args.overwrite)
     out = run_demo(args.out, model=args.model, backend=args.backend, n_prompts=args.n_prompts)
     print((out / "summary.md").read_text())
     return 0
@@ -420,8 +415,7 @@ def cmd_toy_train(args) -> int:
     from workbench.toy.train import train
 
     out = Path(args.out or f"{args.size}")
-    if out.exists() and not args.overwrite:
-        raise WorkbenchError(f"--out {str(out)!r} already exists; remove it or pass --overwrite.")
+    _fresh_out(out, args.overwrite)
     card = train(args.size, out, steps=args.steps)
     print(f"trained {args.size} into {out}: validation loss {card['validation_loss']:.4f} "
           f"({card['train_seconds']['wall']:.0f} s wall, {card['train_seconds']['cpu']:.0f} CPU-s)")

@@ -88,8 +88,7 @@ def check(
     if unknown or not prompts:
         raise WorkbenchError(f"paths must be among {', '.join(PATHS)} (got {unknown}) and prompts non-empty.")
     spec.check(model)
-    source = Path(getattr(model, "workbench_source", "") or ".")
-    source = hf_folder(source)
+    source = hf_folder(getattr(model, "workbench_source", "") or ".")
     seqs = [model.to_tokens(p)[0].cpu() for p in prompts]
     steered = [tl_logits(model, t, spec) for t in seqs]
     effect = max(float((s - tl_logits(model, t)).abs().max()) for s, t in zip(steered, seqs))

@@ -18,6 +18,7 @@ class Section:
     markdown: str
     figures: dict = field(default_factory=dict)
     order: int = 50
+    source: str = ""  # the result file, relative to the results folder (set by collect_sections)
 
 
 def _who(r: dict) -> str:

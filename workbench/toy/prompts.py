@@ -14,7 +14,7 @@ are out of distribution in template, position, length or attribute mix. Prompts 
 """
 
 __all__ = ["FAMILIES", "OOD_FAMILIES", "random_attributes", "Prompt", "contrast_pairs", "ab_items", "prompts", "neutral_prompts",
-           "few_shot_prompts", "corpus_documents", "STEER_TARGETS", "steer_values"]
+           "few_shot_prompts", "corpus_documents", "STEER_TARGETS", "steer_values", "prompts_with"]
 
 import random
 from dataclasses import dataclass
@@ -175,6 +175,16 @@ def prompts(attributes: "Attributes | dict", n: int = 100, seed: int = 0, family
             text += " " + " ".join(render_sentence(sample_sentence(rng, "FACT"), a, stop=3))
         out.append(Prompt(text, a))
     return out
+
+
+def prompts_with(values: "dict[str, str]", n: int, seed: int, family: str = "id", fact_stem: bool = False) -> list[str]:
+    """``n`` prompt texts of ``family`` showing the fixed attribute ``values``, the others drawn per prompt."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    while len(out) < n:
+        a = random_attributes(rng, **values)
+        out += [p.text for p in prompts(a, n=1, seed=rng.randrange(1 << 30), family=family, fact_stem=fact_stem)]
+    return out[:n]
 
 
 def neutral_prompts(attribute: str, n: int = 100, seed: int = 0) -> list[Prompt]:
