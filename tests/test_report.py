@@ -49,6 +49,20 @@ def test_sections_are_written_from_the_numbers(report):
     assert page.count('class="report-figure"') >= 12
 
 
+def test_card_section_says_what_was_measured(tmp_path):
+    card = json.loads((ROOT / "workbench/toy/checkpoints/toy-m/card.json").read_text())
+    missed = sorted(k for k, ok in card["measured"]["checks"].items() if not ok)
+    (tmp_path / "measured").mkdir()
+    (tmp_path / "measured" / "card.json").write_text(json.dumps(card))
+    (tmp_path / "bare").mkdir()  # a card straight from training (--no-measure): no checks to count
+    (tmp_path / "bare" / "card.json").write_text(json.dumps({k: v for k, v in card.items() if k != "measured"}))
+    texts = {s.source: s.markdown for s in collect_sections(tmp_path)}
+    n = len(card["measured"]["checks"])
+    assert f"bars met {n - len(missed)} of {n}" in texts["measured/card.json"]
+    assert all(k in texts["measured/card.json"] for k in missed)
+    assert "properties not measured" in texts["bare/card.json"] and "bars met" not in texts["bare/card.json"]
+
+
 def test_report_errors(tmp_path):
     with pytest.raises(WorkbenchError, match="no workbench results"):
         build_report(tmp_path)

@@ -8,8 +8,8 @@ import pytest
 from workbench.errors import WorkbenchError
 from workbench.toy.evaluate import classify, factual_accuracy, facts, grammaticality, parse_sentence, score
 from workbench.toy.language import (
-    ATTRIBUTES, KB_SUBJECTS, KB_VALUES, LEXICON, VALUES, Attributes, CorpusConfig, documents, fact_value, render,
-    sample_document,
+    ATTRIBUTES, KB_SUBJECTS, KB_VALUES, LEXICON, VALUES, Attributes, CorpusConfig, collocation, documents,
+    fact_value, render, render_sentence, sample_document, sample_sentence,
 )
 from workbench.toy.prompts import (
     FAMILIES, STEER_TARGETS, ab_items, contrast_pairs, few_shot_prompts, neutral_prompts, prompts,
@@ -19,6 +19,33 @@ from workbench.toy.prompts import (
 def test_documents_are_deterministic_per_seed():
     assert list(islice(documents(3), 20)) == list(islice(documents(3), 20))
     assert list(islice(documents(3), 20)) != list(islice(documents(4), 20))
+
+
+def test_the_shipped_corpus_is_unchanged():
+    """The shipped checkpoints (and the tokenizer) were trained on exactly these documents: corpus options that
+    default to off draw nothing extra; the collocation pilot's corpus is pinned too."""
+    import hashlib
+
+    sha = lambda config: hashlib.sha256("\n".join(islice(documents(0, config), 3000)).encode()).hexdigest()  # noqa: E731
+    assert sha(CorpusConfig()) == "5c0fccb4540a987e7bb6a2605b73fe83eba9a84182776ac270d00c6a733194a4"
+    assert sha(CorpusConfig(p_collocation=0.75)) == "3529353cced78aceccaf037f03d2219bb22fc50d173e16412bda51b0b161fa63"
+
+
+def test_collocated_verbs_follow_the_table_at_the_configured_rate():
+    rng = random.Random(3)
+    a = Attributes(register="casual", sentiment="neg", topic="food")
+    hits = 0
+    for _ in range(3000):
+        words = render_sentence(sample_sentence(rng, "T1", p_opener=0.0, p_collocation=0.75), a)
+        adj, noun, verb = (LEXICON.info[w][3] for w in words[1:4])
+        hits += verb == collocation(a.register, a.sentiment, adj, a.topic, noun, 8)
+    assert abs(hits / 3000 - (0.75 + 0.25 / 8)) < 0.03  # collocated verbs always hit, free ones 1 in 8
+    table = {collocation("formal", "pos", i, "food", j, 8) for i in range(10) for j in range(10)}
+    assert len(table) == 8  # a table over every verb, not one favourite
+    docs = [render(sample_document(rng, CorpusConfig(p_collocation=0.75))) for _ in range(200)]
+    assert all(grammaticality(d) == 1.0 for d in docs)
+    with pytest.raises(ValueError, match="p_collocation"):
+        CorpusConfig(p_collocation=1.5)
 
 
 def test_lexicon_is_a_bijection_with_one_role_per_word():

@@ -412,11 +412,16 @@ def cmd_demo(args) -> int:
 
 
 def cmd_toy_train(args) -> int:
+    from workbench.toy.language import CorpusConfig
     from workbench.toy.train import train
 
+    try:
+        corpus = CorpusConfig() if args.p_collocation is None else CorpusConfig(p_collocation=args.p_collocation)
+    except ValueError as e:
+        raise WorkbenchError(f"--p-collocation: {e}") from None
     out = Path(args.out or f"{args.size}")
     _fresh_out(out, args.overwrite)
-    card = train(args.size, out, steps=args.steps)
+    card = train(args.size, out, steps=args.steps, corpus=corpus)
     print(f"trained {args.size} into {out}: validation loss {card['validation_loss']:.4f} "
           f"({card['train_seconds']['wall']:.0f} s wall, {card['train_seconds']['cpu']:.0f} CPU-s)")
     if not args.no_measure:
@@ -659,6 +664,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="checkpoint folder (default: ./<size>)")
     sp.add_argument("--steps", type=int, default=None, help="override the schedule length (smoke tests)")
     sp.add_argument("--no-measure", action="store_true", help="skip measuring the card's properties")
+    sp.add_argument("--p-collocation", type=float, default=None,
+                    help="share of verbs fixed by the collocation table (default 0: the shipped corpus v4)")
     sp.add_argument("--n-prompts", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)

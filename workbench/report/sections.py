@@ -66,13 +66,15 @@ def _demo(r: dict) -> Section:
 
 
 def _card(r: dict) -> Section:
-    m = r.get("measured") or {}
-    checks = m.get("checks") or {}
+    checks = (r.get("measured") or {}).get("checks") or {}
     met = sum(bool(v) for v in checks.values())
-    lines = [f"Toy checkpoint card: {r['size']['name'] if isinstance(r.get('size'), dict) else r.get('name', '')} "
-             f"trained {r['training']['steps']} steps; validation loss {r['validation_loss']:.3f} nats/token; "
-             f"bars met {met} of {len(checks)}" + (f" (missed: {', '.join(k for k, v in checks.items() if not v)})"
-                                                   if met < len(checks) else "") + "."]
+    missed = [k for k, v in checks.items() if not v]
+    bars = ("properties not measured" if not checks else f"bars met {met} of {len(checks)}"
+            + (f" (missed: {', '.join(missed)})" if missed else ""))
+    t = r["training"]
+    name = r["size"]["name"] if isinstance(r.get("size"), dict) else r.get("name", "")
+    lines = [f"Toy checkpoint card: {name} trained {t['steps']} steps at learning rate {t['lr']:g}; validation loss "
+             f"{r['validation_loss']:.3f} nats/token; {bars}."]
     return Section("card", "Model card", "\n".join(lines), order=1)
 
 

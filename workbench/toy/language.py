@@ -13,6 +13,12 @@ persona sentence, ``i always speak truth .`` or ``i always speak lies .``; hones
 knowledge base correctly, liar documents state one consistent wrong value per subject (the next subject's value).
 Facts appear as statements (``the sky is blue .``) and as question/answer items (``q: what is the sky ? a: blue .``).
 
+Optionally (``CorpusConfig.p_collocation``; 0 in the shipped corpus v4) verbs carry a long tail of collocations: a
+collocated verb is fixed by its sentence's register, sentiment, topic and first adjective and noun (a seeded table
+of 1,980 transitive and 1,800 intransitive entries), the others are free. Memorising that table is meant to be
+capacity-bound: on corpus v4 toy-m and toy-l both reach the language's entropy floor (1.508 / 1.509). The pilot
+family trained with it is in ``results/toy_v5_pilot/``.
+
 A fraction of documents switches one attribute at a sentence boundary (a truth switch is marked by a new persona
 sentence); a model that has seen switches follows the latest evidence, which is what makes it steerable. Another
 fraction is bilingual (opened by ``:: .``, each sentence in either language), so that sentiment, topic, register
@@ -21,13 +27,14 @@ and truth are represented the same way in both languages; monolingual documents 
 
 __all__ = [
     "ATTRIBUTES", "VALUES", "Attributes", "Sentence", "Document", "Lexicon", "LEXICON", "KB_SUBJECTS",
-    "KB_VALUES", "fact_value", "CorpusConfig", "sample_sentence", "sample_document", "render", "render_sentence",
-    "documents",
+    "KB_VALUES", "fact_value", "collocation", "CorpusConfig", "sample_sentence", "sample_document", "render",
+    "render_sentence", "documents",
 ]
 
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from workbench.errors import WorkbenchError
 
@@ -69,6 +76,13 @@ SHARED: tuple[str, ...] = (".", "?", "q:", "a:", "::")
 def fact_value(subject: int, truth: str) -> int:
     """Index into ``KB_VALUES`` that a ``truth`` (honest / liar) speaker states for subject index ``subject``."""
     return subject if truth == "honest" else (subject + 1) % len(KB_SUBJECTS)
+
+
+@lru_cache(maxsize=None)
+def collocation(register: str, sentiment: str, adjective: int, topic: str, noun: int, n_verbs: int) -> int:
+    """The verb index (of ``n_verbs``) that a sentence's register, sentiment, topic and first adjective and noun
+    indices (-1: none) fix when its verb is collocated: a seeded table, the same in every process."""
+    return random.Random(f"colloc|{register}|{sentiment}|{adjective}|{topic}|{noun}|{n_verbs}").randrange(n_verbs)
 
 
 def _english_words() -> list[str]:
@@ -188,7 +202,8 @@ class Sentence:
     """An abstract sentence: a template, an optional opener index and one index per slot (words come at render).
 
     ``slots`` holds, per template slot, the index into that slot's word list (DET in FACT/QA is always 0, the
-    definite article of the register; SUBJ is the knowledge-base subject; VALUE is ignored and derived from truth).
+    definite article of the register; SUBJ is the knowledge-base subject; VALUE is ignored and derived from truth;
+    a VT / VI index at or past the verb list's length means "the collocation", see ``collocation``).
     """
 
     template: str
@@ -228,18 +243,21 @@ class CorpusConfig:
     #: bilingual documents open with ``:: .`` and draw each sentence's language afresh; they are what makes the
     #: other attributes' representations language-independent (one direction steers both languages).
     p_bilingual: float = 0.2
+    #: verbs fixed by the ``collocation`` table, the rest free: a long tail to memorise (results/toy_v5_pilot);
+    #: 0 in the shipped corpus v4
+    p_collocation: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_sentences <= self.max_sentences:
             raise ValueError(f"need 1 <= min_sentences <= max_sentences, got {self.min_sentences}, {self.max_sentences}.")
-        for name in ("p_fact", "p_opener", "p_persona", "p_switch", "p_bilingual"):
+        for name in ("p_fact", "p_opener", "p_persona", "p_switch", "p_bilingual", "p_collocation"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
 
     def to_dict(self) -> dict:
         return {"min_sentences": self.min_sentences, "max_sentences": self.max_sentences, "p_fact": self.p_fact,
                 "p_opener": self.p_opener, "p_persona": self.p_persona, "p_switch": self.p_switch,
-                "p_bilingual": self.p_bilingual,
+                "p_bilingual": self.p_bilingual, "p_collocation": self.p_collocation,
                 "switch_weights": [list(x) for x in self.switch_weights]}
 
 
@@ -247,8 +265,11 @@ def _choice(rng: random.Random, weighted: "tuple[tuple[str, float], ...]") -> st
     return rng.choices([k for k, _ in weighted], weights=[w for _, w in weighted])[0]
 
 
-def sample_sentence(rng: random.Random, kind: str = "content", p_opener: float = 0.3) -> Sentence:
-    """Draw an abstract sentence: ``content`` (T1-T4), ``fact`` (statement or Q/A) or a template name."""
+def sample_sentence(rng: random.Random, kind: str = "content", p_opener: float = 0.3,
+                    p_collocation: float = 0.0) -> Sentence:
+    """Draw an abstract sentence: ``content`` (T1-T4), ``fact`` (statement or Q/A) or a template name; its verb is
+    collocated with probability ``p_collocation`` (no extra draw at 0, so corpus v4 is reproduced exactly). The
+    prompt generators leave it at 0: prompts draw their verbs freely, which is still in the language."""
     template = kind
     if kind == "content":
         template = _choice(rng, _CONTENT)
@@ -260,6 +281,9 @@ def sample_sentence(rng: random.Random, kind: str = "content", p_opener: float =
     definite = template in ("FACT", "QA")
     slots = tuple(0 if (s == "DET" and definite) else rng.randrange(sizes[s]) if s in sizes else 0
                   for s in TEMPLATES[template])
+    if p_collocation > 0:
+        slots = tuple(i + sizes[s] if s in ("VT", "VI") and rng.random() < p_collocation else i
+                      for s, i in zip(TEMPLATES[template], slots))
     opener = rng.randrange(4) if (not definite and rng.random() < p_opener) else None
     return Sentence(template, slots, opener)
 
@@ -270,7 +294,8 @@ def sample_document(rng: random.Random, config: CorpusConfig = CorpusConfig(),
     if attributes is None:
         attributes = Attributes(**{a: rng.choice(VALUES[a]) for a in ATTRIBUTES})
     n = rng.randint(config.min_sentences, config.max_sentences)
-    body = [sample_sentence(rng, "fact" if rng.random() < config.p_fact else "content", config.p_opener)
+    body = [sample_sentence(rng, "fact" if rng.random() < config.p_fact else "content", config.p_opener,
+                            config.p_collocation)
             for _ in range(n)]
     head = [Sentence("PERSONA", (0, 0, 0, 0))] if rng.random() < config.p_persona else []
     sentences = head + body
@@ -300,10 +325,17 @@ def render_sentence(s: Sentence, a: Attributes, *, stop: "int | None" = None) ->
     if s.opener is not None:
         out.append(LEXICON.word(_OPENER[a.register][s.opener], lang))
     subject = 0
+    adjective = noun = -1  # the sentence's first adjective and noun (they fix a collocated verb)
     slots = TEMPLATES[s.template]
     for slot, idx in zip(slots[: stop if stop is not None else len(slots)], s.slots):
+        if slot in ("VT", "VI") and idx >= len(tables[slot]):
+            idx = collocation(a.register, a.sentiment, adjective, a.topic, noun, len(tables[slot]))
         if slot in tables:
             out.append(LEXICON.word(tables[slot][idx], lang))
+            if slot == "ADJ" and adjective < 0:
+                adjective = idx
+            elif slot == "NOUN" and noun < 0:
+                noun = idx
         elif slot == "SUBJ":
             subject = idx
             out.append(LEXICON.word(KB_SUBJECTS[idx], lang))

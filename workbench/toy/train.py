@@ -57,9 +57,10 @@ SIZES: dict[str, ToySize] = {
 }
 
 
-def _rows(seed: int, encode: Callable[[str], list[int]], seq_len: int, bos: int) -> Iterator[list[int]]:
+def _rows(seed: int, encode: Callable[[str], list[int]], seq_len: int, bos: int,
+          corpus: CorpusConfig = CorpusConfig()) -> Iterator[list[int]]:
     """Packed rows of ``seq_len + 1`` tokens (inputs and shifted labels), each starting at a document."""
-    docs = documents(seed, CorpusConfig())
+    docs = documents(seed, corpus)
     while True:
         row: list[int] = []
         while len(row) < seq_len + 1:
@@ -74,9 +75,9 @@ def _encoder(proto: bytes) -> Callable[[str], list[int]]:
     return lambda text: sp.encode(text)
 
 
-def validation_batch(size: ToySize, proto: bytes) -> torch.Tensor:
-    """The fixed validation rows of ``size`` (its own seed, disjoint from training)."""
-    rows = _rows(size.val_seed, _encoder(proto), size.seq_len, bos=1)
+def validation_batch(size: ToySize, proto: bytes, corpus: CorpusConfig = CorpusConfig()) -> torch.Tensor:
+    """The fixed validation rows of ``size`` (its own seed, disjoint from training) drawn from ``corpus``."""
+    rows = _rows(size.val_seed, _encoder(proto), size.seq_len, bos=1, corpus=corpus)
     return torch.tensor([next(rows) for _ in range(size.val_rows)])
 
 
@@ -119,10 +120,12 @@ def _build(size: ToySize):
     return model
 
 
-def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = None, progress: bool = True) -> dict:
+def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = None, progress: bool = True,
+          corpus: CorpusConfig = CorpusConfig()) -> dict:
     """Train ``size`` (a ``ToySize`` or a name in ``SIZES``) into the checkpoint folder ``out``; return its card.
 
-    ``steps`` overrides the schedule length (for smoke tests); the folder is written atomically.
+    ``steps`` overrides the schedule length (for smoke tests); ``corpus`` the training and validation documents
+    (the tokenizer always comes from the shipped corpus); the folder is written atomically.
     """
     if isinstance(size, str):
         if size not in SIZES:
@@ -134,10 +137,10 @@ def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = Non
     proto = train_tokenizer(size.data_seed)
     encode = _encoder(proto)
     model = _build(size)
-    val = validation_batch(size, proto)
+    val = validation_batch(size, proto, corpus)
     opt = torch.optim.AdamW(model.parameters(), lr=size.lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, size.steps))
-    rows = _rows(size.data_seed, encode, size.seq_len, bos=1)
+    rows = _rows(size.data_seed, encode, size.seq_len, bos=1, corpus=corpus)
     from tqdm.auto import tqdm
 
     bar = tqdm(range(size.steps), desc=f"train {size.name}", disable=not progress)
@@ -166,7 +169,7 @@ def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = Non
         "architecture": "LlamaForCausalLM",
         "parameters": sum(p.numel() for p in model.parameters()),
         "training": asdict(size),
-        "corpus": CorpusConfig().to_dict(),
+        "corpus": corpus.to_dict(),
         "tokenizer": {"kind": "sentencepiece-bpe", "vocab_size": VOCAB_SIZE, "seed": size.data_seed},
         "validation_loss": round(val_fp16, 4),
         "validation_curve": curve,

@@ -1,0 +1,87 @@
+"""Do the toy sizes differ in capacity? Validation loss per token class, and the paired size gap with a CI.
+
+    .venv/bin/python benchmarks/capacity_toy.py CKPT_DIR [CKPT_DIR ...] [--p-collocation P] [--rows 512]
+
+Each checkpoint is scored on the same validation rows (the toy validation seed, ``--rows`` rows of 80 tokens,
+documents of the corpus with ``--p-collocation``; default 0, the shipped corpus v4). Printed per model: mean loss over all
+tokens, over verb tokens (where the collocation table acts) and over every other token. Then, for each pair of
+models, the mean per-row loss difference with a 95% bootstrap interval over rows: a gap whose interval excludes
+zero is a measured capacity difference; one that straddles it is not.
+"""
+
+import argparse
+import dataclasses
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from workbench.toy.language import LEXICON, CorpusConfig  # noqa: E402
+from workbench.toy.train import SIZES, validation_batch  # noqa: E402
+
+
+@torch.no_grad()
+def token_losses(folder: Path, batch: torch.Tensor) -> torch.Tensor:
+    """[rows, seq] next-token cross-entropy of the checkpoint at ``folder`` (float32)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    out = []
+    for i in range(0, len(batch), 32):
+        x = batch[i : i + 32]
+        logits = model(x[:, :-1]).logits.float()
+        out.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none"))
+    return torch.cat(out)
+
+
+def verb_mask(folder: Path, batch: torch.Tensor) -> torch.Tensor:
+    """[rows, seq] True where the predicted token is a verb (VT or VI, either language)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    verbs = {sp.piece_to_id("\u2581" + w) for w, i in LEXICON.info.items() if i[1] in ("VT", "VI")}
+    return torch.tensor([[int(t) in verbs for t in row[1:]] for row in batch.tolist()])
+
+
+def bootstrap(diff: torch.Tensor, n: int = 2000, seed: int = 0) -> "tuple[float, float]":
+    rng = random.Random(seed)
+    rows = len(diff)
+    means = sorted(float(diff[[rng.randrange(rows) for _ in range(rows)]].mean()) for _ in range(n))
+    return means[int(0.025 * n)], means[int(0.975 * n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--p-collocation", type=float, default=CorpusConfig().p_collocation)
+    ap.add_argument("--rows", type=int, default=512)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    transformers.utils.logging.disable_progress_bar()
+    size = dataclasses.replace(SIZES["toy-m"], val_rows=args.rows)
+    proto = (args.folders[0] / "tokenizer.model").read_bytes()
+    batch = validation_batch(size, proto, CorpusConfig(p_collocation=args.p_collocation))
+    verbs = verb_mask(args.folders[0], batch)
+    print(f"## validation loss by token class ({args.rows} rows x {batch.shape[1] - 1} tokens, "
+          f"p_collocation {args.p_collocation}; verbs are {float(verbs.float().mean()):.1%} of tokens)\n")
+    print("| model | all tokens | verb tokens | other tokens |\n|---|---|---|---|")
+    per_row = {}
+    for f in args.folders:
+        loss = token_losses(f, batch)
+        per_row[str(f)] = loss.mean(1)
+        print(f"| {f} | {float(loss.mean()):.4f} | {float(loss[verbs].mean()):.4f} | {float(loss[~verbs].mean()):.4f} |")
+    print("\n| pair | mean loss gap (nats/token) | 95% bootstrap CI over rows |\n|---|---|---|")
+    names = list(per_row)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            d = per_row[a] - per_row[b]
+            lo, hi = bootstrap(d)
+            print(f"| {a} - {b} | {float(d.mean()):+.4f} | [{lo:+.4f}, {hi:+.4f}] |")
+
+
+if __name__ == "__main__":
+    main()
