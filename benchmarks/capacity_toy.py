@@ -21,21 +21,13 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from workbench.toy.language import LEXICON, CorpusConfig  # noqa: E402
-from workbench.toy.train import SIZES, validation_batch  # noqa: E402
+from workbench.toy.train import SIZES, token_losses, validation_batch  # noqa: E402
 
 
-@torch.no_grad()
-def token_losses(folder: Path, batch: torch.Tensor) -> torch.Tensor:
+def model_losses(folder: Path, batch: torch.Tensor) -> torch.Tensor:
     """[rows, seq] next-token cross-entropy of the checkpoint at ``folder`` (float32)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
-    out = []
-    for i in range(0, len(batch), 32):
-        x = batch[i : i + 32]
-        logits = model(x[:, :-1]).logits.float()
-        out.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none"))
-    return torch.cat(out)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+    return token_losses(model, batch)
 
 
 def verb_mask(folder: Path, batch: torch.Tensor) -> torch.Tensor:
@@ -71,7 +63,7 @@ def main() -> None:
     print("| model | all tokens | verb tokens | other tokens |\n|---|---|---|---|")
     per_row = {}
     for f in args.folders:
-        loss = token_losses(f, batch)
+        loss = model_losses(f, batch)
         per_row[str(f)] = loss.mean(1)
         print(f"| {f} | {float(loss.mean()):.4f} | {float(loss[verbs].mean()):.4f} | {float(loss[~verbs].mean()):.4f} |")
     print("\n| pair | mean loss gap (nats/token) | 95% bootstrap CI over rows |\n|---|---|---|")

@@ -6,7 +6,7 @@ at a document boundary. The checkpoint is saved in float16 (loads as float32; ev
 4 decimals, testbed.md) with its tokenizer and a card (``card.json``).
 """
 
-__all__ = ["ToySize", "SIZES", "train", "validation_loss", "validation_batch"]
+__all__ = ["ToySize", "SIZES", "train", "token_losses", "validation_loss", "validation_batch"]
 
 import math
 import platform
@@ -82,16 +82,20 @@ def validation_batch(size: ToySize, proto: bytes, corpus: CorpusConfig = CorpusC
 
 
 @torch.no_grad()
-def validation_loss(model, batch: torch.Tensor, chunk: int = 32) -> float:
-    """Mean next-token cross-entropy (nats) over the validation rows."""
+def token_losses(model, batch: torch.Tensor, chunk: int = 32) -> torch.Tensor:
+    """[rows, seq_len] next-token cross-entropy (nats) of a Hugging Face causal LM on packed rows."""
     model.eval()
-    total, count = 0.0, 0
+    out = []
     for i in range(0, len(batch), chunk):
         x = batch[i : i + chunk]
         logits = model(x[:, :-1]).logits.float()
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum")
-        total, count = total + float(loss), count + x[:, 1:].numel()
-    return total / count
+        out.append(torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none"))
+    return torch.cat(out)
+
+
+def validation_loss(model, batch: torch.Tensor, chunk: int = 32) -> float:
+    """Mean next-token cross-entropy (nats) over the validation rows."""
+    return float(token_losses(model, batch, chunk).double().mean())
 
 
 def _schedule(step: int, steps: int) -> float:
