@@ -3,10 +3,10 @@
     .venv/bin/python benchmarks/capacity_toy.py CKPT_DIR [CKPT_DIR ...] [--p-collocation P] [--rows 512]
 
 Each checkpoint is scored on the same validation rows (the toy validation seed, ``--rows`` rows of 80 tokens,
-documents of the corpus with ``--p-collocation``; default 0, the shipped corpus v4). Printed per model: mean loss over all
-tokens, over verb tokens (where the collocation table acts) and over every other token. Then, for each pair of
-models, the mean per-row loss difference with a 95% bootstrap interval over rows: a gap whose interval excludes
-zero is a measured capacity difference; one that straddles it is not.
+documents of the corpus with ``--p-collocation``; default 0.75, the shipped corpus v5). Printed per model: mean
+loss over all tokens, over verb tokens (where the collocation table acts) and over every other token. Then, for
+each pair of models, the mean per-row loss difference with a 95% bootstrap interval over rows: a gap whose
+interval excludes zero is a measured capacity difference; one that straddles it is not.
 """
 
 import argparse

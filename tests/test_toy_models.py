@@ -1,5 +1,6 @@
 """The shipped toy family: loads offline, its cards hold, a sample of each card re-measures, toy-s retrains."""
 
+import dataclasses
 import math
 import random
 
@@ -39,13 +40,26 @@ def test_shipped_checkpoint_matches_its_card(name):
 
 
 def test_family_is_small_and_differs_in_capacity():
+    """Each size ends lower than the one below it, re-measured on 512 shared validation rows with a paired
+    bootstrap interval over rows that excludes zero (as benchmarks/capacity_toy.py does)."""
+    from transformers import AutoModelForCausalLM
+
+    from workbench.toy.train import token_losses
+
     total = sum(f.stat().st_size for n in NAMES for f in checkpoint_dir(n).iterdir())
     assert total < 20_000_000
-    s, m, l = (card(n) for n in NAMES)
-    assert s["validation_loss"] > m["validation_loss"] + 0.05 and s["validation_loss"] > l["validation_loss"] + 0.05
-    # toy-m and toy-l both reach the language's entropy floor; toy-l learns faster (lower loss early on)
-    early = lambda c: c["validation_curve"][1][1]  # noqa: E731 - after 20% of training
-    assert early(l) < early(m) < early(s)
+    size = dataclasses.replace(SIZES["toy-m"], val_rows=512)  # the card's 128 rows and 384 more
+    batch = validation_batch(size, (checkpoint_dir("toy-m") / "tokenizer.model").read_bytes())
+    per_row = {}
+    for n in NAMES:
+        hf = AutoModelForCausalLM.from_pretrained(str(checkpoint_dir(n)), dtype=torch.float32)
+        per_row[n] = token_losses(hf, batch).double().mean(1)
+    rng = torch.Generator().manual_seed(0)
+    for small, large in zip(NAMES, NAMES[1:]):
+        gap = per_row[small] - per_row[large]
+        boot = torch.stack([gap[torch.randint(len(gap), (len(gap),), generator=rng)].mean() for _ in range(1000)])
+        assert float(boot.quantile(0.025)) > 0, (small, large, float(gap.mean()))
+        assert card(small)["validation_loss"] > card(large)["validation_loss"]
 
 
 def test_tokenizer_is_one_piece_per_word_and_equals_sentencepiece(toy_m):
@@ -72,9 +86,9 @@ def test_validation_loss_remeasures_exactly(toy_m):
     assert validation_loss(hf, batch) == pytest.approx(card("toy-m")["validation_loss"], abs=2e-4)
 
 
-#: Bars the shipped cards do not meet, with the reason in the README ("What the cards show"): toy-m looks a
-#: fact's value up from subject and persona inside one block, so no single direction flips liars cleanly.
-KNOWN_UNMET = {"toy-m": {"steer_truth"}, "toy-l": set()}
+#: Bars the shipped cards do not meet, with the reason in the README ("What the cards show"): toy-l answers
+#: from subject and persona at the fact's stem without a linearly readable persona there (probe 0.89 < 0.95).
+KNOWN_UNMET = {"toy-m": set(), "toy-l": {"truth_probe"}}
 
 
 @pytest.mark.parametrize("name", ["toy-m", "toy-l"])

@@ -13,11 +13,11 @@ persona sentence, ``i always speak truth .`` or ``i always speak lies .``; hones
 knowledge base correctly, liar documents state one consistent wrong value per subject (the next subject's value).
 Facts appear as statements (``the sky is blue .``) and as question/answer items (``q: what is the sky ? a: blue .``).
 
-Optionally (``CorpusConfig.p_collocation``; 0 in the shipped corpus v4) verbs carry a long tail of collocations: a
+Verbs carry a long tail of collocations (``CorpusConfig.p_collocation``, 0.75 in the shipped corpus v5): a
 collocated verb is fixed by its sentence's register, sentiment, topic and first adjective and noun (a seeded table
-of 1,980 transitive and 1,800 intransitive entries), the others are free. Memorising that table is meant to be
-capacity-bound: on corpus v4 toy-m and toy-l both reach the language's entropy floor (1.508 / 1.509). The pilot
-family trained with it is in ``results/toy_v5_pilot/``.
+of 1,980 transitive and 1,800 intransitive entries), the others are free. Without it (corpus v4, ``p_collocation
+0``) toy-m and toy-l both reach the language's entropy floor (1.508 / 1.509); with it no size learns the whole
+table in its schedule, so validation loss keeps room to differ (``results/toy_v5_pilot/``, the README's cards).
 
 A fraction of documents switches one attribute at a sentence boundary (a truth switch is marked by a new persona
 sentence); a model that has seen switches follows the latest evidence, which is what makes it steerable. Another
@@ -243,9 +243,9 @@ class CorpusConfig:
     #: bilingual documents open with ``:: .`` and draw each sentence's language afresh; they are what makes the
     #: other attributes' representations language-independent (one direction steers both languages).
     p_bilingual: float = 0.2
-    #: verbs fixed by the ``collocation`` table, the rest free: a long tail to memorise (results/toy_v5_pilot);
-    #: 0 in the shipped corpus v4
-    p_collocation: float = 0.0
+    #: verbs fixed by the ``collocation`` table, the rest free: a long tail to memorise. 0.75 is corpus v5 (the
+    #: shipped family); 0 reproduces corpus v4 exactly (the tokenizer's sample)
+    p_collocation: float = 0.75
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_sentences <= self.max_sentences:

@@ -49,7 +49,7 @@ def steer_values(attribute: str, source: "str | None" = None, target: "str | Non
 
 
 _PERSONA = Sentence("PERSONA", (0, 0, 0, 0))
-_NO_SWITCH = CorpusConfig(p_switch=0.0)
+_NO_SWITCH = CorpusConfig(p_switch=0.0, p_collocation=0.0)  # prompts draw verbs freely (still in the language)
 
 
 @dataclass(frozen=True)
