@@ -665,7 +665,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=None, help="override the schedule length (smoke tests)")
     sp.add_argument("--no-measure", action="store_true", help="skip measuring the card's properties")
     sp.add_argument("--p-collocation", type=float, default=None,
-                    help="share of verbs fixed by the collocation table (default 0.75: the shipped corpus v5; 0 is corpus v4)")
+                    help="share of verbs fixed by the collocation table "
+                         "(default 0.75: the shipped corpus v5; 0 is corpus v4)")
     sp.add_argument("--n-prompts", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
