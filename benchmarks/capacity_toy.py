@@ -11,7 +11,6 @@ interval excludes zero is a measured capacity difference; one that straddles it 
 
 import argparse
 import dataclasses
-import random
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from workbench.metrics import bootstrap_ci  # noqa: E402
 from workbench.toy.language import LEXICON, CorpusConfig  # noqa: E402
 from workbench.toy.train import SIZES, token_losses, validation_batch  # noqa: E402
 
@@ -37,13 +37,6 @@ def verb_mask(folder: Path, batch: torch.Tensor) -> torch.Tensor:
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
     verbs = {sp.piece_to_id("\u2581" + w) for w, i in LEXICON.info.items() if i[1] in ("VT", "VI")}
     return torch.tensor([[int(t) in verbs for t in row[1:]] for row in batch.tolist()])
-
-
-def bootstrap(diff: torch.Tensor, n: int = 2000, seed: int = 0) -> "tuple[float, float]":
-    rng = random.Random(seed)
-    rows = len(diff)
-    means = sorted(float(diff[[rng.randrange(rows) for _ in range(rows)]].mean()) for _ in range(n))
-    return means[int(0.025 * n)], means[int(0.975 * n)]
 
 
 def main() -> None:
@@ -71,7 +64,7 @@ def main() -> None:
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             d = per_row[a] - per_row[b]
-            lo, hi = bootstrap(d)
+            lo, hi = bootstrap_ci(d)
             print(f"| {a} - {b} | {float(d.mean()):+.4f} | [{lo:+.4f}, {hi:+.4f}] |")
 
 

@@ -44,6 +44,7 @@ def test_family_is_small_and_differs_in_capacity():
     bootstrap interval over rows that excludes zero (as benchmarks/capacity_toy.py does)."""
     from transformers import AutoModelForCausalLM
 
+    from workbench.metrics import bootstrap_ci
     from workbench.toy.train import token_losses
 
     total = sum(f.stat().st_size for n in NAMES for f in checkpoint_dir(n).iterdir())
@@ -54,11 +55,9 @@ def test_family_is_small_and_differs_in_capacity():
     for n in NAMES:
         hf = AutoModelForCausalLM.from_pretrained(str(checkpoint_dir(n)), dtype=torch.float32)
         per_row[n] = token_losses(hf, batch).double().mean(1)
-    rng = torch.Generator().manual_seed(0)
     for small, large in zip(NAMES, NAMES[1:]):
         gap = per_row[small] - per_row[large]
-        boot = torch.stack([gap[torch.randint(len(gap), (len(gap),), generator=rng)].mean() for _ in range(1000)])
-        assert float(boot.quantile(0.025)) > 0, (small, large, float(gap.mean()))
+        assert bootstrap_ci(gap)[0] > 0, (small, large, float(gap.mean()))
         assert card(small)["validation_loss"] > card(large)["validation_loss"]
 
 

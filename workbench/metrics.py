@@ -7,9 +7,11 @@
 * ``kl_divergence``: mean KL(unsteered || steered) of next-token distributions over reference texts.
 """
 
-__all__ = ["ab_probability", "token_logprobs", "perplexity", "continuation_perplexity", "kl_divergence", "wilson"]
+__all__ = ["ab_probability", "token_logprobs", "perplexity", "continuation_perplexity", "kl_divergence", "wilson",
+           "bootstrap_ci"]
 
 import math
+import random
 from collections.abc import Sequence
 
 import torch
@@ -128,3 +130,11 @@ def wilson(k: "float | int", n: int, z: float = 1.96) -> list:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+def bootstrap_ci(values: torch.Tensor, n: int = 2000, seed: int = 0) -> "tuple[float, float]":
+    """95% percentile-bootstrap interval (low, high) of the mean of ``values`` (1-D, e.g. per-row loss gaps)."""
+    rng = random.Random(seed)
+    rows = len(values)
+    means = sorted(float(values[[rng.randrange(rows) for _ in range(rows)]].mean()) for _ in range(n))
+    return means[int(0.025 * n)], means[int(0.975 * n)]

@@ -131,7 +131,7 @@ def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = Non
     """Train ``size`` (a ``ToySize`` or a name in ``SIZES``) into the checkpoint folder ``out``; return its card.
 
     ``steps`` overrides the schedule length (for smoke tests); ``corpus`` the training and validation documents
-    (the tokenizer always comes from the shipped corpus); the folder is written atomically.
+    (the tokenizer always comes from corpus v4, see ``train_tokenizer``); the folder is written atomically.
     """
     if isinstance(size, str):
         if size not in SIZES:
