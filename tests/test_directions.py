@@ -5,7 +5,9 @@ import torch
 
 from workbench import models
 from workbench.activations import ActivationSet, collect_pairs
-from workbench.directions import DirectionSet, compute_directions, mean_difference, pca_direction, probe_direction
+from workbench.directions import (
+    DirectionSet, _ridge_probe, compute_directions, mean_difference, pca_direction, probe_direction,
+)
 from workbench.errors import WorkbenchError
 from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite
@@ -50,6 +52,54 @@ def test_quality_on_held_out_pairs(method):
     assert torch.allclose(flipped.vector, -good.vector, atol=1e-4)
     weak = compute_directions(acts_of(*planted(noise=30.0)[:2]), method, model_fingerprint=FP).directions[0]
     assert weak.quality.auroc < 0.9
+
+
+@pytest.mark.parametrize("n, d", [(24, 6), (12, 30)])  # both sides of the Gram/covariance switch
+def test_ridge_probe_leave_one_out_is_exact(n, d):
+    """The closed-form leave-one-out error that picks the penalty equals refitting without each example."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, d, generator=g).double()
+    y = ((x[:, 0] + torch.randn(n, generator=g).double()) > 0).double()  # partly decodable: a penalty inside the grid
+    threads = torch.get_num_threads()
+    _, _, rel = _ridge_probe(x, y)
+    assert 1e-8 < rel < 100
+    t = 2 * y - 1
+    z = x - x.mean(0)
+    lam = rel * float(z.square().sum()) / len(x)
+
+    def fit(xs, ts):  # explicit ridge with an unpenalised intercept
+        mu, tm = xs.mean(0), ts.mean()
+        w = torch.linalg.solve((xs - mu).T @ (xs - mu) + lam * torch.eye(xs.shape[1], dtype=xs.dtype),
+                               (xs - mu).T @ (ts - tm))
+        return w, tm - mu @ w
+
+    w, b = fit(x, t)
+    w_fast, b_fast, _ = _ridge_probe(x, y)
+    assert torch.allclose(w_fast, w, atol=1e-10) and torch.allclose(b_fast, b, atol=1e-10)
+    keep = lambda i: torch.arange(len(x)) != i  # noqa: E731
+    loo = torch.stack([t[i] - (x[i] @ fit(x[keep(i)], t[keep(i)])[0] + fit(x[keep(i)], t[keep(i)])[1])
+                       for i in range(len(x))])
+    h = torch.diagonal(z @ torch.linalg.solve(z.T @ z + lam * torch.eye(d, dtype=z.dtype), z.T)) + 1 / len(x)
+    fitted = z @ w + t.mean()
+    assert torch.allclose((t - fitted) / (1 - h), loo, atol=1e-8)
+    assert torch.get_num_threads() == threads  # the one-thread eigensolver gives the threads back
+
+
+def test_quality_probe_reads_a_low_variance_feature_and_not_noise():
+    """A label carried by one quiet axis among loud ones is decodable (a fixed penalty misses it); shuffled
+    labels read at chance."""
+    g = torch.Generator().manual_seed(2)
+    n, d = 300, 96
+    loud = 3.0 * torch.randn(2 * n, d, generator=g)
+    label = torch.cat([torch.ones(n), torch.zeros(n)])
+    loud[:, 0] = 0.05 * (2 * label - 1) + 0.01 * torch.randn(2 * n, generator=g)
+    ds = compute_directions(ActivationSet((HookSite(0),), loud[:n][None], loud[n:][None], "last", "h"),
+                            model_fingerprint=FP)
+    assert ds.directions[0].quality.probe_accuracy >= 0.97
+    shuffled = loud[torch.randperm(2 * n, generator=g)]
+    q = compute_directions(ActivationSet((HookSite(0),), shuffled[:n][None], shuffled[n:][None], "last", "h"),
+                           model_fingerprint=FP).directions[0].quality
+    assert 0.35 <= q.probe_accuracy <= 0.65
 
 
 def test_too_few_pairs_gives_no_held_out_metrics():

@@ -85,9 +85,8 @@ def test_validation_loss_remeasures_exactly(toy_m):
     assert validation_loss(hf, batch) == pytest.approx(card("toy-m")["validation_loss"], abs=2e-4)
 
 
-#: Bars the shipped cards do not meet, with the reason in the README ("What the cards show"): toy-l answers
-#: from subject and persona at the fact's stem without a linearly readable persona there (probe 0.89 < 0.95).
-KNOWN_UNMET = {"toy-m": set(), "toy-l": {"truth_probe"}}
+#: Bars the shipped cards do not meet, with the reason in the README ("What the cards show").
+KNOWN_UNMET: dict[str, set[str]] = {"toy-m": set(), "toy-l": set()}
 
 
 @pytest.mark.parametrize("name", ["toy-m", "toy-l"])
@@ -100,6 +99,19 @@ def test_cards_meet_every_bar_but_the_documented_ones(name):
             continue
         best = grid["best"]
         assert best["target_rate"] >= BARS["steer_target"] and best["grammaticality"] >= GRAMMAR_FLOOR, attribute
+
+
+@pytest.mark.parametrize("name", ["toy-m", "toy-l"])
+def test_persona_probe_remeasures_on_fresh_pairs(name):
+    """The card's best persona-probe layer reads the persona from 200 fresh pairs (held-out accuracy within
+    binomial noise of the card), and the card records that layer's accuracy as its best."""
+    t = card(name)["measured"]["truth"]
+    layer = max(t["probe_accuracy"], key=lambda k: t["probe_accuracy"][k])
+    assert t["probe_accuracy"][layer] == t["best_probe_accuracy"] >= BARS["truth_probe"]
+    model = models.load(name, backend=BACKEND)
+    ds = directions_for(model, "truth", "liar", "honest", n_pairs=200, seed=23)
+    acc = ds.at(int(layer)).quality.probe_accuracy
+    assert acc >= t["best_probe_accuracy"] - _binomial_slack(t["best_probe_accuracy"], 100), acc
 
 
 def test_a_sample_of_the_card_remeasures(toy_m):
