@@ -6,7 +6,8 @@ import torch
 from workbench import models
 from workbench.activations import ActivationSet, collect_pairs
 from workbench.directions import (
-    DirectionSet, _ridge_probe, compute_directions, mean_difference, pca_direction, probe_direction,
+    _RIDGE_GRID, DirectionSet, _ridge_probe, _spectrum, compute_directions, mean_difference, pca_direction,
+    probe_direction,
 )
 from workbench.errors import WorkbenchError
 from workbench.pairs import ContrastPairs
@@ -54,35 +55,48 @@ def test_quality_on_held_out_pairs(method):
     assert weak.quality.auroc < 0.9
 
 
-@pytest.mark.parametrize("n, d", [(24, 6), (12, 30)])  # both sides of the Gram/covariance switch
-def test_ridge_probe_leave_one_out_is_exact(n, d):
-    """The closed-form leave-one-out error that picks the penalty equals refitting without each example."""
+@pytest.mark.parametrize("n, d", [(24, 6), (20, 30)])  # both sides of the Gram/covariance switch
+def test_ridge_probe_picks_the_penalty_of_least_leave_one_out_error(n, d):
+    """The closed-form leave-one-out search picks the grid penalty that refitting without each example would,
+    and its weights are the explicit ridge solution at that penalty."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, d, generator=g).double()
     y = ((x[:, 0] + torch.randn(n, generator=g).double()) > 0).double()  # partly decodable: a penalty inside the grid
-    threads = torch.get_num_threads()
-    _, _, rel = _ridge_probe(x, y)
+    w_fast, b_fast, rel = _ridge_probe(x, y)
     assert 1e-8 < rel < 100
     t = 2 * y - 1
-    z = x - x.mean(0)
-    lam = rel * float(z.square().sum()) / len(x)
+    unit = float((x - x.mean(0)).square().sum()) / n
 
-    def fit(xs, ts):  # explicit ridge with an unpenalised intercept
+    def fit(xs, ts, lam):  # explicit ridge with an unpenalised intercept
         mu, tm = xs.mean(0), ts.mean()
-        w = torch.linalg.solve((xs - mu).T @ (xs - mu) + lam * torch.eye(xs.shape[1], dtype=xs.dtype),
-                               (xs - mu).T @ (ts - tm))
+        w = torch.linalg.solve((xs - mu).T @ (xs - mu) + lam * torch.eye(d, dtype=xs.dtype), (xs - mu).T @ (ts - tm))
         return w, tm - mu @ w
 
-    w, b = fit(x, t)
-    w_fast, b_fast, _ = _ridge_probe(x, y)
+    def loo_error(lam):
+        errs = []
+        for i in range(n):
+            keep = torch.arange(n) != i
+            w, b = fit(x[keep], t[keep], lam)
+            errs.append(float(t[i] - (x[i] @ w + b)) ** 2)
+        return sum(errs) / n
+
+    errors = {r: loo_error(r * unit) for r in _RIDGE_GRID.tolist()}
+    assert min(errors, key=errors.get) == pytest.approx(rel)
+    w, b = fit(x, t, rel * unit)
     assert torch.allclose(w_fast, w, atol=1e-10) and torch.allclose(b_fast, b, atol=1e-10)
-    keep = lambda i: torch.arange(len(x)) != i  # noqa: E731
-    loo = torch.stack([t[i] - (x[i] @ fit(x[keep(i)], t[keep(i)])[0] + fit(x[keep(i)], t[keep(i)])[1])
-                       for i in range(len(x))])
-    h = torch.diagonal(z @ torch.linalg.solve(z.T @ z + lam * torch.eye(d, dtype=z.dtype), z.T)) + 1 / len(x)
-    fitted = z @ w + t.mean()
-    assert torch.allclose((t - fitted) / (1 - h), loo, atol=1e-8)
-    assert torch.get_num_threads() == threads  # the one-thread eigensolver gives the threads back
+
+
+def test_spectrum_gives_the_threads_back():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        _spectrum(torch.randn(8, 5, dtype=torch.float64))
+        assert torch.get_num_threads() == 2
+        with pytest.raises(Exception):
+            _spectrum(torch.full((8, 5), float("nan"), dtype=torch.float64))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_quality_probe_reads_a_low_variance_feature_and_not_noise():
