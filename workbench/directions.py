@@ -147,18 +147,19 @@ def _ridge_probe(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.
     than one logistic fit.
     """
     x = x.double()
+    n = x.shape[0]
     t = y.double() * 2 - 1
     mu, t_mean = x.mean(0), t.mean()
     z = x - mu
     u, s2 = _spectrum(z)
-    unit = s2.sum().clamp_min(1e-300) / x.shape[0]
+    unit = s2.sum().clamp_min(1e-300) / n
     ut = u.T @ (t - t_mean)
     u2 = u.square()
     best_err, best_rel = math.inf, float(_RIDGE_GRID[0])
     for rel in _RIDGE_GRID.tolist():  # strong to weak: ties keep the stronger penalty
         shrink = s2 / (s2 + rel * unit)
         fit = u @ (shrink * ut) + t_mean
-        leverage = u2 @ shrink + 1.0 / x.shape[0]
+        leverage = u2 @ shrink + 1.0 / n
         err = float((((t - fit) / (1 - leverage).clamp_min(1e-12)).square()).mean())
         if err < best_err:
             best_err, best_rel = err, rel
