@@ -68,8 +68,8 @@ def summary_markdown(folder: Path) -> str:
         lines.append(f"| {name} | {a} | {cells} | {sum(ood) / len(ood):.2f} |" if ood else f"| {name} | {a} | {cells} | n/a |")
     lines += ["", "## Model size: harm per unit of strength relative to the residual norm (middle block)", "",
               "The shipped sizes also differ in training length (1500 / 2500 / 4000 steps), and trained for equal "
-              "tokens they do not order by validation loss (`results/toy_v5_pilot/SUMMARY.md`, session 7): a trend "
-              "here is one of architecture and schedule together, not of capacity.", "",
+              "tokens toy-l is not below toy-m in validation loss (`results/toy_v5_pilot/SUMMARY.md`, session 7): a "
+              "trend here is one of architecture and schedule together and cannot be attributed to capacity.", "",
               "| attribute | model | layer | KL slope | perplexity slope | grammaticality-drop slope | target rate at rel. 1.0 |",
               "|---|---|---|---|---|---|---|"]
     for a in SIZE:

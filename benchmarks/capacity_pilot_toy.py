@@ -1,0 +1,126 @@
+"""Can a memorised table separate the toy sizes on a CPU budget? A pilot for a capacity-bound language component.
+
+    .venv/bin/python benchmarks/capacity_pilot_toy.py [--keys 48000] [--steps 1500] [--sizes toy-s,toy-m,toy-l]
+        [--lr LR] [--layers N]
+
+Each toy architecture of ``workbench.toy.train.SIZES`` (layers, width, learning rate, warm-up and cosine schedule,
+batch of 32 rows x 80 tokens, AdamW, clipping) is trained from scratch on rows of facts ``k1 k2 v ;``: a seeded
+table maps each of ``--keys`` two-token keys (over 390 key tokens) to one of 256 value tokens. Every size sees the
+same rows in the same order, so tokens and exposures per fact are equal across sizes. After each quarter of the
+schedule every table entry is scored once: the mean cross-entropy on its value token (ln 256 = 5.55 nats is
+knowing nothing, 0 the whole table) and the table bits the model holds, sum over entries of (8 - cross-entropy in
+bits), clipped at 0 per entry.
+
+Why a two-token key: the corpus v5 collocation table is keyed by five features computed from context, and every
+size picks it up by optimisation speed, not storage (results/toy_v5_pilot/SUMMARY.md, session 7). A key read off
+two tokens isolates storage.
+"""
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from workbench.toy.train import SIZES, _build, _schedule  # noqa: E402
+
+KEY_TOKENS = range(10, 400)
+VALUE_TOKENS = range(400, 656)
+SEP, BOS = 700, 1
+FACTS_PER_ROW = 20  # 20 facts x 4 tokens = 80 tokens, the toy sizes' seq_len
+
+
+def table(n_keys: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_keys`` distinct (k1, k2) keys and their values, as token ids: [n_keys, 2] and [n_keys]."""
+    g = torch.Generator().manual_seed(seed)
+    n_key = len(KEY_TOKENS)
+    flat = torch.randperm(n_key * n_key, generator=g)[:n_keys]
+    keys = torch.stack([flat // n_key, flat % n_key], 1) + KEY_TOKENS.start
+    values = torch.randint(len(VALUE_TOKENS), (n_keys,), generator=g) + VALUE_TOKENS.start
+    return keys, values
+
+
+def rows(keys: torch.Tensor, values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of ``BOS`` then facts ``k1 k2 v ;`` for the entries in ``index`` [rows, FACTS_PER_ROW]."""
+    facts = torch.cat([keys[index], values[index, None], torch.full_like(values[index, None], SEP)], -1)
+    body = facts.flatten(1)
+    return torch.cat([torch.full((len(body), 1), BOS), body], 1)
+
+
+@torch.no_grad()
+def score(model, keys: torch.Tensor, values: torch.Tensor, chunk: int = 64) -> tuple[float, float]:
+    """Mean value-token cross-entropy (nats) over the whole table, and the table bits held."""
+    model.eval()
+    n = len(keys) - len(keys) % FACTS_PER_ROW
+    index = torch.arange(n).view(-1, FACTS_PER_ROW)
+    ce = []
+    for i in range(0, len(index), chunk):
+        x = rows(keys, values, index[i : i + chunk])
+        logits = model(x[:, :-1]).logits.float()
+        at = torch.arange(3, x.shape[1], 4) - 1  # positions whose next token is a value
+        ce.append(torch.nn.functional.cross_entropy(logits[:, at].flatten(0, 1), x[:, at + 1].flatten(),
+                                                    reduction="none"))
+    ce = torch.cat(ce).double()
+    bits = (math.log2(len(VALUE_TOKENS)) - ce / math.log(2)).clamp(min=0).sum()
+    model.train()
+    return float(ce.mean()), float(bits)
+
+
+def run(name: str, keys: torch.Tensor, values: torch.Tensor, steps: int, lr: "float | None" = None,
+        layers: "int | None" = None, data_seed: int = 0) -> dict:
+    base = SIZES[name]
+    size = dataclasses.replace(base, steps=steps, lr=lr or base.lr, n_layers=layers or base.n_layers)
+    torch.set_num_threads(size.threads)
+    model = _build(size)
+    opt = torch.optim.AdamW(model.parameters(), lr=size.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps))
+    g = torch.Generator().manual_seed(data_seed)
+    curve, t0 = [], time.perf_counter()
+    model.train()
+    for step in range(steps):
+        x = rows(keys, values, torch.randint(len(keys), (size.batch_size, FACTS_PER_ROW), generator=g))
+        logits = model(x[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % max(1, steps // 4) == 0:
+            curve.append((step + 1, *score(model, keys, values)))
+    params = sum(p.numel() for p in model.parameters())
+    return {"name": f"{name} ({size.n_layers} x {size.d_model})", "params": params, "lr": size.lr, "curve": curve, "seconds": time.perf_counter() - t0,
+            "exposures": steps * size.batch_size * FACTS_PER_ROW / len(keys)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keys", type=int, default=48_000)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--sizes", default="toy-s,toy-m,toy-l")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate for every size (default: each size's own)")
+    ap.add_argument("--layers", type=int, default=None, help="blocks for every size (default: each size's own)")
+    args = ap.parse_args()
+    if not FACTS_PER_ROW <= args.keys <= len(KEY_TOKENS) ** 2 or args.keys % FACTS_PER_ROW:
+        ap.error(f"--keys must be a multiple of {FACTS_PER_ROW} in [{FACTS_PER_ROW}, {len(KEY_TOKENS) ** 2}]")
+    keys, values = table(args.keys)
+    table_bits = args.keys * math.log2(len(VALUE_TOKENS))
+    print(f"## table of {args.keys} two-token keys x 8-bit values ({table_bits / 1e3:.0f}K bits), {args.steps} steps\n")
+    print("| size | parameters | lr | exposures per fact | value loss by quarter (nats) | bits held by quarter (K) "
+          "| bits per parameter | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in args.sizes.split(","):
+        r = run(name, keys, values, args.steps, args.lr, args.layers)
+        losses = " / ".join(f"{c[1]:.3f}" for c in r["curve"])
+        held = " / ".join(f"{c[2] / 1e3:.0f}" for c in r["curve"])
+        print(f"| {r['name']} | {r['params']:,} | {r['lr']:g} | {r['exposures']:.1f} | {losses} | {held} | "
+              f"{r['curve'][-1][2] / r['params']:.3f} | {r['seconds']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
