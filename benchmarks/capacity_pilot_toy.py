@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from workbench.toy.train import SIZES, _build, _schedule  # noqa: E402
+from workbench.toy.train import SIZES, _build, _optimiser, _train_step  # noqa: E402
 
 KEY_TOKENS = range(10, 400)
 VALUE_TOKENS = range(400, 656)
@@ -77,20 +77,13 @@ def run(name: str, keys: torch.Tensor, values: torch.Tensor, steps: int, lr: "fl
     size = dataclasses.replace(base, steps=steps, lr=lr or base.lr, n_layers=layers or base.n_layers)
     torch.set_num_threads(size.threads)
     model = _build(size)
-    opt = torch.optim.AdamW(model.parameters(), lr=size.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, steps))
+    opt, sched = _optimiser(model, size)
     g = torch.Generator().manual_seed(data_seed)
     curve, t0 = [], time.perf_counter()
     model.train()
     for step in range(steps):
-        x = rows(keys, values, torch.randint(len(keys), (size.batch_size, FACTS_PER_ROW), generator=g))
-        logits = model(x[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        _train_step(model, opt, sched, rows(keys, values, torch.randint(len(keys), (size.batch_size, FACTS_PER_ROW),
+                                                                         generator=g)))
         if (step + 1) % max(1, steps // 4) == 0:
             curve.append((step + 1, *score(model, keys, values)))
     params = sum(p.numel() for p in model.parameters())

@@ -110,6 +110,24 @@ def _schedule(step: int, steps: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))  # cosine to 10%
 
 
+def _optimiser(model, size: ToySize) -> tuple:
+    """AdamW and the toy schedule (linear warm-up, cosine to 10%) over ``size.steps``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=size.lr, betas=(0.9, 0.98), weight_decay=0.01)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, size.steps))
+
+
+def _train_step(model, opt, sched, x: torch.Tensor) -> torch.Tensor:
+    """One next-token step on packed rows ``x`` [batch, seq_len + 1], gradients clipped at norm 1; the loss."""
+    logits = model(x[:, :-1]).logits
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return loss
+
+
 def _build(size: ToySize):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -146,8 +164,7 @@ def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = Non
     encode = _encoder(proto)
     model = _build(size)
     val = validation_batch(size, proto, corpus)
-    opt = torch.optim.AdamW(model.parameters(), lr=size.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, size.steps))
+    opt, sched = _optimiser(model, size)
     rows = _rows(size.data_seed, encode, size.seq_len, bos=1, corpus=corpus)
     from tqdm.auto import tqdm
 
@@ -156,14 +173,7 @@ def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = Non
     curve: list[tuple[int, float]] = []
     model.train()
     for step in bar:
-        x = torch.tensor([next(rows) for _ in range(size.batch_size)])
-        logits = model(x[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        loss = _train_step(model, opt, sched, torch.tensor([next(rows) for _ in range(size.batch_size)]))
         if step % 50 == 0 or step == size.steps - 1:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % max(1, size.steps // 10) == 0:
