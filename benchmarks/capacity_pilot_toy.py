@@ -33,6 +33,8 @@ KEY_TOKENS = range(10, 400)
 VALUE_TOKENS = range(400, 656)
 SEP, BOS = 700, 1
 FACTS_PER_ROW = 20  # 20 facts x 4 tokens = 80 tokens, the toy sizes' seq_len
+VALUE_BITS = math.log2(len(VALUE_TOKENS))
+_VALUE_AT = torch.arange(2, 4 * FACTS_PER_ROW, 4)  # input positions (after BOS) whose next token is a value
 
 
 def table(n_keys: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,17 +58,15 @@ def rows(keys: torch.Tensor, values: torch.Tensor, index: torch.Tensor) -> torch
 def score(model, keys: torch.Tensor, values: torch.Tensor, chunk: int = 64) -> tuple[float, float]:
     """Mean value-token cross-entropy (nats) over the whole table, and the table bits held."""
     model.eval()
-    n = len(keys) - len(keys) % FACTS_PER_ROW
-    index = torch.arange(n).view(-1, FACTS_PER_ROW)
+    index = torch.arange(len(keys)).view(-1, FACTS_PER_ROW)  # every entry once (``--keys`` is a multiple)
     ce = []
     for i in range(0, len(index), chunk):
         x = rows(keys, values, index[i : i + chunk])
         logits = model(x[:, :-1]).logits.float()
-        at = torch.arange(3, x.shape[1], 4) - 1  # positions whose next token is a value
-        ce.append(torch.nn.functional.cross_entropy(logits[:, at].flatten(0, 1), x[:, at + 1].flatten(),
+        ce.append(torch.nn.functional.cross_entropy(logits[:, _VALUE_AT].flatten(0, 1), x[:, _VALUE_AT + 1].flatten(),
                                                     reduction="none"))
     ce = torch.cat(ce).double()
-    bits = (math.log2(len(VALUE_TOKENS)) - ce / math.log(2)).clamp(min=0).sum()
+    bits = (VALUE_BITS - ce / math.log(2)).clamp(min=0).sum()
     model.train()
     return float(ce.mean()), float(bits)
 
@@ -86,8 +86,8 @@ def run(name: str, keys: torch.Tensor, values: torch.Tensor, steps: int, lr: "fl
                                                                          generator=g)))
         if (step + 1) % max(1, steps // 4) == 0:
             curve.append((step + 1, *score(model, keys, values)))
-    params = sum(p.numel() for p in model.parameters())
-    return {"name": f"{name} ({size.n_layers} x {size.d_model})", "params": params, "lr": size.lr, "curve": curve, "seconds": time.perf_counter() - t0,
+    return {"name": f"{name} ({size.n_layers} x {size.d_model})",
+            "params": sum(p.numel() for p in model.parameters()), "lr": size.lr, "curve": curve, "seconds": time.perf_counter() - t0,
             "exposures": steps * size.batch_size * FACTS_PER_ROW / len(keys)}
 
 
@@ -101,9 +101,15 @@ def main() -> None:
     args = ap.parse_args()
     if not FACTS_PER_ROW <= args.keys <= len(KEY_TOKENS) ** 2 or args.keys % FACTS_PER_ROW:
         ap.error(f"--keys must be a multiple of {FACTS_PER_ROW} in [{FACTS_PER_ROW}, {len(KEY_TOKENS) ** 2}]")
+    if args.steps < 4 or (args.lr is not None and args.lr <= 0) or (args.layers is not None and args.layers < 1):
+        ap.error("need --steps >= 4 (one score per quarter), --lr > 0 and --layers >= 1")
+    unknown = [n for n in args.sizes.split(",") if n not in SIZES]
+    if unknown:
+        ap.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
     keys, values = table(args.keys)
-    table_bits = args.keys * math.log2(len(VALUE_TOKENS))
-    print(f"## table of {args.keys} two-token keys x 8-bit values ({table_bits / 1e3:.0f}K bits), {args.steps} steps\n")
+    table_bits = args.keys * VALUE_BITS
+    print(f"## table of {args.keys} two-token keys x 8-bit values ({table_bits / 1e3:.0f}K bits), "
+          f"{args.steps} steps\n")
     print("| size | parameters | lr | exposures per fact | value loss by quarter (nats) | bits held by quarter (K) "
           "| bits per parameter | seconds |")
     print("|---|---|---|---|---|---|---|---|")
