@@ -1,7 +1,7 @@
 """Can a memorised table separate the toy sizes on a CPU budget? A pilot for a capacity-bound language component.
 
     .venv/bin/python benchmarks/capacity_pilot_toy.py [--keys 48000] [--steps 1500] [--sizes toy-s,toy-m,toy-l]
-        [--lr LR] [--layers N]
+        [--lr LR] [--layers N] [--embed-std STD] [--language FRACTION]
 
 Each toy architecture of ``workbench.toy.train.SIZES`` (layers, width, learning rate, warm-up and cosine schedule,
 batch of 32 rows x 80 tokens, AdamW, clipping) is trained from scratch on rows of facts ``k1 k2 v ;``: a seeded
@@ -13,7 +13,9 @@ bits), clipped at 0 per entry.
 
 Why a two-token key: the corpus v5 collocation table is keyed by five features computed from context, and every
 size picks it up by optimisation speed, not storage (results/toy_v5_pilot/SUMMARY.md, session 7). A key read off
-two tokens isolates storage.
+two tokens isolates storage. With ``--language F`` a fraction F of every batch's rows are the toy corpus's own
+training rows (the rest facts), and each quarter also reports the size's validation loss on the corpus: a pilot
+of a language with a storage-bound component, where capacity would show in validation loss.
 """
 
 import argparse
@@ -27,7 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from workbench.toy.train import SIZES, _build, _optimiser, _train_step  # noqa: E402
+from workbench.toy.tokenizer import train_tokenizer  # noqa: E402
+from workbench.toy.train import (  # noqa: E402
+    SIZES, _build, _encoder, _optimiser, _rows, _train_step, validation_batch, validation_loss,
+)
 
 KEY_TOKENS = range(10, 400)
 VALUE_TOKENS = range(400, 656)
@@ -71,24 +76,45 @@ def score(model, keys: torch.Tensor, values: torch.Tensor, chunk: int = 64) -> t
     return float(ce.mean()), float(bits)
 
 
+@torch.no_grad()
+def identity_at_init(model, x: torch.Tensor) -> float:
+    """Mean cosine between each token's input embedding and the last block's residual: how much of the token's
+    identity survives the random blocks of a freshly initialised model."""
+    hidden = model.model(x, output_hidden_states=True).hidden_states
+    return float(torch.nn.functional.cosine_similarity(hidden[0], hidden[-1], dim=-1).mean())
+
+
 def run(name: str, keys: torch.Tensor, values: torch.Tensor, steps: int, lr: "float | None" = None,
-        layers: "int | None" = None, data_seed: int = 0) -> dict:
+        layers: "int | None" = None, embed_std: "float | None" = None, language: float = 0.0,
+        data_seed: int = 0) -> dict:
     base = SIZES[name]
-    size = dataclasses.replace(base, steps=steps, lr=lr or base.lr, n_layers=layers or base.n_layers)
+    size = dataclasses.replace(base, steps=steps, lr=lr or base.lr, n_layers=layers or base.n_layers,
+                               embed_std=embed_std or base.embed_std)
     torch.set_num_threads(size.threads)
     model = _build(size)
     opt, sched = _optimiser(model, size)
     g = torch.Generator().manual_seed(data_seed)
+    n_language = round(size.batch_size * language)
+    n_facts = size.batch_size - n_language
+    if n_language:
+        proto = train_tokenizer(size.data_seed)
+        corpus = _rows(size.data_seed, _encoder(proto), size.seq_len, bos=1)
+        val = validation_batch(size, proto)
+    identity = identity_at_init(model, rows(keys, values, torch.arange(8 * FACTS_PER_ROW).view(8, -1) % len(keys)))
     curve, t0 = [], time.perf_counter()
     model.train()
     for step in range(steps):
-        _train_step(model, opt, sched, rows(keys, values, torch.randint(len(keys), (size.batch_size, FACTS_PER_ROW),
-                                                                         generator=g)))
+        x = rows(keys, values, torch.randint(len(keys), (n_facts, FACTS_PER_ROW), generator=g))
+        if n_language:
+            x = torch.cat([torch.tensor([next(corpus) for _ in range(n_language)]), x])
+        _train_step(model, opt, sched, x)
         if (step + 1) % max(1, steps // 4) == 0:
-            curve.append((step + 1, *score(model, keys, values)))
+            lang = validation_loss(model, val) if n_language else float("nan")
+            curve.append((step + 1, *score(model, keys, values), lang))
     return {"name": f"{name} ({size.n_layers} x {size.d_model})",
-            "params": sum(p.numel() for p in model.parameters()), "lr": size.lr, "curve": curve, "seconds": time.perf_counter() - t0,
-            "exposures": steps * size.batch_size * FACTS_PER_ROW / len(keys)}
+            "params": sum(p.numel() for p in model.parameters()), "lr": size.lr, "embed_std": size.embed_std or 0.02,
+            "curve": curve, "seconds": time.perf_counter() - t0, "identity": identity,
+            "exposures": steps * n_facts * FACTS_PER_ROW / len(keys)}
 
 
 def main() -> None:
@@ -98,27 +124,35 @@ def main() -> None:
     ap.add_argument("--sizes", default="toy-s,toy-m,toy-l")
     ap.add_argument("--lr", type=float, default=None, help="learning rate for every size (default: each size's own)")
     ap.add_argument("--layers", type=int, default=None, help="blocks for every size (default: each size's own)")
+    ap.add_argument("--embed-std", type=float, default=None,
+                    help="input-embedding init std for every size (default: each size's own)")
+    ap.add_argument("--language", type=float, default=0.0,
+                    help="fraction of each batch's rows taken from the toy corpus (default 0: facts only)")
     args = ap.parse_args()
     if not FACTS_PER_ROW <= args.keys <= len(KEY_TOKENS) ** 2 or args.keys % FACTS_PER_ROW:
         ap.error(f"--keys must be a multiple of {FACTS_PER_ROW} in [{FACTS_PER_ROW}, {len(KEY_TOKENS) ** 2}]")
-    if args.steps < 4 or (args.lr is not None and args.lr <= 0) or (args.layers is not None and args.layers < 1):
-        ap.error("need --steps >= 4 (one score per quarter), --lr > 0 and --layers >= 1")
+    if args.steps < 4 or any(v is not None and v <= 0 for v in (args.lr, args.layers, args.embed_std)):
+        ap.error("need --steps >= 4 (one score per quarter), --lr > 0, --layers >= 1 and --embed-std > 0")
+    if not 0 <= args.language < 1 - 1 / 64:
+        ap.error("--language must be in [0, 0.98): every batch keeps at least one row of facts")
     unknown = [n for n in args.sizes.split(",") if n not in SIZES]
     if unknown:
         ap.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
     keys, values = table(args.keys)
     table_bits = args.keys * VALUE_BITS
     print(f"## table of {args.keys} two-token keys x 8-bit values ({table_bits / 1e3:.0f}K bits), "
-          f"{args.steps} steps\n")
-    print("| size | parameters | lr | exposures per fact | value loss by quarter (nats) | bits held by quarter (K) "
-          "| bits per parameter | seconds |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{args.steps} steps, corpus rows {args.language:g} of each batch\n")
+    print("| size | parameters | lr | embedding init std | identity at init | exposures per fact | value loss by quarter (nats) "
+          "| bits held by quarter (K) | bits per parameter | corpus validation loss by quarter | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.sizes.split(","):
-        r = run(name, keys, values, args.steps, args.lr, args.layers)
+        r = run(name, keys, values, args.steps, args.lr, args.layers, args.embed_std, args.language)
         losses = " / ".join(f"{c[1]:.3f}" for c in r["curve"])
         held = " / ".join(f"{c[2] / 1e3:.0f}" for c in r["curve"])
-        print(f"| {r['name']} | {r['params']:,} | {r['lr']:g} | {r['exposures']:.1f} | {losses} | {held} | "
-              f"{r['curve'][-1][2] / r['params']:.3f} | {r['seconds']:.0f} |", flush=True)
+        corpus = " / ".join(f"{c[3]:.4f}" for c in r["curve"]) if args.language else "-"
+        print(f"| {r['name']} | {r['params']:,} | {r['lr']:g} | {r['embed_std']:g} | {r['identity']:.2f} "
+              f"| {r['exposures']:.1f} | {losses} | {held} | {r['curve'][-1][2] / r['params']:.3f} | {corpus} "
+              f"| {r['seconds']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

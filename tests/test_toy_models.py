@@ -154,3 +154,19 @@ def test_retraining_toy_s_reproduces_its_card(tmp_path):
     assert c["validation_loss"] == pytest.approx(shipped["validation_loss"], abs=0.01)
     assert (tmp_path / "toy-s" / "tokenizer.model").read_bytes() == \
         (checkpoint_dir("toy-s") / "tokenizer.model").read_bytes()
+
+
+def test_embed_std_reinitialises_only_the_input_embedding():
+    from workbench.toy.train import _build
+
+    plain = dict(_build(SIZES["toy-s"]).named_parameters())
+    wide = dataclasses.replace(SIZES["toy-s"], embed_std=1.0)
+    built, again = dict(_build(wide).named_parameters()), dict(_build(wide).named_parameters())
+    emb = "model.embed_tokens.weight"
+    assert built[emb].std().item() == pytest.approx(1.0, rel=0.02)
+    assert not built[emb][3].any()  # the pad row stays zero, as the Llama initialiser leaves it
+    assert plain[emb].std().item() == pytest.approx(0.02, rel=0.02)
+    assert all(torch.equal(built[k], again[k]) for k in built)  # seeded: the same model every time
+    assert all(torch.equal(built[k], plain[k]) for k in built if k != emb)
+    with pytest.raises(ValueError, match="embed_std"):
+        dataclasses.replace(SIZES["toy-s"], embed_std=0.0)

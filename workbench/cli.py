@@ -412,16 +412,24 @@ def cmd_demo(args) -> int:
 
 
 def cmd_toy_train(args) -> int:
+    import dataclasses
+
     from workbench.toy.language import CorpusConfig
-    from workbench.toy.train import train
+    from workbench.toy.train import SIZES, train
 
     try:
         corpus = CorpusConfig() if args.p_collocation is None else CorpusConfig(p_collocation=args.p_collocation)
     except ValueError as e:
         raise WorkbenchError(f"--p-collocation: {e}") from None
+    size = SIZES[args.size]
+    if args.embed_std is not None:
+        try:
+            size = dataclasses.replace(size, embed_std=args.embed_std)
+        except ValueError as e:
+            raise WorkbenchError(f"--embed-std: {e}") from None
     out = Path(args.out or f"{args.size}")
     _fresh_out(out, args.overwrite)
-    card = train(args.size, out, steps=args.steps, corpus=corpus)
+    card = train(size, out, steps=args.steps, corpus=corpus)
     print(f"trained {args.size} into {out}: validation loss {card['validation_loss']:.4f} "
           f"({card['train_seconds']['wall']:.0f} s wall, {card['train_seconds']['cpu']:.0f} CPU-s)")
     if not args.no_measure:
@@ -667,6 +675,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--p-collocation", type=float, default=None,
                     help="share of verbs fixed by the collocation table "
                          "(default 0.75: the shipped corpus v5; 0 is corpus v4)")
+    sp.add_argument("--embed-std", type=float, default=None,
+                    help="input-embedding init std (default: the size's own; the Llama default 0.02 for every "
+                         "shipped size)")
     sp.add_argument("--n-prompts", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)

@@ -38,6 +38,7 @@ class ToySize:
     seq_len: int = 80
     n_ctx: int = 128
     model_seed: int = 0
+    embed_std: "float | None" = None  # input-embedding init std (None: the Llama default, initializer_range 0.02)
     data_seed: int = 0
     val_seed: int = 10_000
     val_rows: int = 128
@@ -46,6 +47,8 @@ class ToySize:
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}.")
+        if self.embed_std is not None and not self.embed_std > 0:
+            raise ValueError(f"embed_std must be positive or None; got {self.embed_std}.")
         if self.steps < 1 or self.seq_len > self.n_ctx:
             raise ValueError(f"need steps >= 1 and seq_len <= n_ctx; got {self.steps}, {self.seq_len} > {self.n_ctx}.")
 
@@ -56,7 +59,8 @@ SIZES: dict[str, ToySize] = {
     # The shipped validation losses order mostly by these schedules: trained 4000 steps each, toy-s (2 runs) stays
     # 0.011 above toy-m (3 seeds), but toy-l (6 runs, lr 1e-3..2e-3) is not below toy-m (results/toy_v5_pilot,
     # session 7). toy-l: model seed 1 (seed 0 stalls on the loss plateau at this lr); the lr-1e-3 toy-l runs lose
-    # truth steering (seed 1 also topic).
+    # truth steering (seed 1 also topic). embed_std 1.0 makes the sizes memorise a fact table in order of size but
+    # leaves toy-m and toy-l level on corpus v5 (session 8): the capacity gap needs a storage-bound corpus component.
     "toy-l": ToySize("toy-l", n_layers=6, d_model=192, n_heads=6, d_mlp=512, steps=4000, model_seed=1),
 }
 
@@ -141,6 +145,12 @@ def _build(size: ToySize):
     try:
         torch.manual_seed(size.model_seed)
         model = LlamaForCausalLM(cfg)
+        if size.embed_std is not None:
+            emb = model.model.embed_tokens
+            with torch.no_grad():
+                emb.weight.normal_(0.0, size.embed_std)
+                if emb.padding_idx is not None:
+                    emb.weight[emb.padding_idx].zero_()  # as the Llama initialiser leaves it
     finally:
         torch.random.set_rng_state(state)
     return model
