@@ -133,15 +133,18 @@ def main() -> None:
         ap.error(f"--keys must be a multiple of {FACTS_PER_ROW} in [{FACTS_PER_ROW}, {len(KEY_TOKENS) ** 2}]")
     if args.steps < 4 or any(v is not None and v <= 0 for v in (args.lr, args.layers, args.embed_std)):
         ap.error("need --steps >= 4 (one score per quarter), --lr > 0, --layers >= 1 and --embed-std > 0")
-    if not 0 <= args.language < 1 - 1 / 64:
-        ap.error("--language must be in [0, 0.98): every batch keeps at least one row of facts")
+    batch = SIZES["toy-s"].batch_size  # every toy size trains on batches of 32 rows
+    corpus_rows = round(batch * args.language)
+    if not 0 <= args.language <= 1 or (args.language and not 1 <= corpus_rows < batch):
+        ap.error(f"--language must be 0, or give 1 to {batch - 1} of a batch's {batch} rows "
+                 f"(a fraction in [{1 / batch / 2:.3f}, {1 - 1 / batch / 2:.3f}))")
     unknown = [n for n in args.sizes.split(",") if n not in SIZES]
     if unknown:
         ap.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
     keys, values = table(args.keys)
     table_bits = args.keys * VALUE_BITS
     print(f"## table of {args.keys} two-token keys x 8-bit values ({table_bits / 1e3:.0f}K bits), "
-          f"{args.steps} steps, corpus rows {args.language:g} of each batch\n")
+          f"{args.steps} steps, {corpus_rows} corpus rows of each batch's {batch}\n")
     print("| size | parameters | lr | embedding init std | identity at init | exposures per fact | value loss by quarter (nats) "
           "| bits held by quarter (K) | bits per parameter | corpus validation loss by quarter | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

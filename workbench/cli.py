@@ -676,8 +676,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="share of verbs fixed by the collocation table "
                          "(default 0.75: the shipped corpus v5; 0 is corpus v4)")
     sp.add_argument("--embed-std", type=float, default=None,
-                    help="input-embedding init std (default: the size's own; the Llama default 0.02 for every "
-                         "shipped size)")
+                    help="redraw the input embedding at this init std (default: the size's own; every shipped "
+                         "size keeps the Llama initialiser's, std 0.02, and any value here redraws it)")
     sp.add_argument("--n-prompts", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
