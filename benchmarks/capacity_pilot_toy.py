@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from workbench.toy.tokenizer import train_tokenizer  # noqa: E402
 from workbench.toy.train import (  # noqa: E402
-    SIZES, _build, _encoder, _optimiser, _rows, _train_step, validation_batch, validation_loss,
+    INIT_STD, SIZES, _build, _encoder, _optimiser, _rows, _train_step, validation_batch, validation_loss,
 )
 
 KEY_TOKENS = range(10, 400)
@@ -85,8 +85,9 @@ def identity_at_init(model, x: torch.Tensor) -> float:
 
 
 def run(name: str, keys: torch.Tensor, values: torch.Tensor, steps: int, lr: "float | None" = None,
-        layers: "int | None" = None, embed_std: "float | None" = None, language: float = 0.0,
+        layers: "int | None" = None, embed_std: "float | None" = None, corpus_rows: int = 0,
         data_seed: int = 0) -> dict:
+    """Train size ``name`` on the table (``corpus_rows`` of each batch from the toy corpus instead) and score it."""
     base = SIZES[name]
     size = dataclasses.replace(base, steps=steps, lr=lr or base.lr, n_layers=layers or base.n_layers,
                                embed_std=embed_std or base.embed_std)
@@ -94,9 +95,8 @@ def run(name: str, keys: torch.Tensor, values: torch.Tensor, steps: int, lr: "fl
     model = _build(size)
     opt, sched = _optimiser(model, size)
     g = torch.Generator().manual_seed(data_seed)
-    n_language = round(size.batch_size * language)
-    n_facts = size.batch_size - n_language
-    if n_language:
+    n_facts = size.batch_size - corpus_rows
+    if corpus_rows:
         proto = train_tokenizer(size.data_seed)
         corpus = _rows(size.data_seed, _encoder(proto), size.seq_len, bos=1)
         val = validation_batch(size, proto)
@@ -105,15 +105,15 @@ def run(name: str, keys: torch.Tensor, values: torch.Tensor, steps: int, lr: "fl
     model.train()
     for step in range(steps):
         x = rows(keys, values, torch.randint(len(keys), (n_facts, FACTS_PER_ROW), generator=g))
-        if n_language:
-            x = torch.cat([torch.tensor([next(corpus) for _ in range(n_language)]), x])
+        if corpus_rows:
+            x = torch.cat([torch.tensor([next(corpus) for _ in range(corpus_rows)]), x])
         _train_step(model, opt, sched, x)
         if (step + 1) % max(1, steps // 4) == 0:
-            lang = validation_loss(model, val) if n_language else float("nan")
+            lang = validation_loss(model, val) if corpus_rows else float("nan")
             curve.append((step + 1, *score(model, keys, values), lang))
     return {"name": f"{name} ({size.n_layers} x {size.d_model})",
-            "params": sum(p.numel() for p in model.parameters()), "lr": size.lr, "embed_std": size.embed_std or 0.02,
-            "curve": curve, "seconds": time.perf_counter() - t0, "identity": identity,
+            "params": sum(p.numel() for p in model.parameters()), "lr": size.lr,
+            "embed_std": size.embed_std or INIT_STD, "curve": curve, "seconds": time.perf_counter() - t0, "identity": identity,
             "exposures": steps * n_facts * FACTS_PER_ROW / len(keys)}
 
 
@@ -149,10 +149,10 @@ def main() -> None:
           "| bits held by quarter (K) | bits per parameter | corpus validation loss by quarter | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.sizes.split(","):
-        r = run(name, keys, values, args.steps, args.lr, args.layers, args.embed_std, args.language)
+        r = run(name, keys, values, args.steps, args.lr, args.layers, args.embed_std, corpus_rows)
         losses = " / ".join(f"{c[1]:.3f}" for c in r["curve"])
         held = " / ".join(f"{c[2] / 1e3:.0f}" for c in r["curve"])
-        corpus = " / ".join(f"{c[3]:.4f}" for c in r["curve"]) if args.language else "-"
+        corpus = " / ".join(f"{c[3]:.4f}" for c in r["curve"]) if corpus_rows else "-"
         print(f"| {r['name']} | {r['params']:,} | {r['lr']:g} | {r['embed_std']:g} | {r['identity']:.2f} "
               f"| {r['exposures']:.1f} | {losses} | {held} | {r['curve'][-1][2] / r['params']:.3f} | {corpus} "
               f"| {r['seconds']:.0f} |", flush=True)

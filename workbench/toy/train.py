@@ -38,7 +38,7 @@ class ToySize:
     seq_len: int = 80
     n_ctx: int = 128
     model_seed: int = 0
-    embed_std: "float | None" = None  # input-embedding init std (None: the Llama default, initializer_range 0.02)
+    embed_std: "float | None" = None  # input-embedding init std (None: the Llama initialiser's, INIT_STD)
     data_seed: int = 0
     val_seed: int = 10_000
     val_rows: int = 128
@@ -132,6 +132,9 @@ def _train_step(model, opt, sched, x: torch.Tensor) -> torch.Tensor:
     return loss
 
 
+INIT_STD = 0.02  # the Llama initialiser's std (``initializer_range``) for every weight of a toy model
+
+
 def _build(size: ToySize):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -139,7 +142,7 @@ def _build(size: ToySize):
         vocab_size=VOCAB_SIZE, hidden_size=size.d_model, intermediate_size=size.d_mlp,
         num_hidden_layers=size.n_layers, num_attention_heads=size.n_heads, num_key_value_heads=size.n_heads,
         max_position_embeddings=size.n_ctx, rms_norm_eps=1e-5, rope_theta=10_000.0, tie_word_embeddings=False,
-        bos_token_id=1, eos_token_id=2, pad_token_id=3, initializer_range=0.02,
+        bos_token_id=1, eos_token_id=2, pad_token_id=3, initializer_range=INIT_STD,
     )
     state = torch.random.get_rng_state()  # transformers initialises from the global RNG: seed it for this call only
     try:
