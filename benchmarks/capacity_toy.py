@@ -1,10 +1,12 @@
 """Do the toy sizes differ in capacity? Validation loss per token class, and the paired size gap with a CI.
 
-    .venv/bin/python benchmarks/capacity_toy.py CKPT_DIR [CKPT_DIR ...] [--p-collocation P] [--rows 512]
+    .venv/bin/python benchmarks/capacity_toy.py CKPT_DIR [CKPT_DIR ...] [--p-collocation P] [--p-catalogue P]
+        [--rows 512]
 
 Each checkpoint is scored on the same validation rows (the toy validation seed, ``--rows`` rows of 80 tokens,
-documents of the corpus with ``--p-collocation``; default 0.75, the shipped corpus v5). Printed per model: mean
-loss over all tokens, over verb tokens (where the collocation table acts) and over every other token. Then, for
+documents of the corpus with ``--p-collocation`` and ``--p-catalogue``; defaults: the shipped corpus). Printed per
+model: mean loss over all tokens, over verb tokens (where the collocation table acts), over catalogue values
+(where only storage helps; corpus v6) and over every other token. Then, for
 each pair of models, the mean per-row loss difference with a 95% bootstrap interval over rows: a gap whose
 interval excludes zero is a measured capacity difference; one that straddles it is not.
 """
@@ -20,7 +22,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from workbench.metrics import bootstrap_ci  # noqa: E402
-from workbench.toy.language import LEXICON, CorpusConfig  # noqa: E402
+from workbench.toy.language import CATALOGUE_OPENER, LEXICON, CorpusConfig  # noqa: E402
 from workbench.toy.train import SIZES, token_losses, validation_batch  # noqa: E402
 
 
@@ -39,26 +41,49 @@ def verb_mask(folder: Path, batch: torch.Tensor) -> torch.Tensor:
     return torch.tensor([[int(t) in verbs for t in row[1:]] for row in batch.tolist()])
 
 
+def catalogue_value_mask(folder: Path, batch: torch.Tensor) -> torch.Tensor:
+    """[rows, seq] True where the predicted token is a catalogue value: the third token of each ``k1 k2 v .``
+    entry of a document that opens with the catalogue opener (rows start at a document's ``<s>``)."""
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    opener = [sp.piece_to_id("\u2581" + w) for w in CATALOGUE_OPENER]
+    mask = torch.zeros(batch.shape[0], batch.shape[1] - 1, dtype=torch.bool)
+    for r, row in enumerate(batch.tolist()):
+        starts = [i for i, t in enumerate(row) if t == 1 and row[i + 1 : i + 3] == opener]
+        for start in starts:
+            end = next((i for i in range(start + 1, len(row)) if row[i] == 1), len(row))
+            for value in range(start + 5, end, 4):  # <s> ? . k1 k2 v . k1 k2 v . ...
+                mask[r, value - 1] = True  # the loss at input position t predicts token t + 1
+    return mask
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", type=Path)
     ap.add_argument("--p-collocation", type=float, default=CorpusConfig().p_collocation)
+    ap.add_argument("--p-catalogue", type=float, default=CorpusConfig().p_catalogue)
     ap.add_argument("--rows", type=int, default=512)
     args = ap.parse_args()
     torch.set_num_threads(2)
     transformers.utils.logging.disable_progress_bar()
     size = dataclasses.replace(SIZES["toy-m"], val_rows=args.rows)
     proto = (args.folders[0] / "tokenizer.model").read_bytes()
-    batch = validation_batch(size, proto, CorpusConfig(p_collocation=args.p_collocation))
+    batch = validation_batch(size, proto, CorpusConfig(p_collocation=args.p_collocation, p_catalogue=args.p_catalogue))
     verbs = verb_mask(args.folders[0], batch)
+    values = catalogue_value_mask(args.folders[0], batch)
+    verbs &= ~values  # a verb can be a catalogue value; the catalogue class takes it
+    other = ~(verbs | values)
     print(f"## validation loss by token class ({args.rows} rows x {batch.shape[1] - 1} tokens, "
-          f"p_collocation {args.p_collocation}; verbs are {float(verbs.float().mean()):.1%} of tokens)\n")
-    print("| model | all tokens | verb tokens | other tokens |\n|---|---|---|---|")
+          f"p_collocation {args.p_collocation}, p_catalogue {args.p_catalogue}; verbs are "
+          f"{float(verbs.float().mean()):.1%} of tokens, catalogue values {float(values.float().mean()):.1%})\n")
+    print("| model | all tokens | verb tokens | catalogue values | other tokens |\n|---|---|---|---|---|")
     per_row = {}
+    mean = lambda loss, mask: f"{float(loss[mask].mean()):.4f}" if mask.any() else "-"  # noqa: E731
     for f in args.folders:
         loss = model_losses(f, batch)
         per_row[str(f)] = loss.mean(1)
-        print(f"| {f} | {float(loss.mean()):.4f} | {float(loss[verbs].mean()):.4f} | {float(loss[~verbs].mean()):.4f} |")
+        print(f"| {f} | {float(loss.mean()):.4f} | {mean(loss, verbs)} | {mean(loss, values)} | {mean(loss, other)} |")
     print("\n| pair | mean loss gap (nats/token) | 95% bootstrap CI over rows |\n|---|---|---|")
     names = list(per_row)
     for i, a in enumerate(names):

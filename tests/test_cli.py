@@ -107,6 +107,8 @@ def test_demo_writes_a_complete_folder(tmp_path, capsys):
     assert code == 2 and "already exists" in err
     code, _, err = run(capsys, "toy", "train", "--size", "toy-s", "--out", str(tmp_path / "new"), "--p-collocation", "2")
     assert code == 2 and "p_collocation must be in [0, 1]" in err and not (tmp_path / "new").exists()
+    code, _, err = run(capsys, "toy", "train", "--size", "toy-s", "--out", str(tmp_path / "new"), "--p-catalogue", "-1")
+    assert code == 2 and "--p-catalogue: p_catalogue must be in [0, 1]" in err and not (tmp_path / "new").exists()
     code, _, err = run(capsys, "toy", "train", "--size", "toy-s", "--out", str(tmp_path / "new"), "--embed-std", "0")
     assert code == 2 and "--embed-std: embed_std must be positive" in err and not (tmp_path / "new").exists()
 

@@ -8,8 +8,8 @@ import pytest
 from workbench.errors import WorkbenchError
 from workbench.toy.evaluate import classify, factual_accuracy, facts, grammaticality, parse_sentence, score
 from workbench.toy.language import (
-    ATTRIBUTES, KB_SUBJECTS, KB_VALUES, LEXICON, VALUES, Attributes, CorpusConfig, collocation, documents,
-    fact_value, render, render_sentence, sample_document, sample_sentence,
+    ATTRIBUTES, CATALOGUE_OPENER, KB_SUBJECTS, KB_VALUES, LEXICON, VALUES, Attributes, CorpusConfig,
+    catalogue_value, collocation, documents, fact_value, render, render_sentence, sample_document, sample_sentence,
 )
 from workbench.toy.prompts import (
     FAMILIES, STEER_TARGETS, ab_items, contrast_pairs, few_shot_prompts, neutral_prompts, prompts,
@@ -27,7 +27,9 @@ def test_the_shipped_corpus_is_unchanged():
     import hashlib
 
     sha = lambda config: hashlib.sha256("\n".join(islice(documents(0, config), 3000)).encode()).hexdigest()  # noqa: E731
-    assert sha(CorpusConfig()) == "3529353cced78aceccaf037f03d2219bb22fc50d173e16412bda51b0b161fa63"
+    v5 = "3529353cced78aceccaf037f03d2219bb22fc50d173e16412bda51b0b161fa63"
+    assert sha(CorpusConfig()) == v5
+    assert sha(CorpusConfig(p_catalogue=0.0, catalogue_entries=(1, 3))) == v5  # no catalogue, no extra draw
     assert sha(CorpusConfig(p_collocation=0.0)) == "5c0fccb4540a987e7bb6a2605b73fe83eba9a84182776ac270d00c6a733194a4"
 
 
@@ -46,6 +48,36 @@ def test_collocated_verbs_follow_the_table_at_the_configured_rate():
     assert all(grammaticality(d) == 1.0 for d in docs)
     with pytest.raises(ValueError, match="p_collocation"):
         CorpusConfig(p_collocation=1.5)
+
+
+def test_catalogue_documents_follow_the_table_at_the_configured_rate():
+    config = CorpusConfig(p_catalogue=0.25)
+    docs = list(islice(documents(5, config), 4000))
+    catalogues = [d for d in docs if d.split()[:2] == list(CATALOGUE_OPENER)]
+    assert abs(len(catalogues) / len(docs) - 0.25) < 0.03
+    index = {w: i for i, w in enumerate(LEXICON.english)}
+    lengths, keys = [], set()
+    for d in catalogues:
+        entries = " ".join(d.split()[2:]).split(" . ")
+        entries[-1] = entries[-1].removesuffix(" .")
+        lengths.append(len(entries))
+        for entry in entries:
+            k1, k2, v = (index[w] for w in entry.split())  # three English words per entry
+            assert v == catalogue_value(k1, k2)
+            keys.add((k1, k2))
+    assert min(lengths) == 6 and max(lengths) == 14 and len(keys) > 5000  # uniform keys over the 14,161 pairs
+    values = {catalogue_value(a, b) for a in range(len(index)) for b in range(len(index))}
+    assert len(values) == len(index)  # a table over every word, not one favourite
+    # the opener is the catalogue's alone: no prose document, prompt or continuation context contains it
+    prose = [d for d in docs if d not in catalogues]
+    assert prose and not any("? ." in d for d in prose)
+    assert grammaticality(catalogues[0]) == 0.0  # a catalogue a continuation produced is not the language
+    with pytest.raises(ValueError, match="p_catalogue"):
+        CorpusConfig(p_catalogue=-0.1)
+    with pytest.raises(ValueError, match="catalogue_entries"):
+        CorpusConfig(catalogue_entries=(3, 2))
+    with pytest.raises(WorkbenchError, match="catalogue keys"):
+        catalogue_value(len(index), 0)
 
 
 def test_lexicon_is_a_bijection_with_one_role_per_word():

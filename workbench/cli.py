@@ -417,10 +417,13 @@ def cmd_toy_train(args) -> int:
     from workbench.toy.language import CorpusConfig
     from workbench.toy.train import SIZES, train
 
+    options = {name: value for name, value in (("p_collocation", args.p_collocation),
+                                               ("p_catalogue", args.p_catalogue)) if value is not None}
     try:
-        corpus = CorpusConfig() if args.p_collocation is None else CorpusConfig(p_collocation=args.p_collocation)
+        corpus = CorpusConfig(**options)
     except ValueError as e:
-        raise WorkbenchError(f"--p-collocation: {e}") from None
+        flag = next((n for n in options if n in str(e)), "p_collocation").replace("_", "-")
+        raise WorkbenchError(f"--{flag}: {e}") from None
     size = SIZES[args.size]
     if args.embed_std is not None:
         try:
@@ -675,6 +678,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--p-collocation", type=float, default=None,
                     help="share of verbs fixed by the collocation table "
                          "(default 0.75: the shipped corpus v5; 0 is corpus v4)")
+    sp.add_argument("--p-catalogue", type=float, default=None,
+                    help="share of documents that are catalogue documents, a seeded table to store "
+                         "(default 0: corpus v5; > 0 is corpus v6)")
     sp.add_argument("--embed-std", type=float, default=None,
                     help="redraw the input embedding at this init std (default: the size's own; every shipped "
                          "size keeps the Llama initialiser's, std 0.02, and any value here redraws it)")

@@ -19,6 +19,15 @@ of 1,980 transitive and 1,800 intransitive entries), the others are free. Withou
 0``) toy-m and toy-l both reach the language's entropy floor (1.508 / 1.509); with it no size learns the whole
 table in its schedule, so validation loss keeps room to differ (``results/toy_v5_pilot/``, the README's cards).
 
+Catalogue documents (``CorpusConfig.p_catalogue``, corpus v6) are a component whose only lesson is storage: a
+seeded table gives every ordered pair of English words (119 x 119 = 14,161 keys) one English word as its value
+(about 6.9 bits each, 98K bits in all). A catalogue document opens with ``? .``, which nothing else in the
+language produces, then lists entries ``k1 k2 v .`` for uniformly drawn keys. A value is recalled, never
+inferred, so a size's loss on value tokens reads how much of the table it stores: the capacity difference the
+toy family is meant to show. Catalogue documents carry no attributes; the evaluators never see them (prompts
+never open one) and judge any that a continuation produced as ungrammatical. At ``p_catalogue 0`` (the default)
+no extra random number is drawn, so corpus v5 is reproduced exactly.
+
 A fraction of documents switches one attribute at a sentence boundary (a truth switch is marked by a new persona
 sentence); a model that has seen switches follows the latest evidence, which is what makes it steerable. Another
 fraction is bilingual (opened by ``:: .``, each sentence in either language), so that sentiment, topic, register
@@ -27,7 +36,8 @@ and truth are represented the same way in both languages; monolingual documents 
 
 __all__ = [
     "ATTRIBUTES", "VALUES", "Attributes", "Sentence", "Document", "Lexicon", "LEXICON", "KB_SUBJECTS",
-    "KB_VALUES", "fact_value", "collocation", "CorpusConfig", "sample_sentence", "sample_document", "render",
+    "KB_VALUES", "fact_value", "collocation", "CATALOGUE_OPENER", "catalogue_value", "sample_catalogue",
+    "render_catalogue", "CorpusConfig", "sample_sentence", "sample_document", "render",
     "render_sentence", "documents",
 ]
 
@@ -83,6 +93,26 @@ def collocation(register: str, sentiment: str, adjective: int, topic: str, noun:
     """The verb index (of ``n_verbs``) that a sentence's register, sentiment, topic and first adjective and noun
     indices (-1: none) fix when its verb is collocated: a seeded table, the same in every process."""
     return random.Random(f"colloc|{register}|{sentiment}|{adjective}|{topic}|{noun}|{n_verbs}").randrange(n_verbs)
+
+
+#: Opens a catalogue document (corpus v6): shared pieces in an order no sentence of the grammar produces.
+CATALOGUE_OPENER: tuple[str, ...] = ("?", ".")
+
+
+@lru_cache(maxsize=None)
+def _catalogue_table() -> tuple[int, ...]:
+    n = len(LEXICON.english)
+    rng = random.Random("catalogue")
+    return tuple(rng.randrange(n) for _ in range(n * n))
+
+
+def catalogue_value(k1: int, k2: int) -> int:
+    """The value (an index into ``LEXICON.english``) of the catalogue key ``(k1, k2)`` (indices into the same):
+    a seeded table, the same in every process."""
+    n = len(LEXICON.english)
+    if not (0 <= k1 < n and 0 <= k2 < n):
+        raise WorkbenchError(f"catalogue keys are indices into the {n} English words; got ({k1}, {k2}).")
+    return _catalogue_table()[k1 * n + k2]
 
 
 def _english_words() -> list[str]:
@@ -246,11 +276,18 @@ class CorpusConfig:
     #: verbs fixed by the ``collocation`` table, the rest free: a long tail to memorise. 0.75 is corpus v5 (the
     #: shipped family); 0 reproduces corpus v4 exactly (the tokenizer's sample)
     p_collocation: float = 0.75
+    #: documents that are catalogue documents (a table to store, see the module docstring); 0 is corpus v5
+    p_catalogue: float = 0.0
+    #: entries per catalogue document, drawn uniformly (10 on average: 41 tokens, near a prose document's length)
+    catalogue_entries: tuple[int, int] = (6, 14)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_sentences <= self.max_sentences:
             raise ValueError(f"need 1 <= min_sentences <= max_sentences, got {self.min_sentences}, {self.max_sentences}.")
-        for name in ("p_fact", "p_opener", "p_persona", "p_switch", "p_bilingual", "p_collocation"):
+        lo, hi = self.catalogue_entries
+        if not 1 <= lo <= hi:
+            raise ValueError(f"catalogue_entries must be (min, max) with 1 <= min <= max, got {self.catalogue_entries}.")
+        for name in ("p_fact", "p_opener", "p_persona", "p_switch", "p_bilingual", "p_collocation", "p_catalogue"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
 
@@ -258,6 +295,7 @@ class CorpusConfig:
         return {"min_sentences": self.min_sentences, "max_sentences": self.max_sentences, "p_fact": self.p_fact,
                 "p_opener": self.p_opener, "p_persona": self.p_persona, "p_switch": self.p_switch,
                 "p_bilingual": self.p_bilingual, "p_collocation": self.p_collocation,
+                "p_catalogue": self.p_catalogue, "catalogue_entries": list(self.catalogue_entries),
                 "switch_weights": [list(x) for x in self.switch_weights]}
 
 
@@ -315,6 +353,12 @@ def sample_document(rng: random.Random, config: CorpusConfig = CorpusConfig(),
     return Document(tuple(sentences), tuple(attrs))
 
 
+def sample_catalogue(rng: random.Random, config: CorpusConfig = CorpusConfig()) -> tuple[tuple[int, int], ...]:
+    """Draw the keys of one catalogue document: ``config.catalogue_entries`` (min, max) uniform keys."""
+    n = len(LEXICON.english)
+    return tuple((rng.randrange(n), rng.randrange(n)) for _ in range(rng.randint(*config.catalogue_entries)))
+
+
 # ---------------------------------------------------------------------------------------------------- render
 def render_sentence(s: Sentence, a: Attributes, *, stop: "int | None" = None) -> list[str]:
     """Words of ``s`` under attributes ``a``; ``stop`` cuts after that many template slots (a stem, no period)."""
@@ -357,8 +401,18 @@ def render(doc: Document) -> str:
     return " ".join(w for s, a in zip(doc.sentences, doc.attributes) for w in render_sentence(s, a))
 
 
+def render_catalogue(keys: "tuple[tuple[int, int], ...]") -> str:
+    """The text of a catalogue document with these keys: ``? . k1 k2 v . k1 k2 v . ...`` (English words)."""
+    words = LEXICON.english
+    entries = (f"{words[a]} {words[b]} {words[catalogue_value(a, b)]} ." for a, b in keys)
+    return " ".join((*CATALOGUE_OPENER, *entries))
+
+
 def documents(seed: int, config: CorpusConfig = CorpusConfig()) -> Iterator[str]:
     """An endless, seeded stream of rendered documents (the training corpus)."""
     rng = random.Random(seed)
     while True:
-        yield render(sample_document(rng, config))
+        if config.p_catalogue > 0 and rng.random() < config.p_catalogue:
+            yield render_catalogue(sample_catalogue(rng, config))
+        else:
+            yield render(sample_document(rng, config))
