@@ -5,8 +5,9 @@
 
 Each checkpoint is scored on the same validation rows (the toy validation seed, ``--rows`` rows of 80 tokens,
 documents of the corpus with ``--p-collocation`` and ``--p-catalogue``; defaults: the shipped corpus). Printed per
-model: mean loss over all tokens, over verb tokens (where the collocation table acts), over catalogue values
-(where only storage helps; corpus v6) and over every other token. Then, for
+model: mean loss over all tokens, over prose verb tokens (where the collocation table acts), over every other
+prose token, over catalogue values (where only storage helps; corpus v6) and over the rest of the catalogue
+(opener, keys, periods: the same for every model that knows the format). Then, for
 each pair of models, the mean per-row loss difference with a 95% bootstrap interval over rows: a gap whose
 interval excludes zero is a measured capacity difference; one that straddles it is not.
 """
@@ -41,21 +42,22 @@ def verb_mask(folder: Path, batch: torch.Tensor) -> torch.Tensor:
     return torch.tensor([[int(t) in verbs for t in row[1:]] for row in batch.tolist()])
 
 
-def catalogue_value_mask(folder: Path, batch: torch.Tensor) -> torch.Tensor:
-    """[rows, seq] True where the predicted token is a catalogue value: the third token of each ``k1 k2 v .``
-    entry of a document that opens with the catalogue opener (rows start at a document's ``<s>``)."""
+def catalogue_masks(folder: Path, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[rows, seq] masks of predicted tokens inside catalogue documents (rows start at a document's ``<s>``), and
+    of those that are values: the third token of each ``k1 k2 v .`` entry after the catalogue opener."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
     opener = [sp.piece_to_id("\u2581" + w) for w in CATALOGUE_OPENER]
-    mask = torch.zeros(batch.shape[0], batch.shape[1] - 1, dtype=torch.bool)
+    inside = torch.zeros(batch.shape[0], batch.shape[1] - 1, dtype=torch.bool)
+    values = inside.clone()
     for r, row in enumerate(batch.tolist()):
-        starts = [i for i, t in enumerate(row) if t == 1 and row[i + 1 : i + 3] == opener]
-        for start in starts:
+        for start in (i for i, t in enumerate(row) if t == 1 and row[i + 1 : i + 3] == opener):
             end = next((i for i in range(start + 1, len(row)) if row[i] == 1), len(row))
+            inside[r, start : end - 1] = True  # the loss at input position t predicts token t + 1
             for value in range(start + 5, end, 4):  # <s> ? . k1 k2 v . k1 k2 v . ...
-                mask[r, value - 1] = True  # the loss at input position t predicts token t + 1
-    return mask
+                values[r, value - 1] = True
+    return inside, values
 
 
 def main() -> None:
@@ -70,20 +72,20 @@ def main() -> None:
     size = dataclasses.replace(SIZES["toy-m"], val_rows=args.rows)
     proto = (args.folders[0] / "tokenizer.model").read_bytes()
     batch = validation_batch(size, proto, CorpusConfig(p_collocation=args.p_collocation, p_catalogue=args.p_catalogue))
-    verbs = verb_mask(args.folders[0], batch)
-    values = catalogue_value_mask(args.folders[0], batch)
-    verbs &= ~values  # a verb can be a catalogue value; the catalogue class takes it
-    other = ~(verbs | values)
+    inside, values = catalogue_masks(args.folders[0], batch)
+    verbs = verb_mask(args.folders[0], batch) & ~inside  # prose verbs, where the collocation table acts
+    classes = {"verb tokens": verbs, "other prose tokens": ~(verbs | inside), "catalogue values": values,
+               "other catalogue tokens": inside & ~values}
+    share = ", ".join(f"{k} {float(m.float().mean()):.1%}" for k, m in classes.items())
     print(f"## validation loss by token class ({args.rows} rows x {batch.shape[1] - 1} tokens, "
-          f"p_collocation {args.p_collocation}, p_catalogue {args.p_catalogue}; verbs are "
-          f"{float(verbs.float().mean()):.1%} of tokens, catalogue values {float(values.float().mean()):.1%})\n")
-    print("| model | all tokens | verb tokens | catalogue values | other tokens |\n|---|---|---|---|---|")
+          f"p_collocation {args.p_collocation}, p_catalogue {args.p_catalogue}; {share})\n")
+    print("| model | all tokens | " + " | ".join(classes) + " |\n|---|---|" + "---|" * len(classes))
     per_row = {}
     mean = lambda loss, mask: f"{float(loss[mask].mean()):.4f}" if mask.any() else "-"  # noqa: E731
     for f in args.folders:
         loss = model_losses(f, batch)
         per_row[str(f)] = loss.mean(1)
-        print(f"| {f} | {float(loss.mean()):.4f} | {mean(loss, verbs)} | {mean(loss, values)} | {mean(loss, other)} |")
+        print(f"| {f} | {float(loss.mean()):.4f} | " + " | ".join(mean(loss, m) for m in classes.values()) + " |")
     print("\n| pair | mean loss gap (nats/token) | 95% bootstrap CI over rows |\n|---|---|---|")
     names = list(per_row)
     for i, a in enumerate(names):

@@ -680,7 +680,7 @@ def _parser() -> argparse.ArgumentParser:
                          "(default 0.75: the shipped corpus v5; 0 is corpus v4)")
     sp.add_argument("--p-catalogue", type=float, default=None,
                     help="share of documents that are catalogue documents, a seeded table to store "
-                         "(default 0: corpus v5; > 0 is corpus v6)")
+                         "(default 0: the shipped corpus v5; 0.25 is corpus v6)")
     sp.add_argument("--embed-std", type=float, default=None,
                     help="redraw the input embedding at this init std (default: the size's own; every shipped "
                          "size keeps the Llama initialiser's, std 0.02, and any value here redraws it)")

@@ -22,12 +22,12 @@ VOCAB_SIZE = 1000
 def train_tokenizer(seed: int = 0, n_documents: int = 3000) -> bytes:
     """Train the SentencePiece model on a seeded sample of the corpus; return the serialised ``tokenizer.model``.
 
-    The sample is always corpus v4 (no collocations): every word is one piece either way, and a fixed text keeps
-    the vocabulary (and so ``vocab_sha256``) independent of the corpus options a model trains on.
+    The sample is always corpus v4 (no collocations, no catalogue): every word is one piece either way, and a
+    fixed text keeps the vocabulary (and so ``vocab_sha256``) independent of the corpus options a model trains on.
     """
     import sentencepiece as spm
 
-    stream = documents(seed, CorpusConfig(p_collocation=0.0))
+    stream = documents(seed, CorpusConfig(p_collocation=0.0, p_catalogue=0.0))
     lines = [next(stream) for _ in range(n_documents)]
     lines += [" ".join(LEXICON.words)] * 50  # every word, frequently enough to be merged whole
     random.Random(seed).shuffle(lines)
