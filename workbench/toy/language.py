@@ -17,17 +17,17 @@ Verbs carry a long tail of collocations (``CorpusConfig.p_collocation``, 0.75 si
 is fixed by its sentence's register, sentiment, topic and first adjective and noun (a seeded table of 1,980
 transitive and 1,800 intransitive entries), the others are free. Without it (corpus v4, ``p_collocation 0``) toy-m
 and toy-l both reach the language's entropy floor (1.508 / 1.509). With it they still tie when trained for equal
-tokens: every size picks the table up by optimisation, not storage (``results/toy_v5_pilot/``, sessions 6-8).
+tokens, most likely because every size picks the table up by optimisation, not storage (a hypothesis;
+``results/toy_v5_pilot/``, sessions 6-8).
 
-Catalogue documents (``CorpusConfig.p_catalogue``, corpus v6; not yet in the shipped family) are a component whose
-only lesson is storage: a
-seeded table gives every ordered pair of English words (119 x 119 = 14,161 keys) one English word as its value
-(about 6.9 bits each, 98K bits in all). A catalogue document opens with ``? .``, which nothing else in the
-language produces, then lists entries ``k1 k2 v .`` for uniformly drawn keys. A value is recalled, never
-inferred, so a size's loss on value tokens reads how much of the table it stores: the capacity difference the
-toy family is meant to show. Catalogue documents carry no attributes; the evaluators never see them (prompts
-never open one) and judge any that a continuation produced as ungrammatical. At ``p_catalogue 0`` (the default) no
-extra random number is drawn, so corpus v5 is reproduced exactly.
+Catalogue documents (``CorpusConfig.p_catalogue``, corpus v6; not yet in the shipped family) are a component
+whose only lesson is storage: a seeded table gives every ordered pair of English words (119 x 119 = 14,161 keys)
+one English word as its value (about 6.9 bits each, 98K bits in all). A catalogue document opens with ``? .``,
+which nothing else in the language produces, then lists entries ``k1 k2 v .`` for uniformly drawn keys. A value
+is recalled, never inferred, so a model's loss on value tokens reads how much of the table it stores, and models
+trained alike on equal tokens compare in capacity there. Catalogue documents carry no attributes; the evaluators
+never see them (prompts never open one) and judge any that a continuation produced as ungrammatical. At
+``p_catalogue 0`` (the default) no extra random number is drawn, so corpus v5 is reproduced exactly.
 
 A fraction of documents switches one attribute at a sentence boundary (a truth switch is marked by a new persona
 sentence); a model that has seen switches follows the latest evidence, which is what makes it steerable. Another
@@ -280,7 +280,7 @@ class CorpusConfig:
     #: documents that are catalogue documents (a table to store, see the module docstring). 0 is corpus v5 (the
     #: shipped family); 0.25 is corpus v6, measured in results/toy_v5_pilot (session 9)
     p_catalogue: float = 0.0
-    #: entries per catalogue document, drawn uniformly (10 on average: 41 tokens, near a prose document's length)
+    #: entries per catalogue document, drawn uniformly (10 on average: 42 tokens, near a prose document's length)
     catalogue_entries: tuple[int, int] = (6, 14)
 
     def __post_init__(self) -> None:

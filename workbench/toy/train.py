@@ -60,8 +60,9 @@ SIZES: dict[str, ToySize] = {
     # 0.011 above toy-m (3 seeds), but toy-l (6 runs, lr 1e-3..2e-3) is not below toy-m (results/toy_v5_pilot,
     # session 7). toy-l: model seed 1 (seed 0 stalls on the loss plateau at this lr); the lr-1e-3 toy-l runs lose
     # truth steering (seed 1 also topic). embed_std 1.0 makes the sizes memorise a fact table in order of size but
-    # leaves toy-m and toy-l level on corpus v5 (session 8, one run each). Corpus v6's catalogue separates them at
-    # equal tokens, but its std-1.0 toy-l misses sentiment and topic steering (session 9), so v5 stays shipped.
+    # leaves toy-m and toy-l level on corpus v5 (session 8, one run each). On corpus v6 a std-1.0 toy-l ends below a
+    # std-0.02 toy-m at equal tokens (size and init not yet separated) but misses sentiment and topic steering
+    # (session 9), so v5 stays shipped.
     "toy-l": ToySize("toy-l", n_layers=6, d_model=192, n_heads=6, d_mlp=512, steps=4000, model_seed=1),
 }
 
