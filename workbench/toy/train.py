@@ -61,8 +61,8 @@ SIZES: dict[str, ToySize] = {
     # session 7). toy-l: model seed 1 (seed 0 stalls on the loss plateau at this lr); the lr-1e-3 toy-l runs lose
     # truth steering (seed 1 also topic). embed_std 1.0 makes the sizes memorise a fact table in order of size but
     # leaves toy-m and toy-l level on corpus v5 (session 8, one run each). On corpus v6 a std-1.0 toy-l ends below a
-    # std-0.02 toy-m at equal tokens (size and init not yet separated) but misses sentiment and topic steering
-    # (session 9), so v5 stays shipped.
+    # std-0.02 toy-m at equal tokens (size and init not yet separated) but misses sentiment and topic steering,
+    # and at std 0.2 truth steering (session 9), so v5 stays shipped.
     "toy-l": ToySize("toy-l", n_layers=6, d_model=192, n_heads=6, d_mlp=512, steps=4000, model_seed=1),
 }
 
