@@ -33,22 +33,24 @@ def model_losses(folder: Path, batch: torch.Tensor) -> torch.Tensor:
     return token_losses(model, batch)
 
 
-def verb_mask(folder: Path, batch: torch.Tensor) -> torch.Tensor:
-    """[rows, seq] True where the predicted token is a verb (VT or VI, either language)."""
+def piece_ids(folder: Path) -> dict[str, int]:
+    """Token id of every toy word under the checkpoint's tokenizer (each word is one piece)."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-    verbs = {sp.piece_to_id("\u2581" + w) for w, i in LEXICON.info.items() if i[1] in ("VT", "VI")}
+    return {w: sp.piece_to_id("\u2581" + w) for w in LEXICON.words}
+
+
+def verb_mask(ids: dict[str, int], batch: torch.Tensor) -> torch.Tensor:
+    """[rows, seq] True where the predicted token is a verb (VT or VI, either language)."""
+    verbs = {ids[w] for w, i in LEXICON.info.items() if i[1] in ("VT", "VI")}
     return torch.tensor([[int(t) in verbs for t in row[1:]] for row in batch.tolist()])
 
 
-def catalogue_masks(folder: Path, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def catalogue_masks(ids: dict[str, int], batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[rows, seq] masks of predicted tokens inside catalogue documents (rows start at a document's ``<s>``), and
     of those that are values: the third token of each ``k1 k2 v .`` entry after the catalogue opener."""
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-    opener = [sp.piece_to_id("\u2581" + w) for w in CATALOGUE_OPENER]
+    opener = [ids[w] for w in CATALOGUE_OPENER]
     inside = torch.zeros(batch.shape[0], batch.shape[1] - 1, dtype=torch.bool)
     values = inside.clone()
     for r, row in enumerate(batch.tolist()):
@@ -72,8 +74,9 @@ def main() -> None:
     size = dataclasses.replace(SIZES["toy-m"], val_rows=args.rows)
     proto = (args.folders[0] / "tokenizer.model").read_bytes()
     batch = validation_batch(size, proto, CorpusConfig(p_collocation=args.p_collocation, p_catalogue=args.p_catalogue))
-    inside, values = catalogue_masks(args.folders[0], batch)
-    verbs = verb_mask(args.folders[0], batch) & ~inside  # prose verbs, where the collocation table acts
+    ids = piece_ids(args.folders[0])
+    inside, values = catalogue_masks(ids, batch)
+    verbs = verb_mask(ids, batch) & ~inside  # prose verbs, where the collocation table acts
     classes = {"verb tokens": verbs, "other prose tokens": ~(verbs | inside), "catalogue values": values,
                "other catalogue tokens": inside & ~values}
     share = ", ".join(f"{k} {float(m.float().mean()):.1%}" for k, m in classes.items())
