@@ -12,6 +12,8 @@ property set:
 * fluency: grammaticality of the steered continuations, and **delta-ppl** (the seed's measure): perplexity of the
   ICL model's own continuation teacher-forced through the steered zero-shot model, minus the ICL model's
   perplexity on it (the ICL reference: the 4-shot prompt with the target value(s) before the test prompt);
+  like the exact evaluators, it stops where the continuation opens another (catalogue) document, whose table
+  values no context predicts (``workbench.toy.evaluate.own_document``);
 * for ``dynamic``: the per-step alpha traces (mean over prompts).
 """
 
@@ -32,7 +34,7 @@ from workbench.hooks import applied
 from workbench.models import HookedModel
 from workbench.positions import TokenLayout
 from workbench.tokens import make_batch, pad_id_of, tokenize
-from workbench.toy.evaluate import grammaticality, score
+from workbench.toy.evaluate import grammaticality, own_document, score
 from workbench.toy.prompts import few_shot_prompts, prompts_with, steer_values
 
 PAIRS = (("language", "sentiment"), ("sentiment", "register"))
@@ -125,7 +127,8 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
         prefix = _icl_prefix(tgt, cfg.n_test, cfg.seed + 29)
         icl_texts = [f"{x} {t}" for x, t in zip(prefix, tests[g])]
         ref = generate(model, icl_texts, max_new_tokens=cfg.steps, temperature=0.0)
-        refs[g] = (icl_texts, list(ref.texts), _nll(model, icl_texts, list(ref.texts)))
+        conts = [own_document(t, c) for t, c in zip(ref.texts, icl_texts)]  # not a next document it opens
+        refs[g] = (icl_texts, conts, _nll(model, icl_texts, conts))
     single, composed, traces = [], [], {}
     plans = ([("fixed", "fixed", a, "exact") for a in cfg.fixed_alphas]
              + [("start", "start", cfg.alpha, "exact"), ("diminishing", "diminishing", cfg.alpha, "exact"),

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from analyses import layer_sweep
 from analyses.common import ResultDict, resolve_steer
+from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.models import HookedModel
 from workbench.sites import HookSite
@@ -43,7 +44,7 @@ class Config:
 @dataclass(frozen=True)
 class Result(ResultDict):
     config: dict
-    models: list  # per model: name, n_layers, d_model, layer, residual norm, cells, slopes
+    models: list  # per model: name, fingerprint, n_layers, d_model, layer, residual norm, cells, slopes
     cost: dict = field(default_factory=dict)
 
 
@@ -74,7 +75,8 @@ def run(named_models: "dict[str, HookedModel]", cfg: Config = Config(), *, progr
         base = next(c for c in cells if c["strength"] == 0)
         rel = [c["relative_strength"] for c in cells]
         out.append({
-            "name": name, "n_layers": n, "d_model": model.cfg.d_model, "layer": layer,
+            "name": name, "fingerprint": models.fingerprint(model).to_dict(), "n_layers": n,
+            "d_model": model.cfg.d_model, "layer": layer,
             "depth": round((layer + 1) / n, 3), "residual_norm": norm, "direction_norm": vnorm, "cells": cells,
             "slopes": {"kl": slope(rel, [c["kl"] for c in cells]),
                        "perplexity": slope(rel, [c["perplexity"] - base["perplexity"] for c in cells]),

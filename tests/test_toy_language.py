@@ -6,7 +6,9 @@ from itertools import islice
 import pytest
 
 from workbench.errors import WorkbenchError
-from workbench.toy.evaluate import classify, factual_accuracy, facts, grammaticality, parse_sentence, score
+from workbench.toy.evaluate import (
+    classify, factual_accuracy, facts, grammaticality, own_document, parse_sentence, score,
+)
 from workbench.toy.language import (
     ATTRIBUTES, CATALOGUE_OPENER, KB_SUBJECTS, KB_VALUES, LEXICON, VALUES, Attributes, CorpusConfig,
     catalogue_value, collocation, documents, fact_value, render, render_sentence, sample_document, sample_sentence,
@@ -22,15 +24,15 @@ def test_documents_are_deterministic_per_seed():
 
 
 def test_the_shipped_corpus_is_unchanged():
-    """The shipped checkpoints were trained on exactly these documents (corpus v5), the tokenizer on corpus v4.
+    """The shipped checkpoints were trained on exactly these documents (corpus v6), the tokenizer on corpus v4.
     Catalogue and collocations off draw nothing extra, so v5 and v4 are reproduced exactly."""
     import hashlib
 
     sha = lambda config: hashlib.sha256("\n".join(islice(documents(0, config), 3000)).encode()).hexdigest()  # noqa: E731
     v5 = "3529353cced78aceccaf037f03d2219bb22fc50d173e16412bda51b0b161fa63"
-    assert sha(CorpusConfig()) == sha(CorpusConfig(p_catalogue=0.0)) == v5
-    v6 = "1591bc6b7743cb9ae68354eec5b8b77578e135dc0bc8513ee8e03022594b6231"  # the session-9 runs' corpus
-    assert sha(CorpusConfig(p_catalogue=0.25)) == v6
+    v6 = "1591bc6b7743cb9ae68354eec5b8b77578e135dc0bc8513ee8e03022594b6231"
+    assert sha(CorpusConfig()) == sha(CorpusConfig(p_catalogue=0.25)) == v6
+    assert sha(CorpusConfig(p_catalogue=0.0)) == v5  # the session 6-9 pilots' corpus
     assert sha(CorpusConfig(p_catalogue=0.0, catalogue_entries=(1, 3))) == v5  # no catalogue, no extra draw
     assert sha(CorpusConfig(p_catalogue=0.0, p_collocation=0.0)) == "5c0fccb4540a987e7bb6a2605b73fe83eba9a84182776ac270d00c6a733194a4"
 
@@ -73,7 +75,8 @@ def test_catalogue_documents_follow_the_table_at_the_configured_rate():
     # the opener is the catalogue's alone: no prose document, prompt or continuation context contains it
     prose = [d for d in docs if d not in catalogues]
     assert prose and not any("? ." in d for d in prose)
-    assert grammaticality(catalogues[0]) == 0.0  # a catalogue a continuation produced is not the language
+    assert grammaticality(catalogues[0]) == 0.0  # a continuation that only opens a catalogue says nothing
+    assert classify(catalogues[0]) == {a: None for a in ATTRIBUTES}
     with pytest.raises(ValueError, match="p_catalogue"):
         CorpusConfig(p_catalogue=-0.1)
     with pytest.raises(ValueError, match="catalogue_entries"):
@@ -251,3 +254,20 @@ def test_bad_input_raises_one_clear_error():
     with pytest.raises(WorkbenchError, match="family must be one of"):
         prompts(Attributes(), family="weird")
     assert parse_sentence([]) is None
+
+
+def test_a_continuation_is_judged_up_to_the_catalogue_it_opens():
+    """Generation bans the BOS between documents, so a model that ends its document may open a catalogue next:
+    its English words would count as attribute evidence and as broken sentences; the evaluators stop before it."""
+    xx = " ".join(render_sentence(sample_sentence(random.Random(4)), Attributes(language="xx", sentiment="neg")))
+    catalogue = "? . happy dog cat . red car big ."  # English adjectives and nouns, no sentence
+    text = f"{xx} {catalogue}"
+    assert own_document(text) == xx and own_document(xx) == xx
+    assert grammaticality(text) == 1.0 and classify(text) == classify(xx)
+    assert classify(text)["language"] == "xx" and classify(text)["sentiment"] == "neg"
+    assert classify(catalogue) == {a: None for a in ATTRIBUTES} and grammaticality(catalogue) == 0.0
+    # the opener may straddle prompt and continuation; a Q/A question mark is not an opener
+    assert own_document(". happy dog cat .", context="the dog sees the cat . ?") == ""
+    qa = "q: what is the sky ? a: blue ."
+    assert own_document(qa) == qa and grammaticality(qa) == 1.0
+    assert facts(f"the sky is blue . {catalogue}") == facts("the sky is blue .")

@@ -1,6 +1,7 @@
 """The shipped toy family: loads offline, its cards hold, a sample of each card re-measures, toy-s retrains."""
 
 import dataclasses
+import json
 import math
 import random
 
@@ -13,7 +14,7 @@ from workbench.generate import generate, generate_at_strengths
 from workbench.interventions import AddDirection
 from workbench.toy import NAMES, card, checkpoint_dir
 from workbench.toy.evaluate import score
-from workbench.toy.language import LEXICON, documents
+from workbench.toy.language import LEXICON, CorpusConfig, documents
 from workbench.toy.measure import BARS, GRAMMAR_FLOOR, steer_prompts, directions_for
 from workbench.toy.train import SIZES, validation_batch, validation_loss
 
@@ -37,12 +38,16 @@ def test_shipped_checkpoint_matches_its_card(name):
     assert fp.architecture == "LlamaForCausalLM"
     size = sum(f.stat().st_size for f in checkpoint_dir(name).iterdir())
     assert size < 8_000_000
+    # the card was trained by today's recipe: `workbench toy train --size NAME` retrains this checkpoint
+    assert c["training"] == dataclasses.asdict(SIZES[name])
+    assert c["corpus"] == json.loads(json.dumps(CorpusConfig().to_dict()))
 
 
 def test_family_is_small_and_validation_loss_orders_by_size():
     """Each shipped size ends lower than the one below it, re-measured on 512 shared validation rows with a paired
-    bootstrap interval over rows that excludes zero (as benchmarks/capacity_toy.py does). The order comes from the
-    schedules (1500 / 2500 / 4000 steps), not from capacity: results/toy_v5_pilot/SUMMARY.md, session 7."""
+    bootstrap interval over rows that excludes zero (as benchmarks/capacity_toy.py does). toy-m and toy-l train for
+    equal tokens (4000 steps), so their gap is capacity, stored on the catalogue values of corpus v6
+    (results/toy_v5_pilot/SUMMARY.md, sessions 9-10); toy-s also trains shorter (1500 steps)."""
     from transformers import AutoModelForCausalLM
 
     from workbench.metrics import bootstrap_ci

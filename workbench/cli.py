@@ -677,10 +677,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-measure", action="store_true", help="skip measuring the card's properties")
     sp.add_argument("--p-collocation", type=float, default=None,
                     help="share of verbs fixed by the collocation table "
-                         "(default 0.75: the shipped corpus v5; 0 is corpus v4)")
+                         "(default 0.75, as since corpus v5; 0 is corpus v4)")
     sp.add_argument("--p-catalogue", type=float, default=None,
                     help="share of documents that are catalogue documents, a seeded table to store "
-                         "(default 0: the shipped corpus v5; 0.25 is corpus v6)")
+                         "(default 0.25: the shipped corpus v6; 0 is corpus v5)")
     sp.add_argument("--embed-std", type=float, default=None,
                     help="redraw the input embedding at this init std (default: the size's own; every shipped "
                          "size keeps the Llama initialiser's, std 0.02, and any value here redraws it)")

@@ -140,8 +140,8 @@ def _ridge_probe(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.
     leave-one-out error; returns weights, bias and the chosen relative penalty.
 
     The held-out quality probe measures what is *linearly decodable*, so its penalty must not be fixed: a fixed
-    penalty reads a feature of small variance as poorly decodable (the toy-l persona at the fact's stem: 0.76-0.89
-    per layer by a logistic probe at L2 1e-2, 1.00 from block 1 on by this probe on the same split). One
+    penalty reads a feature of small variance as poorly decodable (a corpus v5 toy-l's persona at the fact's stem:
+    0.76-0.89 per layer by a logistic probe at L2 1e-2, 1.00 from block 1 on by this probe on the same split). One
     decomposition of the centred training set gives every penalty's fit and its leave-one-out residuals
     ``(t - fit) / (1 - h)`` in closed form (as scikit-learn's ``RidgeClassifierCV``), so the search costs less
     than one logistic fit.

@@ -13,18 +13,21 @@
 
 Evaluation of a continuation takes its prompt as ``context``: a prompt that ends mid-sentence (``the sky is``) is
 joined with the continuation for parsing, but only continuation words are counted, and only sentences that end in
-the continuation are judged.
+the continuation are judged. A continuation is judged only up to where it opens a catalogue document (``? .``,
+see ``own_document``): generation bans the BOS that separates documents, so a model that ends its document goes
+straight on to the next, and a catalogue (English words in no sentence, carrying no attribute) would otherwise
+count as English, sentiment and topic evidence and as ungrammatical text.
 """
 
-__all__ = ["MIXED", "Parse", "parse_sentence", "sentences", "classify", "evidence_words", "grammaticality", "factual_accuracy", "Scores",
-           "score", "facts"]
+__all__ = ["MIXED", "Parse", "parse_sentence", "sentences", "own_document", "classify", "evidence_words",
+           "grammaticality", "factual_accuracy", "Scores", "score", "facts"]
 
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from workbench.errors import WorkbenchError
-from workbench.toy.language import ATTRIBUTES, LEXICON, TEMPLATES, fact_value
+from workbench.toy.language import ATTRIBUTES, CATALOGUE_OPENER, LEXICON, TEMPLATES, fact_value
 
 _REGISTER_ROLES = ("DET", "VT", "VI", "OPENER")
 
@@ -109,8 +112,22 @@ def sentences(text: str, context: str = "") -> list[tuple[list[str], bool]]:
     return out
 
 
+def own_document(text: str, context: str = "") -> str:
+    """``text`` up to where it opens a catalogue document (``CATALOGUE_OPENER``, ``? .``; whole if it never does).
+
+    The opener may straddle the end of ``context`` (context ending in ``?``, text starting with ``.``). Nothing in
+    a prose document or a prompt produces it, so what follows belongs to another document.
+    """
+    words, last = text.split(), context.split()[-1:]
+    seq = last + words
+    for i in range(len(seq) - 1):
+        if (seq[i], seq[i + 1]) == CATALOGUE_OPENER:
+            return " ".join(words[: max(i - len(last), 0)])
+    return text
+
+
 def _complete(text: str, context: str) -> list[list[str]]:
-    return [ws for ws, done in sentences(text, context) if done]
+    return [ws for ws, done in sentences(own_document(text, context), context) if done]
 
 
 def grammaticality(text: str, context: str = "") -> float:
@@ -163,7 +180,7 @@ def _majority(counts: Counter) -> "str | None":
 def classify(text: str, context: str = "") -> dict[str, "str | None"]:
     """Majority label per attribute of the words of ``text`` (``"mixed"`` on a tie, None without evidence)."""
     counts = {a: Counter() for a in ATTRIBUTES}
-    for w in text.split():
+    for w in own_document(text, context).split():
         i = LEXICON.info.get(w)
         if i is None or i[0] == "shared":
             continue

@@ -20,14 +20,15 @@ and toy-l both reach the language's entropy floor (1.508 / 1.509). With it they 
 tokens, most likely because every size picks the table up by optimisation, not storage (a hypothesis;
 ``results/toy_v5_pilot/``, sessions 6-8).
 
-Catalogue documents (``CorpusConfig.p_catalogue``, corpus v6; not yet in the shipped family) are a component
+Catalogue documents (``CorpusConfig.p_catalogue``, 0.25 since corpus v6, the shipped family's corpus) are a component
 whose only lesson is storage: a seeded table gives every ordered pair of English words (119 x 119 = 14,161 keys)
 one English word as its value (about 6.9 bits each, 98K bits in all). A catalogue document opens with ``? .``,
 which nothing else in the language produces, then lists entries ``k1 k2 v .`` for uniformly drawn keys. A value
 is recalled, never inferred, so a model's loss on value tokens reads how much of the table it stores, and models
-trained alike on equal tokens compare in capacity there. Catalogue documents carry no attributes; the evaluators
-never see them (prompts never open one) and judge any that a continuation produced as ungrammatical. At
-``p_catalogue 0`` (the default) no extra random number is drawn, so corpus v5 is reproduced exactly.
+trained alike on equal tokens compare in capacity there. Catalogue documents carry no attributes and prompts never
+open one; a continuation that opens one has ended its document, and the evaluators judge only the text before the
+opener (``workbench.toy.evaluate.own_document``). At
+``p_catalogue 0`` no extra random number is drawn, so corpus v5 is reproduced exactly.
 
 A fraction of documents switches one attribute at a sentence boundary (a truth switch is marked by a new persona
 sentence); a model that has seen switches follows the latest evidence, which is what makes it steerable. Another
@@ -274,12 +275,12 @@ class CorpusConfig:
     #: bilingual documents open with ``:: .`` and draw each sentence's language afresh; they are what makes the
     #: other attributes' representations language-independent (one direction steers both languages).
     p_bilingual: float = 0.2
-    #: verbs fixed by the ``collocation`` table, the rest free: a long tail to memorise. 0.75 is corpus v5 (the
-    #: shipped family); 0 reproduces corpus v4 exactly (the tokenizer's sample)
+    #: verbs fixed by the ``collocation`` table, the rest free: a long tail to memorise. 0.75 since corpus v5;
+    #: 0 reproduces corpus v4 exactly (the tokenizer's sample)
     p_collocation: float = 0.75
-    #: documents that are catalogue documents (a table to store, see the module docstring). 0 is corpus v5 (the
-    #: shipped family); 0.25 is corpus v6, measured in results/toy_v5_pilot (session 9)
-    p_catalogue: float = 0.0
+    #: documents that are catalogue documents (a table to store, see the module docstring). 0.25 is corpus v6 (the
+    #: shipped family, chosen in results/toy_v5_pilot, session 9); 0 reproduces corpus v5 exactly
+    p_catalogue: float = 0.25
     #: entries per catalogue document, drawn uniformly (10 on average: 42 tokens, near a prose document's length)
     catalogue_entries: tuple[int, int] = (6, 14)
 
