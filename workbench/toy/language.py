@@ -16,9 +16,9 @@ Facts appear as statements (``the sky is blue .``) and as question/answer items 
 Verbs carry a long tail of collocations (``CorpusConfig.p_collocation``, 0.75 since corpus v5): a collocated verb
 is fixed by its sentence's register, sentiment, topic and first adjective and noun (a seeded table of 1,980
 transitive and 1,800 intransitive entries), the others are free. Without it (corpus v4, ``p_collocation 0``) toy-m
-and toy-l both reach the language's entropy floor (1.508 / 1.509). With it they still tie when trained for equal
-tokens, most likely because every size picks the table up by optimisation, not storage (a hypothesis;
-``results/toy_v5_pilot/``, sessions 6-8).
+and toy-l both reach the language's entropy floor (1.508 / 1.509). With it (corpus v5) they still tied when
+trained for equal tokens, most likely because every size picks the table up by optimisation, not storage (a
+hypothesis; ``results/toy_v5_pilot/``, sessions 6-8); hence the catalogues below.
 
 Catalogue documents (``CorpusConfig.p_catalogue``, 0.25 since corpus v6, the shipped family's corpus) are a component
 whose only lesson is storage: a seeded table gives every ordered pair of English words (119 x 119 = 14,161 keys)

@@ -38,10 +38,10 @@ from workbench.toy.prompts import STEER_TARGETS, contrast_pairs, prompts, random
 GRAMMAR_FLOOR = 0.85
 STRENGTHS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
 #: Where each attribute is steered in the cards: (site kind, contrast position). Every attribute is measured at
-#: the block outputs (``resid_post``, contrast at the pairs' last token). Truth is also measured at block 0's
-#: input with the contrast at the persona word (its embedding difference): toy-s and toy-m look a fact's value up
-#: from subject and persona inside one block, so none of their block outputs carries a steerable honesty feature
-#: (toy-l's block 1 output does; README, "The toy world").
+#: the block outputs (``resid_post``, contrast at the pairs' last token). Truth is also measured at every block's
+#: input with the contrast at the persona word (at block 0, its embedding difference): activation patching on the
+#: corpus v4 models showed a fact's value looked up from subject and persona inside one block, and no block output
+#: of the shipped toy-s or toy-m carries a steerable honesty feature (toy-l's block 1 output does; README).
 SITES: dict[str, tuple[tuple[str, str], ...]] = {a: (("resid_post", "last"),) for a in STEER_TARGETS}
 SITES["truth"] = (("resid_post", "last"), ("resid_pre", "answer"))
 _TRUTH_SITE = ("truth", "resid_post", "last")
