@@ -67,10 +67,10 @@ def summary_markdown(folder: Path) -> str:
         cells = " | ".join(f"{x['effect']:+.2f} ({x['unsteered']:.2f} -> {x['steered']:.2f})" for x in fam)
         lines.append(f"| {name} | {a} | {cells} | {sum(ood) / len(ood):.2f} |" if ood else f"| {name} | {a} | {cells} | n/a |")
     lines += ["", "## Model size: harm per unit of strength relative to the residual norm (middle block)", "",
-              "toy-m and toy-l train for equal tokens (4000 steps; toy-s, 1500), and toy-l ends below toy-m in "
-              "validation loss, on the corpus component where only storage helps (`benchmarks/RESULTS.md`). They "
-              "also differ in depth, width and embedding init (toy-l's starts at std 0.5), so a trend here is one "
-              "of the whole recipe, not of parameter count alone.", "",
+              "The sizes train for equal tokens (4000 steps), and each ends below the one before it in validation "
+              "loss (toy-l well below toy-m, on the corpus component where only storage helps; toy-s barely above "
+              "toy-m; `benchmarks/RESULTS.md`). They also differ in depth, width and embedding init (toy-l's starts "
+              "at std 0.5), so a trend here is one of the whole recipe, not of parameter count alone.", "",
               "| attribute | model | layer | KL slope | perplexity slope | grammaticality-drop slope | target rate at rel. 1.0 |",
               "|---|---|---|---|---|---|---|"]
     for a in SIZE:
