@@ -46,7 +46,7 @@ def test_shipped_checkpoint_matches_its_card(name):
 def test_family_is_small_and_validation_loss_orders_by_size():
     """Each shipped size ends lower than the one below it, re-measured on 512 shared validation rows with a paired
     bootstrap interval over rows that excludes zero (as benchmarks/capacity_toy.py does). Every size trains for
-    equal tokens (4000 steps), so the gaps are capacity; toy-m - toy-l is stored on the catalogue values of corpus
+    equal tokens (4000 steps), so the gaps are mostly capacity; toy-m - toy-l is stored on the catalogue values of corpus
     v6 (results/toy_v5_pilot/SUMMARY.md, sessions 9-10), toy-s - toy-m is small (0.003)."""
     from transformers import AutoModelForCausalLM
 
