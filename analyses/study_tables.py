@@ -14,9 +14,11 @@ import argparse
 import json
 from pathlib import Path
 
-__all__ = ["spectral_markdown", "composition_markdown", "tuning_markdown"]
+from workbench.toy.language import ATTRIBUTES
 
-_KEEPS = ("sentiment", "topic", "register", "language")
+__all__ = ["STUDIES", "markdown", "spectral_markdown", "composition_markdown", "tuning_markdown"]
+
+STUDIES = ("spectral", "composition", "tuning")
 
 
 def _ci(x: dict) -> str:
@@ -41,7 +43,7 @@ def spectral_markdown(results: "list[dict]") -> str:
                   "|---|---|---|---|---|---|---|---|"]
         for m in r["methods"]:
             keep = m["keeps_attributes"]
-            keeps = "-" if keep is None else " / ".join(f"{keep[a]:.2f}" for a in _KEEPS)
+            keeps = "-" if keep is None else " / ".join(f"{keep[a]:.2f}" for a in ATTRIBUTES if a in keep)
             lines.append(f"| {m['method']} | {_ci(m['mc_liar'])} | {m['mc_liar']['liar_rate']:.2f} | "
                          f"{_ci(m['mc_honest'])} | {m['open_factual_accuracy']:.2f} | {m['open_grammaticality']:.2f} "
                          f"| {m['perplexity']:.3f} | {keeps} |")
@@ -100,9 +102,18 @@ def tuning_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown(study: str, results: "list[dict]") -> str:
+    """The tables of ``study`` (one of ``STUDIES``): SEA over every model's result, DAC and tuning over one."""
+    if study == "spectral":
+        return spectral_markdown(results)
+    if len(results) != 1:
+        raise ValueError(f"{study} takes one result; got {len(results)}.")
+    return (composition_markdown if study == "composition" else tuning_markdown)(results[0])
+
+
 def main(argv: "list[str] | None" = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("study", choices=("spectral", "composition", "tuning"))
+    ap.add_argument("study", choices=STUDIES)
     ap.add_argument("folders", nargs="+", help="study output folders, each holding result.json")
     args = ap.parse_args(argv)
     results = []
@@ -111,12 +122,9 @@ def main(argv: "list[str] | None" = None) -> int:
         if not path.is_file():
             ap.error(f"{path} does not exist; run `workbench analyze {args.study} --out {folder}` first.")
         results.append(json.loads(path.read_text()))
-    if args.study == "spectral":
-        print(spectral_markdown(results), end="")
-    else:
-        if len(results) != 1:
-            ap.error(f"{args.study} takes one folder; got {len(results)}.")
-        print((composition_markdown if args.study == "composition" else tuning_markdown)(results[0]), end="")
+    if args.study != "spectral" and len(results) != 1:
+        ap.error(f"{args.study} takes one folder; got {len(results)}.")
+    print(markdown(args.study, results), end="")
     return 0
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from analyses.study_tables import composition_markdown, spectral_markdown, tuning_markdown
+from analyses import study_tables
 from workbench.toy import NAMES, card
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -38,10 +38,17 @@ def test_every_committed_result_was_computed_on_the_shipped_checkpoint():
     assert seen >= len(files)
 
 
-@pytest.mark.parametrize("study", ["spectral", "composition", "tuning"])
+@pytest.mark.parametrize("study", study_tables.STUDIES)
 def test_summary_tables_are_rebuilt_from_the_json(study):
     folders = sorted((p.parent for p in (RESULTS / study).glob("*/result.json")), key=lambda f: NAMES.index(f.name))
     results = [json.loads((f / "result.json").read_text()) for f in folders]
-    table = {"spectral": lambda: spectral_markdown(results), "composition": lambda: composition_markdown(results[0]),
-             "tuning": lambda: tuning_markdown(results[0])}[study]()
-    assert (RESULTS / study / "SUMMARY.md").read_text().startswith(table)
+    assert (RESULTS / study / "SUMMARY.md").read_text().startswith(study_tables.markdown(study, results))
+
+
+def test_bad_folders_get_one_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        study_tables.main(["tuning", str(tmp_path)])
+    assert "result.json does not exist; run `workbench analyze tuning --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study_tables.main(["composition", str(RESULTS / "composition" / "toy-m"), str(RESULTS / "tuning" / "toy-m")])
+    assert "composition takes one folder; got 2." in capsys.readouterr().err

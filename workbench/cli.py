@@ -682,8 +682,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="share of documents that are catalogue documents, a seeded table to store "
                          "(default 0.25: the shipped corpus v6; 0 is corpus v5)")
     sp.add_argument("--embed-std", type=float, default=None,
-                    help="redraw the input embedding at this init std (default: the size's own; every shipped "
-                         "size keeps the Llama initialiser's, std 0.02, and any value here redraws it)")
+                    help="redraw the input embedding at this init std (default: the size's own: toy-l 0.5, the "
+                         "others the Llama initialiser's 0.02; any value here redraws it)")
     sp.add_argument("--n-prompts", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
