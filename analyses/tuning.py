@@ -37,7 +37,7 @@ from workbench.errors import WorkbenchError
 from workbench.generate import generate
 from workbench.io import atomic_dir, write_json
 from workbench.metrics import perplexity
-from workbench.models import HookedModel, hf_folder
+from workbench.models import HookedModel, hf_folder, source_of
 from workbench.toy.evaluate import grammaticality
 from workbench.toy.measure import directions_for
 from workbench.toy.prompts import corpus_documents
@@ -218,7 +218,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", out: "str
     docs = corpus_documents(40, seed=cfg.seed + 4)
     cell = steer_cell(model, name, "truth", "liar", "honest", seed=cfg.seed)
     strength = cfg.oppose_strength if cfg.oppose_strength is not None else cell.strength
-    src = hf_folder(getattr(model, "workbench_source", name))
+    src = hf_folder(source_of(model) or name)
     backend = models.backend_of(model)
     rows, training = [], {}
     kw = {"n_gen": 60, "max_new_tokens": cfg.max_new_tokens}

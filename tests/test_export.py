@@ -47,7 +47,7 @@ def add_spec(model, sites, seed=0, scale=2.0, positions=None) -> Spec:
 def hf_of(model):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model.workbench_source, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(models.source_of(model), dtype=torch.float32).eval()
 
 
 def hf_logits(hf, tokens):
@@ -308,7 +308,7 @@ def test_baked_checkpoint_reproduces_tl_steering(model, site, tmp_path):
     from transformers import AutoModelForCausalLM
 
     spec = add_spec(model, [site, (2, "resid_post")], scale=2.0)
-    out = bake_hf(spec, model.workbench_source, tmp_path / "baked", dtype="float32")
+    out = bake_hf(spec, models.source_of(model), tmp_path / "baked", dtype="float32")
     hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     tokens = model.to_tokens(PROMPT)[0]
     torch.testing.assert_close(hf_logits(hf, tokens), tl_logits(model, tokens, spec), atol=5e-5, rtol=0)
@@ -322,7 +322,7 @@ def test_ablation_everywhere_bakes_into_orthogonalised_weights(model, tmp_path):
     u = vec(model.cfg.d_model, 9)
     n = model.cfg.n_layers
     spec = Spec(tuple(Ablate(s, u) for s in everywhere_sites(n)), models.fingerprint(model))
-    out = bake_hf(spec, model.workbench_source, tmp_path / "baked", dtype="float32")
+    out = bake_hf(spec, models.source_of(model), tmp_path / "baked", dtype="float32")
     tokens = model.to_tokens(PROMPT)[0]
     baked = models.load(out, backend=models.backend_of(model))
     torch.testing.assert_close(tl_logits(baked, tokens), tl_logits(model, tokens, spec), atol=5e-5, rtol=0)
@@ -351,14 +351,14 @@ def test_ablation_coverage_rule():
 def test_bake_refuses_what_does_not_fold(llama, tmp_path, ivs, match):
     spec = Spec(ivs(), models.fingerprint(llama))
     with pytest.raises(WorkbenchError, match=match):
-        bake_hf(spec, llama.workbench_source, tmp_path / "baked")
+        bake_hf(spec, models.source_of(llama), tmp_path / "baked")
     assert not (tmp_path / "baked").exists()
 
 
 def test_bake_checks_the_source_checkpoint(llama, tmp_path):
     other = dataclasses.replace(models.fingerprint(llama), weights_sha256="0" * 64)
     with pytest.raises(WorkbenchError, match="made for another model"):
-        bake_hf(Spec((AddDirection(HookSite(1), vec(32)),), other), llama.workbench_source, tmp_path / "baked")
+        bake_hf(Spec((AddDirection(HookSite(1), vec(32)),), other), models.source_of(llama), tmp_path / "baked")
     with pytest.raises(WorkbenchError, match="not a local Hugging Face checkpoint"):
         bake_hf(add_spec(llama, [(1, "resid_post")]), tmp_path / "nowhere", tmp_path / "baked")
     assert not (tmp_path / "baked").exists()
@@ -397,7 +397,7 @@ def test_toy_parity_on_every_deployment_path(toy_s, tmp_path):
 @needs_llamacpp
 def test_llamacpp_without_a_vector_matches_the_checkpoint(toy_s, tmp_path):
     tokens = toy_s.to_tokens("q: what is the sky ? a:")[0]
-    gguf_model = llamacpp.convert_checkpoint(toy_s.workbench_source, tmp_path / "m.gguf")
+    gguf_model = llamacpp.convert_checkpoint(models.source_of(toy_s), tmp_path / "m.gguf")
     got = torch.from_numpy(llamacpp.llama_logits(gguf_model, tokens.tolist()))
     torch.testing.assert_close(got, tl_logits(toy_s, tokens), atol=1e-4, rtol=0)
 

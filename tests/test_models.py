@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM
 from tests.conftest import BACKEND
 from workbench import models
 from workbench.errors import WorkbenchError
-from workbench.sites import FINAL_NORM, HookSite
+from workbench.sites import HookSite, final_hidden
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -19,8 +19,8 @@ def test_activations_equal_hf_hidden_states(ckpt_dirs, arch, llama, gpt2):
     n = model.cfg.n_layers
     for layer in range(n - 1):  # HF hidden_states[l + 1] is the output of block l ...
         torch.testing.assert_close(cache[HookSite(layer).name], out.hidden_states[layer + 1], atol=1e-5, rtol=1e-5)
-    # ... except the last, which HF returns after the final norm.
-    torch.testing.assert_close(cache[FINAL_NORM], out.hidden_states[n], atol=1e-5, rtol=1e-5)
+    # ... except the last, which HF returns after the final norm (its weight and bias included).
+    torch.testing.assert_close(final_hidden(model, cache), out.hidden_states[n], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(logits, out.logits, atol=1e-4, rtol=1e-4)
 
 

@@ -137,7 +137,7 @@ def test_apply_hf_reproduces_spectral_edits(model, tmp_path, kind, combine, feat
 
     spec = Spec((_spectral_for(model, kind, combine=combine, feature=feature),), models.fingerprint(model))
     tokens = model.to_tokens("the cat sees the big dog .")[0]
-    hf = AutoModelForCausalLM.from_pretrained(model.workbench_source, dtype=torch.float32).eval()
+    hf = AutoModelForCausalLM.from_pretrained(models.source_of(model), dtype=torch.float32).eval()
     with apply_hf.applied(hf, spec.save(tmp_path / "s")), torch.no_grad():
         got = hf(tokens[None]).logits[0]
     want = tl_logits(model, tokens, spec)
@@ -153,7 +153,7 @@ def test_linear_spectral_edit_bakes_into_the_down_projection(model, tmp_path, pa
 
     spec = Spec((_spectral_for(model, combine="average", parts=parts, reverse=reverse),
                  _spectral_for(model, layer=2, combine="average", seed=1)), models.fingerprint(model))
-    out = bake_hf(spec, model.workbench_source, tmp_path / "baked", dtype="float32")
+    out = bake_hf(spec, models.source_of(model), tmp_path / "baked", dtype="float32")
     hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     tokens = model.to_tokens("the cat sees the big dog .")[0]
     with torch.no_grad():
@@ -164,7 +164,7 @@ def test_linear_spectral_edit_bakes_into_the_down_projection(model, tmp_path, pa
 def test_nonlinear_spectral_edits_are_not_baked(llama, tmp_path):
     spec = Spec((_spectral_for(llama, combine="norm"),), models.fingerprint(llama))
     with pytest.raises(WorkbenchError, match="only linear spectral edits"):
-        bake_hf(spec, llama.workbench_source, tmp_path / "baked")
+        bake_hf(spec, models.source_of(llama), tmp_path / "baked")
     assert not (tmp_path / "baked").exists()
 
 

@@ -103,7 +103,8 @@ def pair_spans(model: HookedModel, pairs: ContrastPairs, position: str) -> tuple
         raise WorkbenchError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}.")
     pos_ids, neg_ids, pos_spans, neg_spans = [], [], [], []
     for i, pair in enumerate(pairs.pairs):
-        p, n = (tokenize(model, t) for t in pair.texts)
+        p, n = (tokenize(model, pair.prompt, c) if pair.prompt else tokenize(model, c)
+                for c in (pair.positive, pair.negative))
         if p == n:
             raise WorkbenchError(f"pair {i} tokenises identically for positive and negative; the texts must differ.")
         if position == "last":
@@ -126,9 +127,10 @@ def pair_spans(model: HookedModel, pairs: ContrastPairs, position: str) -> tuple
 
 
 def _prompt_len(model: HookedModel, prompt: str, p: list[int], n: list[int]) -> int:
-    """Tokens the completion starts after: the prompt's tokens, capped by the common prefix (min 1: BOS)."""
-    k = len(tokenize(model, prompt)) if prompt else 1
-    return max(1, min(k, first_difference(p, n), len(p) - 1, len(n) - 1))
+    """Tokens the completion starts after: the prompt's tokens (with no prompt: the BOS, if the tokenizer adds one),
+    capped by the common prefix."""
+    k = len(tokenize(model, prompt))
+    return max(0, min(k, first_difference(p, n), len(p) - 1, len(n) - 1))
 
 
 @dataclass(frozen=True, eq=False)

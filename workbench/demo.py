@@ -51,7 +51,7 @@ def run_demo(out: "str | Path", model: str = "toy-m", backend: "str | None" = No
         write_json(tmp / "results.json", results)
         (tmp / "summary.md").write_text(_summary(results))
         _export_best(m, results, tmp, seed)
-        card = Path(getattr(m, "workbench_source", "")) / "card.json"
+        card = Path(models.source_of(m) or "") / "card.json"
         if card.is_file():
             shutil.copy(card, tmp / "card.json")
         build_report(tmp, title=f"workbench demo: {model}")

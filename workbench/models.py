@@ -4,20 +4,34 @@ This is the only module that knows TransformerLens 3.9's ``HookedTransformer`` f
 Both are loaded **without weight processing** (no LayerNorm folding, no centring), so residual activations equal
 the Hugging Face model's ``hidden_states`` and an exported vector means the same thing in every runtime.
 
-``load(spec)`` accepts a local Hugging Face checkpoint folder (Llama and GPT-2 families), a toy-family name
-(``toy-s``, ``toy-m``, ``toy-l``, shipped in the package) or a TransformerLens model name (needs the network).
+``load(spec)`` accepts a local Hugging Face checkpoint folder of any decoder-only architecture the backend
+reproduces exactly, a toy-family name (``toy-s``, ``toy-m``, ``toy-l``, shipped in the package) or a TransformerLens
+model name (needs the network); ``wrap(hf_model, tokenizer)`` takes a model already in memory. Every load runs a
+self-check (one short forward of the wrapped model against the Hugging Face model, both in the model's dtype) and
+refuses a backend that does not reproduce the checkpoint, naming the one that does:
+
+* ``bridge`` (TransformerLens 4.x ``TransformerBridge``, also in 3.9): every architecture TransformerLens's
+  bridge has an adapter for; it runs the Hugging Face modules themselves.
+* ``hooked`` (TransformerLens 3.9 ``HookedTransformer``): Llama and GPT-2 only, re-implemented by TransformerLens;
+  Llama checkpoints with attention/MLP biases or rope scaling are refused (its converter drops both).
+
+What the workbench knows about a loaded model (its folder, fingerprint, tokenisation policy, self-check) is kept
+in a registry beside the model (``info(model)``), never as attributes on the TransformerLens object.
 """
 
 __all__ = [
-    "HookedModel", "Backend", "Fingerprint", "load", "backend_of", "available_backends", "fingerprint",
-    "forward_step", "tokenizer_of", "hf_folder", "head_out_weights",
+    "HookedModel", "Backend", "Fingerprint", "Tokenization", "ModelInfo", "load", "wrap", "info", "source_of",
+    "tokenization_of", "backend_of", "available_backends", "fingerprint", "fingerprint_hf", "forward_step",
+    "tokenizer_of", "hf_folder", "head_out_weights", "SELF_CHECK_TOLERANCE",
 ]
 
 import contextlib
 import hashlib
 import importlib
 import io
+import json
 import os
+import weakref
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -84,6 +98,66 @@ class Fingerprint:
             )
 
 
+@dataclass(frozen=True)
+class Tokenization:
+    """How texts become token ids for this model; recorded in every artifact's provenance.
+
+    ``bos``: ``"auto"`` tokenises as the Hugging Face tokenizer does by default (``tokenizer(text)``, the convention
+    of every deployment: Llama/Mistral/Gemma prepend a BOS, GPT-2/Pythia/OLMo/Phi do not, Qwen has none);
+    ``"always"`` makes sure the sequence starts with the BOS; ``"never"`` drops a leading BOS.
+    ``chat_template``: wrap each prompt as a user turn of the tokenizer's chat template (with the generation
+    prompt), as CAA does for instruct models; a pair's completion follows the generation prompt.
+    """
+
+    bos: Literal["auto", "always", "never"] = "auto"
+    chat_template: bool = False
+
+    def __post_init__(self) -> None:
+        if self.bos not in ("auto", "always", "never"):
+            raise WorkbenchError(f"bos must be 'auto', 'always' or 'never', got {self.bos!r}.")
+        if not isinstance(self.chat_template, bool):
+            raise WorkbenchError(f"chat_template must be True or False, got {self.chat_template!r}.")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: "dict | None") -> "Tokenization":
+        d = d or {}
+        return cls(d.get("bos", "auto"), d.get("chat_template", False))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the workbench knows about a loaded model, kept in a registry keyed by the model object."""
+
+    fingerprint: Fingerprint
+    tokenization: Tokenization = Tokenization()
+    source: "str | None" = None  # the Hugging Face folder it was loaded from (None: wrapped from memory)
+    self_check: "float | None" = None  # max |logit difference| to the Hugging Face model at load time
+
+
+_INFO: "weakref.WeakKeyDictionary[Any, ModelInfo]" = weakref.WeakKeyDictionary()
+
+
+def info(model: "HookedModel") -> ModelInfo:
+    """The registry entry of ``model`` (computed from the model's own weights when it was not loaded here)."""
+    got = _INFO.get(model)
+    if got is None:
+        got = ModelInfo(_fingerprint_tl(model))
+        _INFO[model] = got
+    return got
+
+
+def source_of(model: "HookedModel") -> "str | None":
+    """The local Hugging Face folder ``model`` was loaded from, or None."""
+    return info(model).source
+
+
+def tokenization_of(model: "HookedModel") -> Tokenization:
+    return info(model).tokenization
+
+
 # ---------------------------------------------------------------------------------------------------- backends
 
 
@@ -142,6 +216,10 @@ def tokenizer_of(model: HookedModel):
 
 # ---------------------------------------------------------------------------------------------------- loading
 
+#: Max |logit difference| allowed by the load self-check, relative to max(1, max |logit|), per dtype.
+SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+_HOOKED_ARCHS = ("LlamaForCausalLM", "GPT2LMHeadModel")
+
 
 def load(
     spec: "str | os.PathLike",
@@ -149,31 +227,65 @@ def load(
     backend: "str | None" = None,
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
+    bos: str = "auto",
+    chat_template: bool = False,
 ) -> HookedModel:
-    """Load a model as a TransformerLens model without weight processing.
+    """Load a model as a TransformerLens model without weight processing, and check that it reproduces the
+    Hugging Face model.
 
     Args:
         spec: a local Hugging Face checkpoint folder, a toy-family name (``toy-m``) or a TransformerLens name.
         backend: ``"bridge"`` (TransformerBridge) or ``"hooked"`` (HookedTransformer); default: the installed
             TransformerLens line's own (or ``$WORKBENCH_BACKEND``).
         device, dtype: where and in what precision to hold the weights.
+        bos, chat_template: the tokenisation policy (see ``Tokenization``).
 
     Raises:
-        WorkbenchError: unknown name, a folder that is not a checkpoint, an unsupported architecture, or a
-            download that failed (offline).
+        WorkbenchError: unknown name, a folder that is not a checkpoint, an architecture the backend does not
+            support or does not reproduce (naming the backend that does), or a download that failed (offline).
     """
     resolved = _resolve_backend(backend)
+    tokenization = Tokenization(bos, chat_template)
     text = str(spec)
     path = Path(text).expanduser()
     if path.exists():
-        return _load_hf_folder(path, resolved, device, dtype)
+        return _load_hf_folder(path, resolved, device, dtype, tokenization)
     if text.startswith("toy-"):
         from workbench.toy import checkpoint_dir
 
-        return _load_hf_folder(checkpoint_dir(text), resolved, device, dtype)
+        return _load_hf_folder(checkpoint_dir(text), resolved, device, dtype, tokenization)
     if text.startswith((".", "/", "~")) or text.endswith("/"):
         raise WorkbenchError(f"model folder {text!r} does not exist; pass an existing Hugging Face checkpoint folder.")
-    return _load_tl_name(text, resolved, device, dtype)
+    model = _load_tl_name(text, resolved, device, dtype)
+    _INFO[model] = ModelInfo(_fingerprint_tl(model), tokenization)
+    return model
+
+
+def wrap(
+    hf_model: Any,
+    tokenizer: Any,
+    *,
+    backend: "str | None" = None,
+    bos: str = "auto",
+    chat_template: bool = False,
+    source: "str | os.PathLike | None" = None,
+) -> HookedModel:
+    """Wrap a Hugging Face causal LM already in memory (and its tokenizer) as a TransformerLens model, with the
+    same self-check as ``load``. ``source`` names the checkpoint folder it came from, if any (needed only by the
+    exports that read the folder: baking, llama.cpp parity). The bridge wraps ``hf_model`` in place."""
+    if not isinstance(hf_model, torch.nn.Module) or not hasattr(hf_model, "config"):
+        raise WorkbenchError(f"hf_model must be a transformers model (AutoModelForCausalLM), got "
+                             f"{type(hf_model).__name__}.")
+    if tokenizer is None or not callable(getattr(tokenizer, "get_vocab", None)):
+        raise WorkbenchError("tokenizer must be the model's transformers tokenizer (AutoTokenizer.from_pretrained).")
+    resolved = _resolve_backend(backend)
+    tokenization = Tokenization(bos, chat_template)
+    p = next(hf_model.parameters())
+    arch = _architecture(hf_model.config)
+    _check_supported(hf_model.config, arch, resolved, "the model")
+    fp = fingerprint_hf(hf_model.eval(), tokenizer, arch)
+    return _wrap_checked(hf_model, tokenizer, arch, resolved, str(p.device), p.dtype, fp, tokenization,
+                         str(Path(source).resolve()) if source else None)
 
 
 def hf_folder(spec: "str | os.PathLike") -> Path:
@@ -192,7 +304,55 @@ def hf_folder(spec: "str | os.PathLike") -> Path:
     return path
 
 
-def _load_hf_folder(path: Path, backend: Backend, device: str, dtype: torch.dtype) -> HookedModel:
+def _architecture(config) -> str:
+    return (getattr(config, "architectures", None) or [type(config).__name__])[0]
+
+
+def _bridge_architectures() -> dict:
+    try:
+        from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    except ImportError:  # pragma: no cover - older TransformerLens lines
+        return {}
+    return SUPPORTED_ARCHITECTURES
+
+
+def _rope_type(config) -> str:
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    return str(rope.get("rope_type") or rope.get("type") or "default") if isinstance(rope, dict) else "default"
+
+
+def _check_supported(config, arch: str, backend: Backend, where: str) -> None:
+    """Refuse, with the reason and the backend that works, what ``backend`` cannot load exactly."""
+    causal = arch.endswith(("ForCausalLM", "LMHeadModel"))
+    if backend == "bridge":
+        if arch not in _bridge_architectures() or not causal:
+            known = [a for a in _bridge_architectures() if a.endswith(("ForCausalLM", "LMHeadModel"))]
+            raise WorkbenchError(
+                f"architecture {arch!r} of {where} is not supported: the bridge loads decoder-only language models "
+                f"TransformerLens has an adapter for, such as {closest(arch, known)} ({len(known)} in all)."
+            )
+        return
+    if arch not in _HOOKED_ARCHS:
+        bridge_ok = arch in _bridge_architectures() and causal
+        raise WorkbenchError(
+            f"architecture {arch!r} of {where} is not supported by the 'hooked' backend (TransformerLens 3.9 "
+            f"HookedTransformer loads {' and '.join(_HOOKED_ARCHS)} here); "
+            + ("load it with backend='bridge' (--backend bridge)." if bridge_ok else "no backend supports it.")
+        )
+    reasons = []
+    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+        reasons.append("it has attention/MLP biases, which TransformerLens 3.9's Llama converter drops")
+    if arch == "LlamaForCausalLM" and _rope_type(config) != "default":
+        reasons.append(f"it uses rope scaling {_rope_type(config)!r}, which HookedTransformer ignores")
+    if reasons:
+        raise WorkbenchError(
+            f"the 'hooked' backend cannot load {where} exactly: {'; '.join(reasons)}. Load it with backend='bridge' "
+            f"(--backend bridge), which runs the Hugging Face modules themselves."
+        )
+
+
+def _load_hf_folder(path: Path, backend: Backend, device: str, dtype: torch.dtype, tokenization: Tokenization
+                    ) -> HookedModel:
     if not (path / "config.json").is_file():
         raise WorkbenchError(
             f"{str(path)!r} is not a Hugging Face checkpoint folder (no config.json); pass a folder written by "
@@ -202,24 +362,49 @@ def _load_hf_folder(path: Path, backend: Backend, device: str, dtype: torch.dtyp
 
     try:
         hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-        arch = (hf_cfg.architectures or [type(hf_cfg).__name__])[0]
-        if arch not in _HOOKED_CONFIG:
-            raise WorkbenchError(
-                f"architecture {arch!r} in {str(path)!r} is not supported; supported: {', '.join(_HOOKED_CONFIG)}."
-            )
+    except (OSError, ValueError, KeyError) as e:
+        raise WorkbenchError(f"could not read the config in {str(path)!r}: {e}".splitlines()[0]) from None
+    arch = _architecture(hf_cfg)
+    _check_supported(hf_cfg, arch, backend, repr(str(path)))
+    try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True).eval()
-    except WorkbenchError:
-        raise
     except (OSError, ValueError, KeyError) as e:
         raise WorkbenchError(f"could not load the checkpoint in {str(path)!r}: {e}".splitlines()[0]) from None
-    fp = _fingerprint_hf(hf, tok, arch)
-    model = _wrap_hf(hf, tok, arch, backend, device, dtype, name=str(path))
-    model.workbench_fingerprint = fp
-    model.workbench_source = str(path.resolve())
+    fp = _cached_fingerprint(path, hf, tok, arch, dtype)
+    return _wrap_checked(hf, tok, arch, backend, device, dtype, fp, tokenization, str(path.resolve()))
+
+
+def _wrap_checked(hf, tok, arch: str, backend: Backend, device: str, dtype: torch.dtype, fp: Fingerprint,
+                  tokenization: Tokenization, source: "str | None") -> HookedModel:
+    """Wrap ``hf`` on ``backend`` and check one short forward against the Hugging Face model (computed first:
+    the bridge wraps the HF modules in place)."""
+    if tokenization.chat_template and not getattr(tok, "chat_template", None):
+        raise WorkbenchError("chat_template=True (--chat-template) but this tokenizer has no chat template; drop the "
+                             "option or use an instruct model's tokenizer.")
+    if tokenization.bos == "always" and tok.bos_token_id is None:
+        raise WorkbenchError("bos='always' (--bos always) but this tokenizer has no BOS token; use --bos auto.")
+    hf = hf.to(device)
+    ids = torch.randint(0, int(hf.config.get_text_config().vocab_size), (1, 12),
+                        generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        ref = hf(ids).logits
+    model = _wrap_hf(hf, tok, arch, backend, device, dtype, name=source or arch)
+    with torch.no_grad():
+        got = model(ids)
+    diff = float((got.double() - ref.double()).abs().max())
+    scale = max(1.0, float(ref.double().abs().max()))
+    tol = SELF_CHECK_TOLERANCE.get(dtype, 5e-2) * scale
+    if not diff <= tol:  # also catches NaN
+        other = "bridge" if backend == "hooked" else None
+        raise WorkbenchError(
+            f"the {backend!r} backend does not reproduce this {arch} checkpoint: max |logit difference| to the Hugging "
+            f"Face model is {diff:.3g} (tolerance {tol:.3g} in {str(dtype).removeprefix('torch.')}). "
+            + (f"Load it with backend={other!r} (--backend {other})." if other else
+               "No backend reproduces it here; please report the architecture.")
+        )
+    _INFO[model] = ModelInfo(fp, tokenization, source, diff)
     return model
-
-
 def _wrap_hf(hf, tok, arch: str, backend: Backend, device: str, dtype: torch.dtype, name: str) -> HookedModel:
     if backend == "bridge":
         from transformer_lens.model_bridge import TransformerBridge
@@ -293,6 +478,11 @@ def _load_tl_name(name: str, backend: Backend, device: str, dtype: torch.dtype) 
             f"could not download {name!r}: offline mode is set (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE). "
             f"Download the checkpoint elsewhere and pass its local folder instead."
         )
+    if not _hub_reachable():
+        raise WorkbenchError(
+            f"could not download {name!r}: the model hub is not reachable from here (no connection within 2 s). "
+            f"Download the checkpoint elsewhere and pass its local folder instead."
+        )
     try:
         if backend == "bridge":
             from transformer_lens.model_bridge import TransformerBridge
@@ -308,6 +498,36 @@ def _load_tl_name(name: str, backend: Backend, device: str, dtype: torch.dtype) 
             f"Offline, download the checkpoint elsewhere and pass its local folder instead."
         ) from None
     return model.eval()
+
+
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to the model hub's endpoint opens within ``timeout`` seconds (name lookup
+    included), so an offline machine fails at once instead of after the hub client's retries."""
+    import concurrent.futures
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        url = urlparse(constants.ENDPOINT)
+    except (ImportError, AttributeError, ValueError):
+        return True  # let the download itself report
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+
+    def connect() -> bool:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(connect).result(timeout=timeout)
+    except (OSError, concurrent.futures.TimeoutError):
+        return False
+    finally:
+        pool.shutdown(wait=False)
 
 
 # ---------------------------------------------------------------------------------------------------- fingerprint
@@ -326,32 +546,80 @@ def _weights_hash(named: "list[tuple[str, torch.Tensor]]") -> str:
     return h.hexdigest()
 
 
-def _fingerprint_hf(hf, tok, arch: str) -> Fingerprint:
-    c = hf.config
+def _dims(config) -> tuple[int, int, int]:
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    d_model = getattr(c, "hidden_size", None) or getattr(c, "n_embd", None) or c.d_model
+    n_layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer", None) or c.num_layers
+    return int(d_model), int(n_layers), int(c.vocab_size)
+
+
+def fingerprint_hf(hf, tok, arch: "str | None" = None, *, weights_sha256: "str | None" = None) -> Fingerprint:
+    """The fingerprint of a Hugging Face model and its tokenizer: sizes, vocabulary hash and the sha256 of every
+    weight as float32 (``weights_sha256`` given: that value, from the cache)."""
+    d_model, n_layers, d_vocab = _dims(hf.config)
     return Fingerprint(
-        architecture=arch,
-        d_model=int(getattr(c, "hidden_size", None) or c.n_embd),
-        n_layers=int(getattr(c, "num_hidden_layers", None) or c.n_layer),
-        d_vocab=int(c.vocab_size),
+        architecture=arch or _architecture(hf.config), d_model=d_model, n_layers=n_layers, d_vocab=d_vocab,
         vocab_sha256=_vocab_hash(tok),
-        weights_sha256=_weights_hash(list(hf.state_dict().items())),
+        weights_sha256=weights_sha256 or _weights_hash(list(hf.state_dict().items())),
+    )
+
+
+def _cache_file() -> "Path | None":
+    """``$WORKBENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/workbench``, else ``~/.cache/workbench``; None if none."""
+    base = os.environ.get("WORKBENCH_CACHE_DIR")
+    if not base:
+        xdg = os.environ.get("XDG_CACHE_HOME") or (os.path.join(os.environ["HOME"], ".cache")
+                                                   if os.environ.get("HOME") else None)
+        base = os.path.join(xdg, "workbench") if xdg else None
+    return Path(base) / "fingerprints.json" if base else None
+
+
+def _weight_files_key(path: Path, dtype: torch.dtype) -> "str | None":
+    """A key that changes whenever a weight file of ``path`` changes (name, size, mtime in ns, inode)."""
+    files = sorted(f for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".pth")
+                   or f.name.endswith(".index.json"))
+    if not files:
+        return None
+    stats = [(f.name, st.st_size, st.st_mtime_ns, st.st_ino) for f in files for st in [f.stat()]]
+    return hashlib.sha256(json.dumps([str(path.resolve()), str(dtype), stats]).encode()).hexdigest()
+
+
+def _cached_fingerprint(path: Path, hf, tok, arch: str, dtype: torch.dtype) -> Fingerprint:
+    """``fingerprint_hf``, with the weights' hash cached by the weight files' names, sizes and mtimes: the full
+    hash is computed once per checkpoint (and dtype), every later load costs a ``stat`` per file."""
+    cache, key = _cache_file(), _weight_files_key(path, dtype)
+    table: dict = {}
+    if cache is not None and key is not None:
+        with contextlib.suppress(OSError, ValueError):
+            table = json.loads(cache.read_text())
+        if isinstance(table, dict) and isinstance(table.get(key), str) and len(table[key]) == 64:
+            return fingerprint_hf(hf, tok, arch, weights_sha256=table[key])
+    fp = fingerprint_hf(hf, tok, arch)
+    if cache is not None and key is not None:
+        table = table if isinstance(table, dict) else {}
+        table[key] = fp.weights_sha256
+        with contextlib.suppress(OSError):  # a read-only or missing home only costs the next load a re-hash
+            from workbench.io import atomic_file
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_file(cache, lambda tmp: Path(tmp).write_text(json.dumps(table)))
+    return fp
+
+
+def _fingerprint_tl(model: HookedModel) -> Fingerprint:
+    return Fingerprint(
+        architecture=str(getattr(model.cfg, "original_architecture", None) or type(model).__name__),
+        d_model=int(model.cfg.d_model),
+        n_layers=int(model.cfg.n_layers),
+        d_vocab=int(model.cfg.d_vocab),
+        vocab_sha256=_vocab_hash(model.tokenizer) if getattr(model, "tokenizer", None) is not None else "",
+        weights_sha256=_weights_hash(list(model.state_dict().items())),
     )
 
 
 def fingerprint(model: HookedModel) -> Fingerprint:
     """The model's fingerprint: recorded at load time from the Hugging Face weights, else computed from TL's."""
-    fp = getattr(model, "workbench_fingerprint", None)
-    if fp is None:
-        fp = Fingerprint(
-            architecture=str(getattr(model.cfg, "original_architecture", None) or type(model).__name__),
-            d_model=int(model.cfg.d_model),
-            n_layers=int(model.cfg.n_layers),
-            d_vocab=int(model.cfg.d_vocab),
-            vocab_sha256=_vocab_hash(model.tokenizer) if getattr(model, "tokenizer", None) is not None else "",
-            weights_sha256=_weights_hash(list(model.state_dict().items())),
-        )
-        model.workbench_fingerprint = fp
-    return fp
+    return info(model).fingerprint
 
 
 # ---------------------------------------------------------------------------------------------------- weights

@@ -3,10 +3,11 @@
 A ``HookSite(layer, kind)`` names one activation. ``site.check(model)`` returns its hook name after checking that
 the model has it, and otherwise raises with the closest valid names. Layers are 0-based block indices:
 ``HookSite(3, "resid_post")`` is the output of block 3, which is Hugging Face ``hidden_states[4]``, repeng's and
-llama.cpp's ``direction.3``.
+llama.cpp's ``direction.3``, for every block but the last: Hugging Face returns the last block's output after the
+final norm (``hidden_states[n_layers]`` is ``final_norm(resid_post of block n_layers - 1)``).
 """
 
-__all__ = ["SiteKind", "HookSite", "SITE_KINDS", "FINAL_NORM", "EMBED", "layer_sites", "hook_names"]
+__all__ = ["SiteKind", "HookSite", "SITE_KINDS", "FINAL_NORM", "EMBED", "layer_sites", "hook_names", "final_hidden"]
 
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -34,7 +35,8 @@ _TEMPLATES = {
     "mlp_post": "blocks.{layer}.mlp.hook_post",
 }
 
-#: The final norm's output: what Hugging Face returns as the last entry of ``hidden_states``.
+#: The final norm's normalised input, before the norm's own weight (and bias): not yet what Hugging Face returns
+#: as its last ``hidden_states`` entry (that is the norm's full output; see ``final_hidden``).
 FINAL_NORM = "ln_final.hook_normalized"
 #: The token embeddings (before positional information; Llama: the block-0 input), [batch pos d_model].
 EMBED = "hook_embed"
@@ -121,3 +123,12 @@ def hook_names(model, contains: str) -> list[str]:
             f"no hook name contains {contains!r}; closest valid names: {closest(contains, sorted(model.hook_dict))}."
         )
     return names
+
+
+def final_hidden(model, cache):
+    """Hugging Face's last ``hidden_states`` entry from a TransformerLens cache holding the last block's output:
+    the final norm applied to it (weight and bias included), ``[batch pos d_model]``."""
+    last = HookSite(model.cfg.n_layers - 1).name
+    if "ln_final.hook_out" in model.hook_dict and "ln_final.hook_out" in cache:
+        return cache["ln_final.hook_out"]
+    return model.ln_final(cache[last])

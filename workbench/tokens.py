@@ -14,16 +14,34 @@ import torch
 from jaxtyping import Int
 
 from workbench.errors import WorkbenchError
-from workbench.models import HookedModel, tokenizer_of
+from workbench.models import HookedModel, tokenization_of, tokenizer_of
+from workbench.pairs import join
 
 Padding = Literal["left", "right"]
 
 
-def tokenize(model: HookedModel, text: str) -> list[int]:
-    """Token ids of ``text`` with the model's BOS prepended (as TransformerLens does by default)."""
-    if not isinstance(text, str):
-        raise WorkbenchError(f"expected text (str), got {type(text).__name__}.")
-    ids = model.to_tokens(text, prepend_bos=True)[0].tolist()
+def tokenize(model: HookedModel, text: str, completion: str = "") -> list[int]:
+    """Token ids of ``text`` (then ``completion``) under the model's tokenisation policy (``models.Tokenization``).
+
+    By default this is exactly the Hugging Face tokenizer's ``tokenizer(text)``: a BOS where the tokenizer adds
+    one, none where it adds none. With the chat template, ``text`` becomes a user turn followed by the generation
+    prompt, and ``completion`` (a pair's answer) follows it; without, ``completion`` is joined to ``text`` as
+    ``workbench.pairs.join`` does.
+    """
+    for name, value in (("text", text), ("completion", completion)):
+        if not isinstance(value, str):
+            raise WorkbenchError(f"expected {name} as a str, got {type(value).__name__}.")
+    tok, policy = tokenizer_of(model), tokenization_of(model)
+    if policy.chat_template:
+        turn = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        ids = list(tok(turn + completion, add_special_tokens=False)["input_ids"])
+    else:
+        ids = list(tok(join(text, completion))["input_ids"])
+    bos = tok.bos_token_id
+    if policy.bos == "always" and (not ids or ids[0] != bos):
+        ids = [bos, *ids]
+    elif policy.bos == "never" and ids and bos is not None and ids[0] == bos:
+        ids = ids[1:]
     n_ctx = model.cfg.n_ctx
     if len(ids) > n_ctx:
         raise WorkbenchError(f"text of {len(ids)} tokens exceeds the model's context of {n_ctx}: {text[:60]!r}...")

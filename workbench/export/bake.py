@@ -203,7 +203,7 @@ def bake_hf(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from workbench.models import _fingerprint_hf, hf_folder
+    from workbench.models import fingerprint_hf, hf_folder
 
     src = hf_folder(source)
     adds = [iv for iv in spec.interventions if isinstance(iv, AddDirection)]
@@ -238,7 +238,7 @@ def bake_hf(
     hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
     arch = (hf.config.architectures or [type(hf).__name__])[0]
-    spec.fingerprint.check(_fingerprint_hf(hf, tok, arch), what="intervention spec")
+    spec.fingerprint.check(fingerprint_hf(hf, tok, arch), what="intervention spec")
     src_cfg = read_json(src / "config.json")
     src_dtype = src_cfg.get("dtype") or src_cfg.get("torch_dtype") or "float32"
     save_dtype = getattr(torch, dtype or src_dtype, torch.float32)

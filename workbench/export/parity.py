@@ -23,7 +23,9 @@ import torch
 from workbench.errors import WorkbenchError
 from workbench.export.spec import Spec
 from workbench.hooks import applied
+from workbench import models
 from workbench.models import HookedModel, hf_folder
+from workbench.tokens import tokenize
 from workbench.sites import HookSite
 
 PATHS = ("apply_hf", "baked", "llama.cpp")
@@ -88,8 +90,8 @@ def check(
     if unknown or not prompts:
         raise WorkbenchError(f"paths must be among {', '.join(PATHS)} (got {unknown}) and prompts non-empty.")
     spec.check(model)
-    source = hf_folder(getattr(model, "workbench_source", "") or ".")
-    seqs = [model.to_tokens(p)[0].cpu() for p in prompts]
+    source = hf_folder(models.source_of(model) or ".")
+    seqs = [torch.tensor(tokenize(model, p)) for p in prompts]
     steered = [tl_logits(model, t, spec) for t in seqs]
     effect = max(float((s - tl_logits(model, t)).abs().max()) for s, t in zip(steered, seqs))
     neighbours = [s for s in (_shifted(spec, -1), _shifted(spec, 1)) if s is not None]
