@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -92,3 +94,105 @@ def test_tl_name_without_network_fails_clearly(monkeypatch):
         assert "could not download 'gpt2'" in str(e) and "local folder" in str(e)
     else:  # pragma: no cover - only where the hub is reachable
         pytest.skip("the model hub is reachable here")
+
+
+# ------------------------------------------------------------------------------------ tokenisation, self-check, cache
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])  # adds a BOS / has one but adds none / has none
+def test_tokenize_follows_the_hf_tokenizer_and_the_bos_override(family, tmp_path):
+    from transformers import AutoTokenizer
+
+    from workbench.tiny import write_tiny_checkpoint
+    from workbench.tokens import tokenize
+
+    folder = write_tiny_checkpoint(tmp_path / family, family, n_layers=2, d_model=32, n_heads=4)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    text = "the cat sees a dog"
+    plain = tok(text)["input_ids"]
+    body = tok(text, add_special_tokens=False)["input_ids"]
+    assert tokenize(models.load(folder, backend=BACKEND), text) == plain
+    assert tokenize(models.load(folder, backend=BACKEND, bos="never"), text) == body
+    if tok.bos_token_id is None:
+        with pytest.raises(WorkbenchError, match="no BOS token"):
+            models.load(folder, backend=BACKEND, bos="always")
+    else:
+        assert tokenize(models.load(folder, backend=BACKEND, bos="always"), text) == [tok.bos_token_id, *body]
+
+
+def test_chat_template_wraps_the_prompt_as_a_user_turn(tmp_path):
+    from transformers import AutoTokenizer
+
+    from workbench.tiny import write_tiny_checkpoint
+    from workbench.tokens import tokenize
+
+    folder = write_tiny_checkpoint(tmp_path / "chat", "llama", n_layers=2, chat_template=True)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = models.load(folder, backend=BACKEND, chat_template=True)
+    turn = tok.apply_chat_template([{"role": "user", "content": "the cat"}], tokenize=False, add_generation_prompt=True)
+    assert tokenize(model, "the cat", "good") == tok(turn + "good", add_special_tokens=False)["input_ids"]
+    assert models.tokenization_of(model).to_dict() == {"bos": "auto", "chat_template": True}
+    with pytest.raises(WorkbenchError, match="has no chat template"):
+        models.load(write_tiny_checkpoint(tmp_path / "plain", "llama", n_layers=2), backend=BACKEND, chat_template=True)
+
+
+def test_self_check_refuses_a_backend_that_does_not_reproduce(ckpt_dirs, monkeypatch):
+    real = models._wrap_hf
+
+    def broken(*a, **k):
+        m = real(*a, **k)
+        with torch.no_grad():
+            next(p for n, p in m.named_parameters() if "embed" in n.lower()).mul_(1.5)
+        return m
+
+    monkeypatch.setattr(models, "_wrap_hf", broken)
+    with pytest.raises(WorkbenchError, match=f"the '{BACKEND}' backend does not reproduce this LlamaForCausalLM"):
+        models.load(ckpt_dirs["llama"], backend=BACKEND)
+
+
+def test_fingerprint_is_cached_by_weight_file_stat(tmp_path, monkeypatch):
+    from workbench.tiny import write_tiny_checkpoint
+
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    folder = write_tiny_checkpoint(tmp_path / "m", "llama", n_layers=2)
+    first = models.fingerprint(models.load(folder, backend=BACKEND))
+    assert (tmp_path / "cache" / "fingerprints.json").is_file()
+    calls = []
+    real = models._weights_hash
+    monkeypatch.setattr(models, "_weights_hash", lambda named: calls.append(1) or real(named))
+    assert models.fingerprint(models.load(folder, backend=BACKEND)) == first and not calls  # O(1): no re-hash
+    weights = folder / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # "rewritten"
+    assert models.fingerprint(models.load(folder, backend=BACKEND)) == first and calls  # hashed again, same value
+
+
+def test_wrap_an_in_memory_model_and_load_bf16_sharded(tmp_path):
+    from transformers import AutoTokenizer
+
+    from workbench.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(tmp_path / "m", "llama", n_layers=2, dtype=torch.bfloat16, max_shard_size="20KB")
+    assert len(list(folder.glob("*.safetensors"))) > 1
+    hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    wrapped = models.wrap(hf, AutoTokenizer.from_pretrained(str(folder)), backend=BACKEND)
+    assert models.source_of(wrapped) is None
+    loaded = models.load(folder, backend=BACKEND)
+    assert models.fingerprint(wrapped) == models.fingerprint(loaded)  # bf16 weights held in float32 either way
+    half = models.load(folder, backend=BACKEND, dtype=torch.bfloat16)
+    assert models.info(half).self_check <= models.SELF_CHECK_TOLERANCE[torch.bfloat16] * 100
+    with pytest.raises(WorkbenchError, match="hf_model must be a transformers model"):
+        models.wrap(object(), None)
+
+
+def test_tl_name_fails_fast_when_the_hub_is_unreachable(monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://127.0.0.1:9")  # nothing listens on the discard port
+    t = time.perf_counter()
+    with pytest.raises(WorkbenchError, match="not reachable.*local folder"):
+        models.load("gpt2")
+    assert time.perf_counter() - t < 2.5

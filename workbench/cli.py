@@ -7,6 +7,7 @@ written atomically, so a failed command leaves no partial folder.
 __all__ = ["main"]
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -58,7 +59,8 @@ def _quiet() -> None:
 def _load(args):
     from workbench import models
 
-    return models.load(args.model, backend=args.backend)
+    return models.load(args.model, backend=args.backend, bos=getattr(args, "bos", "auto"),
+                       chat_template=getattr(args, "chat_template", False))
 
 
 def cmd_info(args) -> int:
@@ -90,6 +92,7 @@ def cmd_directions(args) -> int:
     sites = layer_sites(m, _layers(args.layers), args.kind)
     acts = collect_pairs(m, pairs, sites, position=args.position, batch_size=args.batch_size)
     ds = compute_directions(acts, args.method, model_fingerprint=models.fingerprint(m), seed=args.seed)
+    ds = dataclasses.replace(ds, tokenization=models.tokenization_of(m).to_dict())
     ds.save(args.out)
     print(f"wrote {len(ds.directions)} {args.method} directions ({len(pairs)} pairs, position={args.position}) "
           f"to {args.out}")
@@ -167,16 +170,60 @@ def cmd_export(args) -> int:
                      for iv in spec.interventions)
     print(f"wrote {args.format} to {out} ({what})")
     if args.check:
+        return _check_export(args, model, spec, out)
+    return 0
+
+
+def _check_prompts(args) -> "list[str]":
+    """The prompts --check runs on: --prompt, --prompts FILE, the --pairs file's texts, or a toy model's own."""
+    if args.prompt:
+        return list(args.prompt)
+    if args.prompts:
+        try:
+            lines = [ln for ln in Path(args.prompts).read_text(encoding="utf-8").splitlines() if ln.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise WorkbenchError(f"--prompts {args.prompts!r} could not be read ({type(e).__name__}); pass a UTF-8 "
+                                 f"text file with one prompt per line.") from None
+        if not lines:
+            raise WorkbenchError(f"--prompts {args.prompts!r} holds no prompt; write one prompt per line.")
+        return lines[:16]
+    if args.pairs:
+        from workbench.pairs import load_pairs
+
+        return [t for p in load_pairs(args.pairs).pairs[:8] for t in p.texts]
+    if str(args.model).startswith("toy-"):
         import random
 
-        from workbench.export.parity import check
         from workbench.toy.prompts import prompts as toy_prompts, random_attributes
 
-        path = {"spec": "apply_hf", "gguf": "llama.cpp", "hf-baked": "baked"}[args.format]
-        prompts = args.prompt or [p.text for p in toy_prompts(random_attributes(random.Random(0)), 3, seed=0)]
-        for row in check(model, spec, prompts, paths=(path,), artifacts={path: out}):
-            print(json.dumps(row.to_dict()))
-    return 0
+        return [p.text for p in toy_prompts(random_attributes(random.Random(0)), 3, seed=0)]
+    raise WorkbenchError("--check needs the prompts to check on: --prompts FILE (one per line), --pairs FILE (the "
+                         "pairs the vector was made from) or --prompt TEXT.")
+
+
+def _check_export(args, model, spec, out: Path) -> int:
+    from workbench.export import llamacpp
+    from workbench.export.parity import check, tolerance
+
+    path = {"spec": "apply_hf", "gguf": "llama.cpp", "hf-baked": "baked"}[args.format]
+    if path == "llama.cpp" and not llamacpp.available():
+        print("check llama.cpp: SKIPPED (llama-cpp-python and its converter are not installed; `./dev test` installs "
+              "them, or pip install llama-cpp-python and set WORKBENCH_LLAMA_CONVERTER)")
+        return 0
+    dtype = "float32"
+    if path == "baked":
+        from workbench.io import read_json
+
+        dtype = str(read_json(out / "workbench_bake.json").get("dtype", "float32"))
+    tol = tolerance(path, dtype)
+    failed = False
+    for row in check(model, spec, _check_prompts(args), paths=(path,), artifacts={path: out}):
+        ok = row.passes(tol)
+        failed |= not ok
+        print(f"check {row.path}: {'PASS' if ok else 'FAIL'} max |logit diff| {row.max_abs_diff:.2e} "
+              f"(tolerance {tol:.0e}, {dtype}), effect {row.effect:.3f}, {row.n_tokens} tokens")
+        print(json.dumps({**row.to_dict(), "tolerance": tol, "pass": ok}))
+    return 1 if failed else 0
 
 
 def cmd_import(args) -> int:
@@ -491,6 +538,10 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", required=True, help="TransformerLens name, local HF folder or toy name")
         sp.add_argument("--backend", choices=["bridge", "hooked"], default=None,
                         help="TransformerBridge (TL 4.x) or HookedTransformer (TL 3.x); default: the installed one")
+        sp.add_argument("--bos", choices=["auto", "always", "never"], default="auto",
+                        help="BOS handling: auto = as the model's tokenizer does (default), always, never")
+        sp.add_argument("--chat-template", action="store_true",
+                        help="wrap each prompt as a user turn of the tokenizer's chat template (instruct models)")
 
     sp = sub.add_parser("info", help="model summary and fingerprint")
     model_args(sp)
@@ -533,11 +584,15 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--positions", default="all", help="all | generated | from:K (GGUF and baked need all)")
     sp.add_argument("--model", default=None, help="the checkpoint it was made for (needed by hf-baked and --check)")
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
+    sp.add_argument("--bos", choices=["auto", "always", "never"], default="auto", help="BOS handling (see directions)")
+    sp.add_argument("--chat-template", action="store_true", help="wrap prompts in the chat template (see directions)")
     sp.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                     help="hf-baked weights' precision (default: the source checkpoint's)")
     sp.add_argument("--check", action="store_true",
                     help="prove parity: run the exported form where it deploys and compare with TransformerLens")
-    sp.add_argument("--prompt", action="append", default=None, help="prompts for --check (default: toy neutral)")
+    sp.add_argument("--prompt", action="append", default=None, help="a prompt for --check (repeat for several)")
+    sp.add_argument("--prompts", default=None, help="a text file of prompts for --check, one per line")
+    sp.add_argument("--pairs", default=None, help="a pairs file whose texts --check runs on")
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_export)
 

@@ -13,7 +13,7 @@ __all__ = [
 ]
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -205,6 +205,7 @@ class DirectionSet:
     fingerprint: Fingerprint
     data_hash: str
     n_pairs: int
+    tokenization: dict = field(default_factory=dict)  # models.Tokenization.to_dict() of the collection
 
     def at(self, layer: int, kind: str = "resid_post") -> Direction:
         """The direction at ``blocks.{layer}`` of the given kind."""
@@ -224,7 +225,7 @@ class DirectionSet:
             "basis": "unprocessed",  # no LayerNorm folding or centring: Hugging Face hidden-state basis
             "model": self.fingerprint.to_dict(),
             "provenance": {"data_hash": self.data_hash, "n_pairs": self.n_pairs,
-                           "workbench_version": workbench.__version__},
+                           "workbench_version": workbench.__version__, "tokenization": self.tokenization},
             "directions": [{"site": d.site.to_dict(), "tensor": d.site.name, "quality": d.quality.to_dict()}
                            for d in self.directions],
         }
@@ -264,7 +265,8 @@ class DirectionSet:
             dirs.append(Direction(site, v, Quality(q.get("norm", float(v.norm())), q.get("probe_accuracy"),
                                                    q.get("auroc"), q.get("effect_size"))))
         prov = m.get("provenance", {})
-        return cls(tuple(dirs), m["method"], m["position"], fp, prov.get("data_hash", ""), prov.get("n_pairs", 0))
+        return cls(tuple(dirs), m["method"], m["position"], fp, prov.get("data_hash", ""), prov.get("n_pairs", 0),
+                   prov.get("tokenization") or {})
 
 
 def compute_directions(

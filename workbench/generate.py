@@ -65,7 +65,7 @@ def generate(
     """Sample continuations of ``prompts`` with ``interventions`` applied at every step.
 
     Args:
-        prompts: texts; BOS is prepended as TransformerLens does.
+        prompts: texts, tokenised by the model's policy (``models.Tokenization``: as its HF tokenizer does by default).
         temperature: 0 for greedy decoding; sampling uses a local generator seeded with ``seed``.
         ban_special: never sample padding or BOS tokens (unless they double as EOS).
         use_cache: KV-cached decoding (False recomputes the whole prefix each step; same result).

@@ -135,6 +135,7 @@ class ModelInfo:
     tokenization: Tokenization = Tokenization()
     source: "str | None" = None  # the Hugging Face folder it was loaded from (None: wrapped from memory)
     self_check: "float | None" = None  # max |logit difference| to the Hugging Face model at load time
+    hf_tokenizer: Any = None  # the tokenizer as loaded (the bridge keeps a copy reloaded to always add a BOS)
 
 
 _INFO: "weakref.WeakKeyDictionary[Any, ModelInfo]" = weakref.WeakKeyDictionary()
@@ -208,7 +209,9 @@ def backend_of(model: HookedModel) -> Backend:
 
 
 def tokenizer_of(model: HookedModel):
-    tok = getattr(model, "tokenizer", None)
+    """The model's Hugging Face tokenizer as it was loaded (its own BOS convention intact)."""
+    entry = _INFO.get(model)
+    tok = entry.hf_tokenizer if entry is not None and entry.hf_tokenizer is not None else getattr(model, "tokenizer", None)
     if tok is None:
         raise WorkbenchError("this model has no tokenizer; load it with workbench.models.load(...).")
     return tok
@@ -403,7 +406,7 @@ def _wrap_checked(hf, tok, arch: str, backend: Backend, device: str, dtype: torc
             + (f"Load it with backend={other!r} (--backend {other})." if other else
                "No backend reproduces it here; please report the architecture.")
         )
-    _INFO[model] = ModelInfo(fp, tokenization, source, diff)
+    _INFO[model] = ModelInfo(fp, tokenization, source, diff, tok)
     return model
 def _wrap_hf(hf, tok, arch: str, backend: Backend, device: str, dtype: torch.dtype, name: str) -> HookedModel:
     if backend == "bridge":

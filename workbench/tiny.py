@@ -67,9 +67,13 @@ FAMILIES: dict[str, Family] = {
     "qwen3-moe": Family("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
                         {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": "d_mlp",
                          "norm_topk_prob": True}, bos="none", tokenizer="bpe"),
-    "gemma": Family("GemmaConfig", "GemmaForCausalLM", {"head_dim": "d_head"}),
-    "gemma2": Family("Gemma2Config", "Gemma2ForCausalLM", {"head_dim": "d_head", "sliding_window": 16}),
-    "gemma3": Family("Gemma3TextConfig", "Gemma3ForCausalLM", {"head_dim": "d_head", "sliding_window": 16}),
+    "gemma": Family("GemmaConfig", "GemmaForCausalLM", {"head_dim": "d_head", "tie_word_embeddings": True}),
+    "gemma2": Family("Gemma2Config", "Gemma2ForCausalLM",
+                     {"head_dim": "d_head", "query_pre_attn_scalar": "d_head", "sliding_window": 16,
+                      "tie_word_embeddings": True}),
+    "gemma3": Family("Gemma3TextConfig", "Gemma3ForCausalLM",
+                     {"head_dim": "d_head", "query_pre_attn_scalar": "d_head", "sliding_window": 16,
+                      "tie_word_embeddings": True}),
     "phi3": Family("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
     "phi": Family("PhiConfig", "PhiForCausalLM", {}, bos="no-bos"),
     "gpt-neox": Family("GPTNeoXConfig", "GPTNeoXForCausalLM", {"rotary_pct": 0.5}, bos="no-bos"),
@@ -162,14 +166,27 @@ def write_tiny_checkpoint(
     dtype: "torch.dtype | None" = None,
     max_shard_size: "str | None" = None,
     chat_template: bool = False,
+    tokenizer_from: "str | Path | None" = None,
 ) -> Path:
     """Write a random checkpoint of family ``arch`` (a key of ``FAMILIES``) with the tiny tokenizer to ``folder``
-    (atomically) and return it. ``dtype`` saves in another precision, ``max_shard_size`` shards the safetensors."""
+    (atomically) and return it. ``dtype`` saves in another precision, ``max_shard_size`` shards the safetensors;
+    ``tokenizer_from`` copies another checkpoint's tokenizer files instead (e.g. a SentencePiece tokenizer, which
+    llama.cpp's converter reads for every family)."""
     if arch not in FAMILIES:
         raise ValueError(f"arch must be one of {', '.join(FAMILIES)}; got {arch!r}.")
     family = FAMILIES[arch]
     with atomic_dir(folder) as tmp:
-        vocab_size = write_tokenizer(tmp, bos=family.bos, kind=family.tokenizer, chat_template=chat_template)
+        if tokenizer_from is not None:
+            import shutil
+
+            from transformers import AutoTokenizer
+
+            for f in Path(tokenizer_from).iterdir():
+                if f.name.startswith(("tokenizer", "special_tokens")):
+                    shutil.copy2(f, tmp / f.name)
+            vocab_size = len(AutoTokenizer.from_pretrained(str(tmp)))
+        else:
+            vocab_size = write_tokenizer(tmp, bos=family.bos, kind=family.tokenizer, chat_template=chat_template)
         _write_model(tmp, family, vocab_size, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
                      n_kv_heads=n_kv_heads, d_mlp=d_mlp, n_ctx=n_ctx, seed=seed, dtype=dtype,
                      max_shard_size=max_shard_size)

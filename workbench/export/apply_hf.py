@@ -32,12 +32,19 @@ from safetensors import SafetensorError  # safetensors: a dependency of transfor
 from safetensors.torch import load_file
 
 SCHEMA_VERSION = 1
+_LLAMA_LIKE = ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj")
 _LAYOUTS = {  # model_type -> decoder layers, attention, MLP, attention out-projection, MLP down-projection
-    "llama": ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj"),
-    "mistral": ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj"),
-    "qwen2": ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj"),
+    **{t: _LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2",
+                                "gemma3_text", "phi3", "olmo", "olmo2")},
     "gpt2": ("transformer.h", "attn", "mlp", "attn.c_proj", "mlp.c_proj"),
+    "phi": ("model.layers", "self_attn", "mlp", "self_attn.dense", "mlp.fc2"),
+    "gpt_neox": ("gpt_neox.layers", "attention", "mlp", "attention.dense", "mlp.dense_4h_to_h"),
+    "opt": ("model.decoder.layers", "self_attn", None, "self_attn.out_proj", "fc2"),
 }
+#: Families whose blocks are sequential pre-norm (x + attn(norm x), then + mlp(norm .)) with a dense MLP: every
+#: site maps onto a module. Elsewhere (post-norms: Gemma2/3, OLMo2; parallel attention and MLP: Phi, GPT-NeoX; MoE
+#: MLPs; OPT) only the block's input and output (resid_pre, resid_post) are applied.
+_EVERY_SITE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "phi3", "gpt2"}
 _ARCH = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
 
 
@@ -174,7 +181,8 @@ def applied(model: torch.nn.Module, spec: "dict | str | Path", *, check_weights:
         raise SpecError(f"model_type {model.config.model_type!r} is not supported; supported: {', '.join(_LAYOUTS)}.")
     layers_path, attn_name, mlp_name, o_name, down_name = layout
     layers = _module(model, layers_path)
-    hidden = getattr(model.config, "hidden_size", None) or model.config.n_embd
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    hidden = getattr(text_config, "hidden_size", None) or text_config.n_embd
     plans = []  # (module, "pre" | "out", hook function): built and checked before anything is attached
     for i, e in enumerate(spec["interventions"]):
         site = e.get("site") or {}
@@ -186,6 +194,9 @@ def applied(model: torch.nn.Module, spec: "dict | str | Path", *, check_weights:
             raise SpecError(f"{where}: positions {e['positions']!r}; this applier edits every position only. "
                             f"Export with positions 'all' or run the spec in the workbench.")
         fn, v = _edit(e, where)
+        if kind not in ("resid_pre", "resid_post") and model.config.model_type not in _EVERY_SITE:
+            raise SpecError(f"{where}: on {model.config.model_type!r} models this applier edits block inputs and outputs "
+                            f"only (resid_pre, resid_post); run other sites in the workbench.")
         block = layers[layer]
         width = {"z": lambda: _in_features(_module(block, o_name)),
                  "mlp_post": lambda: _in_features(_module(block, down_name))}.get(kind, lambda: hidden)()

@@ -18,7 +18,7 @@ Anything else (per-position policies, ablation at some layers only, adds mixed w
 activation, not only on the weights, and is refused with the reason; deploy it with ``workbench.export.apply_hf``.
 """
 
-__all__ = ["bake_hf", "ablation_everywhere", "everywhere_sites"]
+__all__ = ["bake_hf", "bake_support", "ablation_everywhere", "everywhere_sites"]
 
 import shutil
 from pathlib import Path
@@ -61,7 +61,81 @@ def _layout(hf):
         return hf.model.layers, lambda b: b.self_attn.o_proj, lambda b: b.mlp.down_proj
     if t == "gpt2":
         return hf.transformer.h, lambda b: b.attn.c_proj, lambda b: b.mlp.c_proj
-    raise WorkbenchError(f"baking supports Llama and GPT-2 checkpoints; this one is {t!r}. Use apply_hf instead.")
+    if t in _OWN_SLOT:
+        layers, o_name, down_name = _OWN_SLOT[t]
+        get = lambda obj, dotted: [obj := getattr(obj, part) for part in dotted.split(".")][-1]  # noqa: E731
+        return get(hf, layers), lambda b: get(b, o_name), lambda b: get(b, down_name)
+    raise WorkbenchError(f"baking does not support {t!r} checkpoints; use apply_hf instead.")
+
+
+#: Families whose MLP output projection has a bias of its own (an add at a block output folds into it).
+_OWN_SLOT = {
+    "gpt_neox": ("gpt_neox.layers", "attention.dense", "mlp.dense_4h_to_h"),
+    "opt": ("model.decoder.layers", "self_attn.out_proj", "fc2"),
+    "phi": ("model.layers", "self_attn.dense", "mlp.fc2"),
+}
+#: Families rewritten exactly as Llama with biases (same modules and names; verified numerically before baking).
+_AS_LLAMA = {"mistral", "qwen2"}
+#: Why the others cannot hold an edit in their weights, and what can.
+_REFUSED = {
+    "gemma": "Gemma's MLP has no bias slot and the model is not a Llama (embedding scale, (1 + w) norms, GELU)",
+    "gemma2": "Gemma2 normalises the MLP output after the down-projection (post-feedforward norm), so no bias there "
+              "adds a fixed vector to the block output",
+    "gemma3_text": "Gemma3 normalises the MLP output after the down-projection (post-feedforward norm), so no bias "
+                   "there adds a fixed vector to the block output",
+    "olmo2": "OLMo2 normalises the MLP output after the down-projection (post-norm), so no bias there adds a fixed "
+             "vector to the block output",
+    "olmo": "OLMo's MLP has no bias slot and its parameter-free LayerNorm and QKV clipping have no Llama equivalent",
+    "qwen3": "Qwen3's MLP has no bias slot and its per-head q/k norms have no Llama equivalent",
+    "phi3": "Phi-3's MLP down-projection has no bias slot in transformers",
+    "mixtral": "Mixtral's experts have no bias slot in transformers (fused expert weights)",
+    "qwen3_moe": "Qwen3-MoE's experts have no bias slot in transformers (fused expert weights)",
+}
+
+
+def bake_support(model_type: str) -> "str | None":
+    """None when an additive edit at a block output bakes exactly into a ``model_type`` checkpoint, else why not."""
+    if model_type in ("llama", "gpt2", *_OWN_SLOT, *_AS_LLAMA):
+        return None
+    reason = _REFUSED.get(model_type, f"baking is not implemented for {model_type!r}")
+    return (f"{reason}. Deploy it as a spec (--format spec, workbench.export.apply_hf) or, where llama.cpp converts "
+            f"the model, as a control vector (--format gguf).")
+
+
+def _as_llama(hf):
+    """The same model as a ``LlamaForCausalLM`` (Mistral, Qwen2: identical modules, plus Qwen2's q/k/v biases)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = hf.config
+    t = c.model_type
+    if getattr(c, "sliding_window", None) and (t == "mistral" or getattr(c, "use_sliding_window", False)):
+        raise WorkbenchError(
+            f"this {t} checkpoint uses sliding-window attention ({c.sliding_window} tokens), which a Llama checkpoint "
+            f"cannot express; deploy the edit as a spec (apply_hf) or a llama.cpp control vector (--format gguf)."
+        )
+    keep = {k: v for k, v in c.to_dict().items()
+            if k not in ("model_type", "architectures", "sliding_window", "use_sliding_window", "max_window_layers",
+                         "layer_types", "transformers_version")}
+    cfg = LlamaConfig(**{**keep, "attention_bias": t == "qwen2", "mlp_bias": False,
+                         "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads})
+    cfg.architectures = ["LlamaForCausalLM"]
+    llama = LlamaForCausalLM(cfg).to(next(hf.parameters()).dtype).eval()
+    missing, unexpected = llama.load_state_dict(hf.state_dict(), strict=False)
+    missing = [k for k in missing if not k.endswith("o_proj.bias")]
+    if missing or unexpected:
+        raise WorkbenchError(f"{t} -> Llama rewrite does not match the weights (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]}); deploy the edit as a spec (apply_hf).")
+    with torch.no_grad():
+        for block in llama.model.layers:
+            if block.self_attn.o_proj.bias is not None:
+                block.self_attn.o_proj.bias.zero_()
+        ids = torch.randint(0, cfg.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+        ref = hf(ids).logits
+        diff = float((llama(ids).logits - ref).abs().max())
+    if not diff <= 1e-4 * max(1.0, float(ref.abs().max())):
+        raise WorkbenchError(f"{t} -> Llama rewrite changes the logits by {diff:.3g}; deploy the edit as a spec "
+                             f"(apply_hf) instead.")
+    return llama
 
 
 def _is_conv1d(m: torch.nn.Module) -> bool:  # GPT-2's Conv1D: weight [in, out]
@@ -105,6 +179,15 @@ def _project_out_rows(w: torch.Tensor, u: torch.Tensor) -> None:  # rows live in
 def _bake_adds(hf, adds: "list[AddDirection]", log: list) -> None:
     layers, o_proj, down = _layout(hf)
     llama = hf.config.model_type == "llama"
+    if not llama and hf.config.model_type != "gpt2":
+        other = [a.site.name for a in adds if not (a.site.kind in ("resid_post", "mlp_out")
+                                                    or (a.site.kind == "resid_pre" and a.site.layer > 0))]
+        if other:
+            raise WorkbenchError(f"{', '.join(other)}: on {hf.config.model_type!r} checkpoints only adds at block outputs "
+                                 f"(resid_post) bake into weights; deploy the others as a spec (apply_hf).")
+        if any(down(b).bias is None for b in layers):
+            raise WorkbenchError(f"this {hf.config.model_type!r} checkpoint was built without MLP output biases, so "
+                                 f"there is no slot to bake into; deploy the edit as a spec (apply_hf).")
     if llama and any(a.site.kind in ("resid_post", "mlp_out", "mlp_post") or (a.site.kind == "resid_pre" and a.site.layer > 0)
                      for a in adds):
         _enable_llama_biases(hf, "mlp")
@@ -239,6 +322,17 @@ def bake_hf(
     tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
     arch = (hf.config.architectures or [type(hf).__name__])[0]
     spec.fingerprint.check(fingerprint_hf(hf, tok, arch), what="intervention spec")
+    why = bake_support(hf.config.model_type)
+    if hf.config.model_type == "opt" and not getattr(hf.config, "do_layer_norm_before", True):
+        why = "this OPT normalises after each block (do_layer_norm_before=False), so no bias adds a fixed vector " \
+              "to the block output. Deploy it as a spec (--format spec, workbench.export.apply_hf)."
+    if why is not None:
+        raise WorkbenchError(f"cannot bake into this {arch} checkpoint: {why}")
+    if (spectral or ablates) and hf.config.model_type not in ("llama", "gpt2"):
+        raise WorkbenchError(f"only additive edits bake into {arch} checkpoints; deploy this spec with apply_hf.")
+    rewritten = hf.config.model_type in _AS_LLAMA
+    if rewritten:
+        hf = _as_llama(hf)
     src_cfg = read_json(src / "config.json")
     src_dtype = src_cfg.get("dtype") or src_cfg.get("torch_dtype") or "float32"
     save_dtype = getattr(torch, dtype or src_dtype, torch.float32)
@@ -258,6 +352,7 @@ def bake_hf(
         write_json(tmp / "workbench_bake.json", {
             "format": "workbench.baked", "source": str(src), "source_model": spec.fingerprint.to_dict(),
             "dtype": str(save_dtype).removeprefix("torch."), "edits": log,
+            "rewritten_as": "LlamaForCausalLM" if rewritten else None,
             "interventions": [iv.to_dict() for iv in spec.interventions], "provenance": spec.provenance.to_dict(),
         })
     return Path(out)

@@ -12,8 +12,9 @@ sites, per-position policies) with the reason, instead of writing a file that wo
 The scale is folded into the tensors (llama.cpp's ``--control-vector-scaled`` multiplies on top of it).
 """
 
-__all__ = ["cvec_block", "write_gguf", "read_gguf", "MODEL_HINTS"]
+__all__ = ["cvec_block", "write_gguf", "read_gguf", "MODEL_HINTS", "NO_LLAMACPP"]
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -28,8 +29,16 @@ from workbench.io import atomic_file
 from workbench.models import Fingerprint, HookedModel, fingerprint
 from workbench.sites import HookSite
 
-#: ``controlvector.model_hint`` per architecture (the Hugging Face ``model_type``, as repeng writes it).
-MODEL_HINTS = {"LlamaForCausalLM": "llama", "GPT2LMHeadModel": "gpt2"}
+#: ``controlvector.model_hint`` per architecture: llama.cpp's name for it (free text; llama.cpp does not check it).
+MODEL_HINTS = {
+    "LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "MixtralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "Qwen3MoeForCausalLM": "qwen3moe",
+    "GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3",
+    "Phi3ForCausalLM": "phi3", "PhiForCausalLM": "phi2", "GPTNeoXForCausalLM": "gptneox", "GPT2LMHeadModel": "gpt2",
+    "OlmoForCausalLM": "olmo", "Olmo2ForCausalLM": "olmo2",
+}
+#: Architectures llama.cpp cannot run, so a control vector for them would never be applied.
+NO_LLAMACPP = {"OPTForCausalLM": "llama.cpp's converter does not support OPT"}
 _META = "workbench.spec"  # our own key: fingerprint + provenance, ignored by llama.cpp
 
 
@@ -71,6 +80,9 @@ def write_gguf(spec: Spec, out: "str | Path", *, model_hint: "str | None" = None
     import gguf
 
     n_layers = spec.fingerprint.n_layers
+    if spec.fingerprint.architecture in NO_LLAMACPP:
+        raise WorkbenchError(f"{NO_LLAMACPP[spec.fingerprint.architecture]}, so a control vector for this model "
+                             f"would never run; export it as --format spec (or hf-baked).")
     summed: dict[int, torch.Tensor] = {}
     for iv in spec.interventions:
         block = cvec_block(iv, n_layers)
@@ -177,7 +189,7 @@ def read_gguf(path: "str | Path", model: "HookedModel | None" = None, *, fp: "Fi
         raise WorkbenchError(f"{path} holds no direction.N tensors.")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     prov = Provenance.from_dict(meta["provenance"]) if meta else Provenance("imported-gguf")
-    prov = Provenance(prov.method, prov.data_hash, prov.n_pairs, source=f"{path.name} sha256:{digest}")
+    prov = dataclasses.replace(prov, source=f"{path.name} sha256:{digest}")
     ivs = tuple(AddDirection(HookSite(b, "resid_post"), vectors[b], 1.0) for b in sorted(vectors))
     spec = Spec(ivs, fp, prov)
     if model is not None:

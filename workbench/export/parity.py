@@ -11,7 +11,7 @@ vocabulary of every prompt:
   far above ``max_abs_diff`` for the comparison to mean anything.
 """
 
-__all__ = ["ParityRow", "PATHS", "tl_logits", "check"]
+__all__ = ["ParityRow", "PATHS", "TOLERANCE", "tolerance", "tl_logits", "check"]
 
 import dataclasses
 import tempfile
@@ -29,6 +29,20 @@ from workbench.tokens import tokenize
 from workbench.sites import HookSite
 
 PATHS = ("apply_hf", "baked", "llama.cpp")
+#: Max |logit difference| a deployed form may show against the TransformerLens-steered model, by the dtype its
+#: weights are stored in (float16/bfloat16 round the folded vector). llama.cpp runs an F32 GGUF, but ggml's GELU
+#: uses a float16 table (1e-3 on Gemma's base model), hence its own bound. A row also fails when the difference
+#: is not far below the edit's own effect (a tenth of it).
+TOLERANCE = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 1e-1, "llama.cpp": 5e-3}
+
+
+def tolerance(path: str, dtype: str = "float32") -> float:
+    """The PASS bound of ``path`` (``TOLERANCE``) for weights stored in ``dtype``."""
+    if path == "llama.cpp":
+        return TOLERANCE["llama.cpp"]
+    if dtype not in TOLERANCE:
+        raise WorkbenchError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}.")
+    return TOLERANCE[dtype]
 
 
 @dataclass(frozen=True)
@@ -41,6 +55,10 @@ class ParityRow:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def passes(self, tol: float) -> bool:
+        """Whether the deployed form reproduces the steered model: within ``tol`` and far below the effect."""
+        return self.max_abs_diff <= tol and self.max_abs_diff < 0.1 * self.effect
 
 
 def tl_logits(model: HookedModel, tokens: torch.Tensor, spec: "Spec | None" = None) -> torch.Tensor:

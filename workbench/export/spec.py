@@ -47,13 +47,15 @@ class Provenance:
     n_pairs: int = 0
     workbench_version: str = workbench.__version__
     source: str = ""  # free text: a directions folder, an imported file and its sha256, ...
+    tokenization: dict = field(default_factory=dict)  # models.Tokenization.to_dict() the vector was computed under
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Provenance":
-        known = {k: d[k] for k in ("method", "data_hash", "n_pairs", "workbench_version", "source") if k in d}
+        keys = ("method", "data_hash", "n_pairs", "workbench_version", "source", "tokenization")
+        known = {k: d[k] for k in keys if k in d}
         return cls(**known)
 
 
@@ -192,5 +194,6 @@ def spec_from_directions(
     pos = positions or Positions()
     ivs = tuple(AddDirection(directions.at(layer, kind).site, directions.at(layer, kind).vector, float(scale), pos)
                 for layer in layers)
-    prov = Provenance(directions.method, directions.data_hash, directions.n_pairs, source=source)
+    prov = Provenance(directions.method, directions.data_hash, directions.n_pairs, source=source,
+                      tokenization=dict(getattr(directions, "tokenization", {}) or {}))
     return Spec(ivs, directions.fingerprint, prov)
