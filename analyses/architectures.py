@@ -11,8 +11,9 @@ For one checkpoint folder ``measure`` reports:
 * ``steer``: whether KV-cached steered greedy generation equals full recompute (tokens, and max |logit diff|);
 * ``apply_hf`` / ``baked`` / ``llama.cpp``: ``workbench.export.parity`` of an add at a middle block's output
   (max |deployed - TransformerLens steered| logits, and the edit's own effect), or the exporter's refusal.
-llama.cpp needs a tokenizer its converter recognises; ``gguf_folder`` is the same architecture with a
-SentencePiece tokenizer for that path.
+llama.cpp needs a vocabulary its converter reads: ``gguf_folder`` is the checkpoint to convert for that path (the
+same architecture with a SentencePiece tokenizer, or the BPE checkpoint itself with
+``$WORKBENCH_LLAMA_PRE_TOKENIZER`` set, see ``workbench.export._convert``).
 """
 
 __all__ = ["PAIRS", "PROMPTS", "measure"]
@@ -124,8 +125,7 @@ def _gguf(folder: Path, backend: str, workdir) -> dict:
     arch = spec.fingerprint.architecture
     if arch in NO_LLAMACPP:
         return {"refused": NO_LLAMACPP[arch]}
-    prompts = ["the", "a"]  # words of the toy SentencePiece vocabulary
-    base = check(model, spec, prompts, paths=("llama.cpp",), workdir=workdir)[0]
+    base = check(model, spec, PROMPTS, paths=("llama.cpp",), workdir=workdir)[0]
     return {"max_abs_diff": base.max_abs_diff, "effect": base.effect}
 
 

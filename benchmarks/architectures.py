@@ -8,6 +8,7 @@ weights, each family's own BOS convention) measured through every workbench path
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import warnings
@@ -48,6 +49,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/architectures")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    os.environ.setdefault("WORKBENCH_LLAMA_PRE_TOKENIZER", "gpt-2")  # the tiny BPE tokenizers are not published ones
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = {}
@@ -55,11 +57,12 @@ def main() -> None:
         for name in args.families.split(","):
             kw = dict(n_layers=3, d_model=32, n_heads=4, n_kv_heads=2)
             folder = write_tiny_checkpoint(Path(tmp) / name, name, **kw)
-            spm = write_tiny_checkpoint(Path(tmp) / f"{name}-spm", name, tokenizer_from=TOY_TOKENIZER, **kw)
+            gguf = folder if FAMILIES[name].tokenizer == "bpe" else \
+                write_tiny_checkpoint(Path(tmp) / f"{name}-spm", name, tokenizer_from=TOY_TOKENIZER, **kw)
             for backend in args.backends.split(","):
-                table[f"{name}/{backend}"] = r = measure(folder, backend, gguf_folder=spm, workdir=tmp)
+                table[f"{name}/{backend}"] = r = measure(folder, backend, gguf_folder=gguf, workdir=tmp)
                 print(f"{name:<10} {backend:<7} " + " | ".join(cell(c, r.get(c)) for c in COLUMNS), flush=True)
-    suffix = "" if args.backends == ",".join(models.available_backends()) else "-" + args.backends.replace(",", "-")
+    suffix = "-" + args.backends.replace(",", "-")
     (out / f"matrix{suffix}.json").write_text(json.dumps(table, indent=1) + "\n")
     lines = ["| family | backend | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
     lines += [f"| {k.split('/')[0]} | {k.split('/')[1]} | " + " | ".join(cell(c, r.get(c)) for c in COLUMNS) + " |"

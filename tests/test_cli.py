@@ -165,6 +165,28 @@ def test_export_every_format_with_parity_check_then_import(ckpt_dirs, llama_dirs
     assert (b.interventions[0].vector - 8 * a.interventions[0].vector).abs().max() < 1e-5
 
 
+def test_export_check_gives_a_verdict(ckpt_dirs, llama_dirs, tmp_path, capsys, monkeypatch):
+    from workbench.export import llamacpp, parity
+
+    llama = str(ckpt_dirs["llama"])
+    base = ["export", "--vector", str(llama_dirs), "--layers", "1", "--scale", "8", "--backend", BACKEND,
+            "--model", llama, "--check"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("the cat is\n\na big dog\n")
+    code, out, err = run(capsys, *base, "--format", "spec", "--out", str(tmp_path / "a"), "--prompts", str(prompts))
+    assert code == 0 and "check apply_hf: PASS" in out and json.loads(out.splitlines()[-1])["pass"], err
+    code, out, err = run(capsys, *base, "--format", "spec", "--out", str(tmp_path / "b"))
+    assert code != 0 and "--prompts FILE" in err  # no toy text for a user's model: the user's prompts are needed
+    real = parity.check
+    monkeypatch.setattr(parity, "check", lambda *a, **k: [parity.ParityRow(r.path, r.effect / 2, r.effect, None,
+                                                                             r.n_tokens) for r in real(*a, **k)])
+    code, out, err = run(capsys, *base, "--format", "spec", "--out", str(tmp_path / "c"), "--prompt", "the cat")
+    assert code == 1 and "check apply_hf: FAIL" in out
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
+    code, out, err = run(capsys, *base, "--format", "gguf", "--out", str(tmp_path / "v.gguf"), "--prompt", "the cat")
+    assert code == 0 and "check llama.cpp: SKIPPED" in out and "./dev test" in out
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--format", "gguf", "--layers", "0", "--scale", "1"], "never steers block 0"),
     (["--format", "gguf", "--layers", "1", "--scale", "1", "--positions", "generated"], "every position"),
@@ -256,3 +278,22 @@ def test_tuning_command_writes_the_tuned_checkpoint(tmp_path, capsys):
     assert code == 0, err
     assert (tmp_path / "o" / "tuned-model" / "model.safetensors").is_file() and "dual-loss tuned" in out
     assert (tmp_path / "o" / "result.json").is_file()
+
+
+def test_bos_and_chat_template_flags_are_recorded(tmp_path, capsys):
+    from workbench.export.spec import spec_from_directions
+    from workbench.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(tmp_path / "chat", "llama", n_layers=2, chat_template=True)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "positive": "good", "negative": "bad"}) + "\n"
+                             for p in ("the cat is", "a dog is", "the sun is", "we are")))
+    code, out, err = run(capsys, "directions", "--model", str(folder), "--pairs", str(pairs), "--out",
+                         str(tmp_path / "d"), "--bos", "never", "--chat-template", "--backend", BACKEND)
+    assert code == 0, err
+    ds = DirectionSet.load(tmp_path / "d")
+    assert ds.tokenization == {"bos": "never", "chat_template": True}
+    assert spec_from_directions(ds, 1, 1.0).provenance.tokenization == ds.tokenization
+    code, out, err = run(capsys, "info", "--model", str(folder), "--bos", "always", "--backend", BACKEND)
+    info = json.loads(out)
+    assert info["tokenization"]["bos"] == "always" and info["self_check_max_logit_diff"] < 1e-4

@@ -9,7 +9,7 @@ __all__ = ["PositionName", "Span", "ActivationSet", "collect", "collect_pairs", 
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from workbench.errors import WorkbenchError
 from workbench.hooks import applied
-from workbench.models import HookedModel
+from workbench.models import HookedModel, tokenization_of
 from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite, layer_sites
 from workbench.tokens import batched, first_difference, make_batch, pad_id_of, tokenize
@@ -142,6 +142,7 @@ class ActivationSet:
     negative: Float[torch.Tensor, "site n width"]
     position: str
     data_hash: str
+    tokenization: dict = field(default_factory=dict)  # models.Tokenization.to_dict() of the collection
 
     def __post_init__(self) -> None:
         if self.positive.shape != self.negative.shape or self.positive.shape[0] != len(self.sites):
@@ -171,4 +172,5 @@ def collect_pairs(
     acts = collect(model, pos_ids + neg_ids, pos_spans + neg_spans, sites,
                    batch_size=batch_size, padding=padding, progress=progress, desc=f"activations ({len(pairs)} pairs)")
     n = len(pairs)
-    return ActivationSet(sites, acts[:, :n], acts[:, n:], position, pairs.data_hash)
+    return ActivationSet(sites, acts[:, :n], acts[:, n:], position, pairs.data_hash,
+                         tokenization_of(model).to_dict())

@@ -7,7 +7,6 @@ written atomically, so a failed command leaves no partial folder.
 __all__ = ["main"]
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -74,6 +73,7 @@ def cmd_info(args) -> int:
         "n_layers": c.n_layers, "d_model": c.d_model, "n_heads": c.n_heads, "d_head": c.d_head,
         "d_mlp": c.d_mlp, "d_vocab": c.d_vocab, "n_ctx": c.n_ctx,
         "parameters": sum(p.numel() for p in m.parameters()), "fingerprint": fp.to_dict(),
+        "tokenization": models.tokenization_of(m).to_dict(), "self_check_max_logit_diff": models.info(m).self_check,
     }
     print(json.dumps(info, indent=2))
     return 0
@@ -92,7 +92,6 @@ def cmd_directions(args) -> int:
     sites = layer_sites(m, _layers(args.layers), args.kind)
     acts = collect_pairs(m, pairs, sites, position=args.position, batch_size=args.batch_size)
     ds = compute_directions(acts, args.method, model_fingerprint=models.fingerprint(m), seed=args.seed)
-    ds = dataclasses.replace(ds, tokenization=models.tokenization_of(m).to_dict())
     ds.save(args.out)
     print(f"wrote {len(ds.directions)} {args.method} directions ({len(pairs)} pairs, position={args.position}) "
           f"to {args.out}")

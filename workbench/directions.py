@@ -290,4 +290,5 @@ def compute_directions(
         vector = _FITS[method](pos, neg)
         gen = torch.Generator().manual_seed(seed)
         dirs.append(Direction(site, vector.float(), _quality(pos, neg, vector, method, gen, holdout)))
-    return DirectionSet(tuple(dirs), method, acts.position, model_fingerprint, acts.data_hash, acts.n_pairs)
+    return DirectionSet(tuple(dirs), method, acts.position, model_fingerprint, acts.data_hash, acts.n_pairs,
+                        dict(acts.tokenization))

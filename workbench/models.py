@@ -1,8 +1,9 @@
 """Loading models, the model protocol, fingerprints and the backend-specific forward step.
 
 This is the only module that knows TransformerLens 3.9's ``HookedTransformer`` from 4.x's ``TransformerBridge``.
-Both are loaded **without weight processing** (no LayerNorm folding, no centring), so residual activations equal
-the Hugging Face model's ``hidden_states`` and an exported vector means the same thing in every runtime.
+Both are loaded **without weight processing** (no LayerNorm folding, no centring), so block outputs equal the
+Hugging Face model's ``hidden_states`` (all but the last entry, which Hugging Face returns after the final norm)
+and an exported vector means the same thing in every runtime.
 
 ``load(spec)`` accepts a local Hugging Face checkpoint folder of any decoder-only architecture the backend
 reproduces exactly, a toy-family name (``toy-s``, ``toy-m``, ``toy-l``, shipped in the package) or a TransformerLens
@@ -211,7 +212,8 @@ def backend_of(model: HookedModel) -> Backend:
 def tokenizer_of(model: HookedModel):
     """The model's Hugging Face tokenizer as it was loaded (its own BOS convention intact)."""
     entry = _INFO.get(model)
-    tok = entry.hf_tokenizer if entry is not None and entry.hf_tokenizer is not None else getattr(model, "tokenizer", None)
+    tok = entry.hf_tokenizer if entry is not None else None
+    tok = tok if tok is not None else getattr(model, "tokenizer", None)
     if tok is None:
         raise WorkbenchError("this model has no tokenizer; load it with workbench.models.load(...).")
     return tok

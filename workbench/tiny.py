@@ -75,12 +75,12 @@ FAMILIES: dict[str, Family] = {
                      {"head_dim": "d_head", "query_pre_attn_scalar": "d_head", "sliding_window": 16,
                       "tie_word_embeddings": True}),
     "phi3": Family("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
-    "phi": Family("PhiConfig", "PhiForCausalLM", {}, bos="no-bos"),
-    "gpt-neox": Family("GPTNeoXConfig", "GPTNeoXForCausalLM", {"rotary_pct": 0.5}, bos="no-bos"),
-    "gpt2": Family("GPT2Config", "GPT2LMHeadModel", {}, bos="no-bos"),
+    "phi": Family("PhiConfig", "PhiForCausalLM", {}, bos="no-bos", tokenizer="bpe"),
+    "gpt-neox": Family("GPTNeoXConfig", "GPTNeoXForCausalLM", {"rotary_pct": 0.5}, bos="no-bos", tokenizer="bpe"),
+    "gpt2": Family("GPT2Config", "GPT2LMHeadModel", {}, bos="no-bos", tokenizer="bpe"),
     "opt": Family("OPTConfig", "OPTForCausalLM", {}),
-    "olmo": Family("OlmoConfig", "OlmoForCausalLM", {}, bos="no-bos"),
-    "olmo2": Family("Olmo2Config", "Olmo2ForCausalLM", {}, bos="no-bos"),
+    "olmo": Family("OlmoConfig", "OlmoForCausalLM", {}, bos="no-bos", tokenizer="bpe"),
+    "olmo2": Family("Olmo2Config", "Olmo2ForCausalLM", {}, bos="no-bos", tokenizer="bpe"),
 }
 
 
@@ -135,11 +135,12 @@ def _config(family: Family, *, vocab_size: int, n_layers: int, d_model: int, n_h
     ids = {"pad_token_id": 0, "bos_token_id": None if family.bos == "none" else 1, "eos_token_id": 2}
     d_head = d_model // n_heads
     sizes = {
-        "GPT2Config": dict(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx, n_inner=d_mlp),
+        # GPT-2 and Phi-2 as published (and as llama.cpp's converter assumes): MLP 4 x d_model, no grouped KV
+        "GPT2Config": dict(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx, n_inner=None),
         "OPTConfig": dict(hidden_size=d_model, ffn_dim=d_mlp, num_hidden_layers=n_layers, num_attention_heads=n_heads,
                           max_position_embeddings=n_ctx, word_embed_proj_dim=d_model),
-        "PhiConfig": dict(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-                          num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, max_position_embeddings=n_ctx,
+        "PhiConfig": dict(hidden_size=d_model, intermediate_size=4 * d_model, num_hidden_layers=n_layers,
+                          num_attention_heads=n_heads, num_key_value_heads=n_heads, max_position_embeddings=n_ctx,
                           partial_rotary_factor=0.5),
         "GPTNeoXConfig": dict(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
                               num_attention_heads=n_heads, max_position_embeddings=n_ctx),

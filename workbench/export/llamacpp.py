@@ -47,39 +47,19 @@ def converter_path(required: bool = True) -> "Path | None":
 
 
 def convert_checkpoint(hf_dir: "str | Path", out: "str | Path") -> Path:
-    """Convert a Hugging Face checkpoint folder to an F32 GGUF model with llama.cpp's own converter."""
-    import json
-    import tempfile
-
+    """Convert a Hugging Face checkpoint folder to an F32 GGUF model with llama.cpp's own converter (run through
+    ``workbench.export._convert``, which restores config keys transformers 5 renames; see there)."""
     out = Path(out)
-    with tempfile.TemporaryDirectory() as tmp:
-        src = _with_converter_keys(Path(hf_dir), Path(tmp), json)
-        cmd = [sys.executable, str(converter_path()), str(src), "--outtype", "f32", "--outfile", str(out)]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "workbench.export._convert", str(converter_path()), str(hf_dir), "--outtype", "f32",
+           "--outfile", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                                     os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0 or not out.is_file():
-        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise WorkbenchError(f"convert_hf_to_gguf.py failed on {hf_dir}: {tail[0]}")
+        lines = (r.stderr or r.stdout).strip().splitlines()
+        tail = [ln for ln in lines if "Error" in ln or "error" in ln][-1:] or lines[-1:] or ["no output"]
+        raise WorkbenchError(f"llama.cpp's convert_hf_to_gguf.py failed on {hf_dir}: {tail[0]}")
     return out
-
-
-def _with_converter_keys(hf_dir: Path, tmp: Path, json) -> Path:
-    """``hf_dir``, or a linked copy whose config.json also carries the legacy keys llama.cpp's converter reads and
-    transformers 5 no longer writes (GPT-2 ``n_ctx`` = ``n_positions``; GPT-NeoX ``rotary_pct`` from
-    ``rope_parameters.partial_rotary_factor``); the values are the config's own."""
-    cfg = json.loads((hf_dir / "config.json").read_text())
-    extra = {}
-    if cfg.get("model_type") == "gpt2" and "n_ctx" not in cfg:
-        extra["n_ctx"] = cfg["n_positions"]
-    if cfg.get("model_type") == "gpt_neox" and "rotary_pct" not in cfg:
-        extra["rotary_pct"] = (cfg.get("rope_parameters") or {}).get("partial_rotary_factor",
-                                                                     cfg.get("partial_rotary_factor", 1.0))
-    if not extra:
-        return hf_dir
-    for f in hf_dir.iterdir():
-        if f.name != "config.json":
-            (tmp / f.name).symlink_to(f.resolve())
-    (tmp / "config.json").write_text(json.dumps({**cfg, **extra}))
-    return tmp
 
 
 def control_vector_data(files: "list[tuple[str | Path, float]]") -> tuple[int, np.ndarray]:
