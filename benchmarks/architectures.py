@@ -57,8 +57,10 @@ def main() -> None:
         for name in args.families.split(","):
             kw = dict(n_layers=3, d_model=32, n_heads=4, n_kv_heads=2)
             folder = write_tiny_checkpoint(Path(tmp) / name, name, **kw)
+            # (named apart: llama.cpp reads the folder name as the model's, and a "phi3" name makes it look up
+            # Phi-3's own <|end|> token, which the toy vocabulary lacks)
             gguf = folder if FAMILIES[name].tokenizer == "bpe" else \
-                write_tiny_checkpoint(Path(tmp) / f"{name}-spm", name, tokenizer_from=TOY_TOKENIZER, **kw)
+                write_tiny_checkpoint(Path(tmp) / f"spm-{len(table)}", name, tokenizer_from=TOY_TOKENIZER, **kw)
             for backend in args.backends.split(","):
                 table[f"{name}/{backend}"] = r = measure(folder, backend, gguf_folder=gguf, workdir=tmp)
                 print(f"{name:<10} {backend:<7} " + " | ".join(cell(c, r.get(c)) for c in COLUMNS), flush=True)

@@ -164,9 +164,12 @@ def tokenization_of(model: "HookedModel") -> Tokenization:
 
 
 def _tl_major() -> int:
-    import transformer_lens
-
-    return int(getattr(transformer_lens, "__version__", "4").split(".")[0] or 4)
+    """3 when ``HookedTransformer`` is importable (TransformerLens <= 3.x, whose 3.9 has no ``__version__``), else 4."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return 4
+    return 3
 
 
 def available_backends() -> list[str]:
@@ -380,6 +383,17 @@ def _load_hf_folder(path: Path, backend: Backend, device: str, dtype: torch.dtyp
     return _wrap_checked(hf, tok, arch, backend, device, dtype, fp, tokenization, str(path.resolve()))
 
 
+def _versions_hint() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        have = f"transformers {version('transformers')}, transformer_lens {version('transformer_lens')}"
+    except PackageNotFoundError:  # pragma: no cover
+        have = "the installed transformers / transformer_lens"
+    return (f"No backend reproduces it with {have}; the architecture matrix is measured exact with transformers "
+            f"5.23.0 and transformer_lens 4.3.0 (constraints.txt): install those, or report the architecture.")
+
+
 def _wrap_checked(hf, tok, arch: str, backend: Backend, device: str, dtype: torch.dtype, fp: Fingerprint,
                   tokenization: Tokenization, source: "str | None") -> HookedModel:
     """Wrap ``hf`` on ``backend`` and check one short forward against the Hugging Face model (computed first:
@@ -405,8 +419,7 @@ def _wrap_checked(hf, tok, arch: str, backend: Backend, device: str, dtype: torc
         raise WorkbenchError(
             f"the {backend!r} backend does not reproduce this {arch} checkpoint: max |logit difference| to the Hugging "
             f"Face model is {diff:.3g} (tolerance {tol:.3g} in {str(dtype).removeprefix('torch.')}). "
-            + (f"Load it with backend={other!r} (--backend {other})." if other else
-               "No backend reproduces it here; please report the architecture.")
+            + (f"Load it with backend={other!r} (--backend {other})." if other else _versions_hint())
         )
     _INFO[model] = ModelInfo(fp, tokenization, source, diff, tok)
     return model
