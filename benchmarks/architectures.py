@@ -9,6 +9,7 @@ weights, each family's own BOS convention) measured through every workbench path
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -27,8 +28,9 @@ COLUMNS = ("load", "activations", "directions", "steer", "apply_hf", "llama.cpp"
 def cell(name: str, r: "dict | None") -> str:
     if r is None:
         return "-"
-    if "refused" in r:
-        return "refused: " + r["refused"].split(". ")[0].split(": ", 1)[-1][:110].replace("|", "/")
+    if "refused" in r:  # the reason's first clause, without temp paths
+        why = re.sub(r"'?/tmp/[^' ]*'?", "the checkpoint", r["refused"]).split(". ")[0].split("; ")[0]
+        return "refused: " + why.split(": ", 1)[-1].replace("|", "/")
     if "skipped" in r:
         return "skipped"
     if name == "load":
@@ -47,7 +49,12 @@ def main() -> None:
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--backends", default=",".join(models.available_backends()))
     ap.add_argument("--out", default="results/architectures")
+    ap.add_argument("--render", action="store_true", help="only rewrite the .md tables from the saved .json")
     args = ap.parse_args()
+    if args.render:
+        for f in sorted(Path(args.out).glob("matrix-*.json")):
+            f.with_suffix(".md").write_text(render(json.loads(f.read_text())))
+        return
     warnings.filterwarnings("ignore")
     os.environ.setdefault("WORKBENCH_LLAMA_PRE_TOKENIZER", "gpt-2")  # the tiny BPE tokenizers are not published ones
     out = Path(args.out)
@@ -66,10 +73,14 @@ def main() -> None:
                 print(f"{name:<10} {backend:<7} " + " | ".join(cell(c, r.get(c)) for c in COLUMNS), flush=True)
     suffix = "-" + args.backends.replace(",", "-")
     (out / f"matrix{suffix}.json").write_text(json.dumps(table, indent=1) + "\n")
+    (out / f"matrix{suffix}.md").write_text(render(table))
+
+
+def render(table: dict) -> str:
     lines = ["| family | backend | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
     lines += [f"| {k.split('/')[0]} | {k.split('/')[1]} | " + " | ".join(cell(c, r.get(c)) for c in COLUMNS) + " |"
               for k, r in table.items()]
-    (out / f"matrix{suffix}.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

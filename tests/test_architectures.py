@@ -64,3 +64,18 @@ def test_hooked_refusals_name_the_reason(tmp_path):
         folder = write_tiny_checkpoint(tmp_path / family, family, n_layers=2, d_model=32, n_heads=4)
         with pytest.raises(WorkbenchError, match=f"{why}.*backend='bridge'"):
             models.load(folder, backend="hooked")
+    # a baked checkpoint carries its edit in MLP biases: HookedTransformer would run it unsteered, so it is refused
+    import torch
+
+    from workbench.export.bake import bake_hf
+    from workbench.export.spec import Spec
+    from workbench.interventions import AddDirection
+    from workbench.sites import HookSite
+
+    src = write_tiny_checkpoint(tmp_path / "src", "llama", n_layers=2, d_model=32, n_heads=4)
+    model = models.load(src, backend="bridge")
+    spec = Spec((AddDirection(HookSite(1), torch.ones(32), 1.0),), models.fingerprint(model))
+    baked = bake_hf(spec, src, tmp_path / "baked", dtype="float32")
+    with pytest.raises(WorkbenchError, match="biases.*backend='bridge'"):
+        models.load(baked, backend="hooked")
+    assert models.load(baked, backend="bridge") is not None

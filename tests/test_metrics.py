@@ -55,7 +55,7 @@ def test_perplexity_and_kl(model):
 def test_bad_inputs(llama):
     with pytest.raises(WorkbenchError, match="non-empty list"):
         perplexity(llama, "the cat")
-    with pytest.raises(WorkbenchError, match="at least one token after BOS"):
+    with pytest.raises(WorkbenchError, match="at least two tokens"):
         perplexity(llama, [""])
     with pytest.raises(WorkbenchError, match="prefix of the other"):
         ab_probability(llama, ContrastPairs.from_list([("the cat", "the cat is")]))

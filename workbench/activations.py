@@ -25,7 +25,7 @@ from workbench.tokens import batched, first_difference, make_batch, pad_id_of, t
 
 PositionName = Literal["last", "answer", "mean"]
 POSITIONS: tuple[str, ...] = ("last", "answer", "mean")
-Span = tuple[int, int]  # [a, b) token indices in the unpadded sequence (0 = BOS)
+Span = tuple[int, int]  # [a, b) token indices in the unpadded sequence (0 = the first token: BOS where added)
 
 
 class _Recorder:

@@ -62,12 +62,13 @@ def ab_probability(
 def token_logprobs(
     model: HookedModel, texts: Sequence[str], *interventions: Intervention, batch_size: int = 32
 ) -> list[Float[torch.Tensor, " n_tokens"]]:
-    """Log-probability of each token of each text given its prefix (BOS excluded)."""
+    """Log-probability of each token of each text given its prefix (every token but the first, which has none:
+    the BOS where the tokenizer adds one)."""
     if isinstance(texts, str) or not texts:
         raise WorkbenchError("texts must be a non-empty list of strings.")
     seqs = [tokenize(model, t) for t in texts]
     if any(len(s) < 2 for s in seqs):
-        raise WorkbenchError("every text needs at least one token after BOS to be scored.")
+        raise WorkbenchError("every text needs at least two tokens to be scored (the first has no prefix).")
     out: list = [None] * len(seqs)
     for chunk in batched(len(seqs), batch_size):
         batch = make_batch([seqs[i] for i in chunk], pad_id_of(model), "right")
