@@ -57,8 +57,8 @@ def _activations(model, hf, tok) -> dict:
     n = model.cfg.n_layers
     with torch.no_grad():
         _, cache = model.run_with_cache(torch.tensor([ids]))
+        last = float((final_hidden(model, cache) - hs[n]).abs().max())
     inner = max(float((cache[HookSite(layer).name] - hs[layer + 1]).abs().max()) for layer in range(n - 1))
-    last = float((final_hidden(model, cache) - hs[n]).abs().max())
     return {"blocks": inner, "last_after_final_norm": last}
 
 

@@ -297,3 +297,16 @@ def test_bos_and_chat_template_flags_are_recorded(tmp_path, capsys):
     code, out, err = run(capsys, "info", "--model", str(folder), "--bos", "always", "--backend", BACKEND)
     info = json.loads(out)
     assert info["tokenization"]["bos"] == "always" and info["self_check_max_logit_diff"] < 1e-4
+
+
+def test_info_says_which_formats_hold_an_edit(tmp_path, capsys):
+    from workbench.tiny import write_tiny_checkpoint
+
+    for family, baked in (("gemma2", "refused: Gemma2 normalises"), ("gpt-neox", "adds at block outputs"),
+                          ("opt", "adds at block outputs")):
+        folder = write_tiny_checkpoint(tmp_path / family, family, n_layers=2, d_model=32)
+        code, out, err = run(capsys, "info", "--model", str(folder), "--backend", "bridge")
+        assert code == 0, err
+        exports = json.loads(out)["exports"]
+        assert exports["hf-baked"].startswith(baked)
+        assert exports["gguf"].startswith("refused: llama.cpp's converter does not support OPT") == (family == "opt")

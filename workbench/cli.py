@@ -75,6 +75,12 @@ def cmd_info(args) -> int:
         "parameters": sum(p.numel() for p in m.parameters()), "fingerprint": fp.to_dict(),
         "tokenization": models.tokenization_of(m).to_dict(), "self_check_max_logit_diff": models.info(m).self_check,
     }
+    source = models.source_of(m)
+    if source is not None:
+        from workbench.export.support import formats
+        from workbench.io import read_json
+
+        info["exports"] = formats(str(read_json(Path(source) / "config.json").get("model_type")), fp.architecture)
     print(json.dumps(info, indent=2))
     return 0
 

@@ -4,14 +4,15 @@
 * ``gguf``: llama.cpp control vectors (export, and import of repeng / llama.cpp files);
 * ``bake``: a Hugging Face checkpoint with the edit folded into its weights;
 * ``apply_hf``: a standalone applier for plain transformers models (imports only torch and transformers);
-* ``llamacpp`` / ``parity``: run the deployed forms and compare them with the TransformerLens-steered logits.
+* ``llamacpp`` / ``parity``: run the deployed forms and compare them with the TransformerLens-steered logits;
+* ``support``: which formats hold an edit for a model family (``workbench info``).
 
 Submodules are imported on first use, so ``workbench.export.apply_hf`` stays free of TransformerLens.
 """
 
 import importlib
 
-__all__ = ["spec", "gguf", "bake", "apply_hf", "llamacpp", "parity"]
+__all__ = ["spec", "gguf", "bake", "apply_hf", "llamacpp", "parity", "support"]
 
 
 def __getattr__(name: str):
