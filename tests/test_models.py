@@ -183,6 +183,13 @@ def test_wrap_an_in_memory_model_and_load_bf16_sharded(tmp_path):
     assert models.info(half).self_check <= models.SELF_CHECK_TOLERANCE[torch.bfloat16] * 100
     with pytest.raises(WorkbenchError, match="hf_model must be a transformers model"):
         models.wrap(object(), None)
+    from workbench.export.parity import check
+    from workbench.export.spec import Spec
+    from workbench.interventions import AddDirection
+
+    spec = Spec((AddDirection(HookSite(1), torch.ones(32), 1.0),), models.fingerprint(wrapped))
+    with pytest.raises(WorkbenchError, match="pass source=FOLDER"):
+        check(wrapped, spec, ["the cat"], paths=("apply_hf",))
 
 
 def test_tl_name_fails_fast_when_the_hub_is_unreachable(monkeypatch):

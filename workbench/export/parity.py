@@ -108,7 +108,10 @@ def check(
     if unknown or not prompts:
         raise WorkbenchError(f"paths must be among {', '.join(PATHS)} (got {unknown}) and prompts non-empty.")
     spec.check(model)
-    source = hf_folder(models.source_of(model) or ".")
+    if models.source_of(model) is None:
+        raise WorkbenchError("parity runs the deployed forms from the model's checkpoint folder, and this model was "
+                             "wrapped from memory: pass source=FOLDER to workbench.models.wrap (or load the folder).")
+    source = hf_folder(models.source_of(model))
     seqs = [torch.tensor(tokenize(model, p)) for p in prompts]
     steered = [tl_logits(model, t, spec) for t in seqs]
     effect = max(float((s - tl_logits(model, t)).abs().max()) for s, t in zip(steered, seqs))
