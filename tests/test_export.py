@@ -407,3 +407,18 @@ def test_tl_side_parity_paths_need_no_llamacpp(llama):
     assert [r.path for r in rows] == ["apply_hf", "baked"]
     assert all(r.max_abs_diff < 5e-5 < r.off_by_one for r in rows)
     assert n_attached_hooks(llama) == 0
+
+
+def test_mistral_with_a_sliding_window_is_not_baked_as_llama(tmp_path):
+    from workbench import models as m
+    from workbench.export.bake import bake_hf
+    from workbench.tiny import write_tiny_checkpoint
+
+    src = write_tiny_checkpoint(tmp_path / "mistral", "mistral", n_layers=2, d_model=32)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "sliding_window": 16}))  # < max_position_embeddings
+    model = m.load(src, backend="bridge")
+    spec = Spec((AddDirection(HookSite(1), torch.ones(32), 1.0),), m.fingerprint(model))
+    with pytest.raises(WorkbenchError, match="sliding-window attention .16 tokens.*--format gguf"):
+        bake_hf(spec, src, tmp_path / "baked")
+    assert not (tmp_path / "baked").exists()

@@ -108,7 +108,8 @@ def _as_llama(hf):
 
     c = hf.config
     t = c.model_type
-    if getattr(c, "sliding_window", None) and (t == "mistral" or getattr(c, "use_sliding_window", False)):
+    window = getattr(c, "sliding_window", None)
+    if window and window < c.max_position_embeddings and (t == "mistral" or getattr(c, "use_sliding_window", False)):
         raise WorkbenchError(
             f"this {t} checkpoint uses sliding-window attention ({c.sliding_window} tokens), which a Llama checkpoint "
             f"cannot express; deploy the edit as a spec (apply_hf) or a llama.cpp control vector (--format gguf)."
