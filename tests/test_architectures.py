@@ -17,7 +17,7 @@ NOT_BAKED = {"gemma", "gemma2", "gemma3", "olmo", "olmo2", "qwen3", "phi3", "mix
 #: llama.cpp's converter has no OPT; the rest converts and runs. Families with a BPE tokenizer convert with
 #: $WORKBENCH_LLAMA_PRE_TOKENIZER (the tiny tokenizers are not among the published ones llama.cpp knows by hash).
 NO_LLAMACPP = {"opt"}
-#: ggml evaluates GELU through a float16 table: ~1e-3 on the base model of the GELU families already.
+#: ggml evaluates GELU through a float16 table: 3-6e-4 on the GELU families' base models already.
 GELU = {"gemma", "gemma2", "gemma3", "gpt-neox", "gpt2", "phi"}
 WITH_LLAMACPP = llamacpp.available() or bool(os.environ.get("WORKBENCH_REQUIRE_LLAMACPP"))
 

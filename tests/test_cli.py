@@ -177,6 +177,7 @@ def test_export_check_gives_a_verdict(ckpt_dirs, llama_dirs, tmp_path, capsys, m
     assert code == 0 and "check apply_hf: PASS" in out and json.loads(out.splitlines()[-1])["pass"], err
     code, out, err = run(capsys, *base, "--format", "spec", "--out", str(tmp_path / "b"))
     assert code != 0 and "--prompts FILE" in err  # no toy text for a user's model: the user's prompts are needed
+    assert not (tmp_path / "b").exists()  # refused before anything was written
     real = parity.check
     monkeypatch.setattr(parity, "check", lambda *a, **k: [parity.ParityRow(r.path, r.effect / 2, r.effect, None,
                                                                              r.n_tokens) for r in real(*a, **k)])

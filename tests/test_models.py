@@ -183,6 +183,11 @@ def test_wrap_an_in_memory_model_and_load_bf16_sharded(tmp_path):
     assert models.info(half).self_check <= models.SELF_CHECK_TOLERANCE[torch.bfloat16] * 100
     with pytest.raises(WorkbenchError, match="hf_model must be a transformers model"):
         models.wrap(object(), None)
+    from transformers import LlamaForCausalLM
+
+    built = LlamaForCausalLM(hf.config.__class__(**{**hf.config.to_dict(), "architectures": None})).eval()
+    assert models.fingerprint(models.wrap(built, AutoTokenizer.from_pretrained(str(folder)),
+                                          backend=BACKEND)).architecture == "LlamaForCausalLM"
     from workbench.export.parity import check
     from workbench.export.spec import Spec
     from workbench.interventions import AddDirection

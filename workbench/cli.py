@@ -159,6 +159,7 @@ def cmd_export(args) -> int:
     if (args.format == "hf-baked" or args.check) and not args.model:
         raise WorkbenchError(f"--format {args.format}{' --check' if args.check else ''} needs --model (the checkpoint "
                              f"the vector was made for).")
+    prompts = _check_prompts(args) if args.check else None  # validated before anything is written
     from workbench import models
 
     model = None
@@ -175,12 +176,13 @@ def cmd_export(args) -> int:
                      for iv in spec.interventions)
     print(f"wrote {args.format} to {out} ({what})")
     if args.check:
-        return _check_export(args, model, spec, out)
+        return _check_export(args, model, spec, out, prompts)
     return 0
 
 
 def _check_prompts(args) -> "list[str]":
-    """The prompts --check runs on: --prompt, --prompts FILE, the --pairs file's texts, or a toy model's own."""
+    """The prompts --check runs on: --prompt, the first 16 lines of --prompts FILE, the texts of the first 8 pairs
+    of --pairs FILE, or a toy model's own text."""
     if args.prompt:
         return list(args.prompt)
     if args.prompts:
@@ -206,7 +208,7 @@ def _check_prompts(args) -> "list[str]":
                          "pairs the vector was made from) or --prompt TEXT.")
 
 
-def _check_export(args, model, spec, out: Path) -> int:
+def _check_export(args, model, spec, out: Path, prompts: "list[str]") -> int:
     from workbench.export import llamacpp
     from workbench.export.parity import check, tolerance
 
@@ -222,7 +224,7 @@ def _check_export(args, model, spec, out: Path) -> int:
         dtype = str(read_json(out / "workbench_bake.json").get("dtype", "float32"))
     tol = tolerance(path, dtype)
     failed = False
-    for row in check(model, spec, _check_prompts(args), paths=(path,), artifacts={path: out}):
+    for row in check(model, spec, prompts, paths=(path,), artifacts={path: out}):
         ok = row.passes(tol)
         failed |= not ok
         print(f"check {row.path}: {'PASS' if ok else 'FAIL'} max |logit diff| {row.max_abs_diff:.2e} "
@@ -596,8 +598,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--check", action="store_true",
                     help="prove parity: run the exported form where it deploys and compare with TransformerLens")
     sp.add_argument("--prompt", action="append", default=None, help="a prompt for --check (repeat for several)")
-    sp.add_argument("--prompts", default=None, help="a text file of prompts for --check, one per line")
-    sp.add_argument("--pairs", default=None, help="a pairs file whose texts --check runs on")
+    sp.add_argument("--prompts", default=None, help="a text file of prompts for --check, one per line (first 16)")
+    sp.add_argument("--pairs", default=None, help="a pairs file whose texts --check runs on (first 8 pairs)")
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_export)
 

@@ -13,8 +13,9 @@ refuses a backend that does not reproduce the checkpoint, naming the one that do
 
 * ``bridge`` (TransformerLens 4.x ``TransformerBridge``, also in 3.9): every architecture TransformerLens's
   bridge has an adapter for; it runs the Hugging Face modules themselves.
-* ``hooked`` (TransformerLens 3.9 ``HookedTransformer``): Llama and GPT-2 only, re-implemented by TransformerLens;
-  Llama checkpoints with attention/MLP biases or rope scaling are refused (its converter drops both).
+* ``hooked`` (TransformerLens 3.9 ``HookedTransformer``): the workbench wires Llama and GPT-2 only (TransformerLens
+  re-implements them); Llama checkpoints with attention/MLP biases or rope scaling are refused (its converter
+  drops both).
 
 What the workbench knows about a loaded model (its folder, fingerprint, tokenisation policy, self-check) is kept
 in a registry beside the model (``info(model)``), never as attributes on the TransformerLens object.
@@ -105,7 +106,8 @@ class Tokenization:
 
     ``bos``: ``"auto"`` tokenises as the Hugging Face tokenizer does by default (``tokenizer(text)``, the convention
     of every deployment: Llama/Mistral/Gemma prepend a BOS, GPT-2/Pythia/OLMo/Phi do not, Qwen has none);
-    ``"always"`` makes sure the sequence starts with the BOS; ``"never"`` drops a leading BOS.
+    ``"always"`` makes sure the sequence starts with the BOS; ``"never"`` drops a leading BOS. (Phi-2 adds no BOS;
+    Phi-3 does.)
     ``chat_template``: wrap each prompt as a user turn of the tokenizer's chat template (with the generation
     prompt), as CAA does for instruct models; a pair's completion follows the generation prompt.
     """
@@ -264,7 +266,8 @@ def load(
         return _load_hf_folder(checkpoint_dir(text), resolved, device, dtype, tokenization)
     if text.startswith((".", "/", "~")) or text.endswith("/"):
         raise WorkbenchError(f"model folder {text!r} does not exist; pass an existing Hugging Face checkpoint folder.")
-    model = _load_tl_name(text, resolved, device, dtype)
+    model = _load_tl_name(text, resolved, device, dtype)  # TransformerLens's own loading: no HF reference here
+    _check_tokenization(tokenizer_of(model), tokenization)
     _INFO[model] = ModelInfo(_fingerprint_tl(model), tokenization)
     return model
 
@@ -289,7 +292,7 @@ def wrap(
     resolved = _resolve_backend(backend)
     tokenization = Tokenization(bos, chat_template)
     p = next(hf_model.parameters())
-    arch = _architecture(hf_model.config)
+    arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
     _check_supported(hf_model.config, arch, resolved, "the model")
     fp = fingerprint_hf(hf_model.eval(), tokenizer, arch)
     return _wrap_checked(hf_model, tokenizer, arch, resolved, str(p.device), p.dtype, fp, tokenization,
@@ -383,6 +386,14 @@ def _load_hf_folder(path: Path, backend: Backend, device: str, dtype: torch.dtyp
     return _wrap_checked(hf, tok, arch, backend, device, dtype, fp, tokenization, str(path.resolve()))
 
 
+def _check_tokenization(tok, tokenization: Tokenization) -> None:
+    if tokenization.chat_template and not getattr(tok, "chat_template", None):
+        raise WorkbenchError("chat_template=True (--chat-template) but this tokenizer has no chat template; drop the "
+                             "option or use an instruct model's tokenizer.")
+    if tokenization.bos == "always" and tok.bos_token_id is None:
+        raise WorkbenchError("bos='always' (--bos always) but this tokenizer has no BOS token; use --bos auto.")
+
+
 def _versions_hint() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -398,11 +409,7 @@ def _wrap_checked(hf, tok, arch: str, backend: Backend, device: str, dtype: torc
                   tokenization: Tokenization, source: "str | None") -> HookedModel:
     """Wrap ``hf`` on ``backend`` and check one short forward against the Hugging Face model (computed first:
     the bridge wraps the HF modules in place)."""
-    if tokenization.chat_template and not getattr(tok, "chat_template", None):
-        raise WorkbenchError("chat_template=True (--chat-template) but this tokenizer has no chat template; drop the "
-                             "option or use an instruct model's tokenizer.")
-    if tokenization.bos == "always" and tok.bos_token_id is None:
-        raise WorkbenchError("bos='always' (--bos always) but this tokenizer has no BOS token; use --bos auto.")
+    _check_tokenization(tok, tokenization)
     hf = hf.to(device)
     ids = torch.randint(0, int(hf.config.get_text_config().vocab_size), (1, 12),
                         generator=torch.Generator().manual_seed(0)).to(device)
@@ -593,9 +600,10 @@ def _cache_file() -> "Path | None":
 
 
 def _weight_files_key(path: Path, dtype: torch.dtype) -> "str | None":
-    """A key that changes whenever a weight file of ``path`` changes (name, size, mtime in ns, inode)."""
+    """A key that changes whenever a weight file or the config of ``path`` changes (the folder, each file's name,
+    size, mtime in ns and inode, and the load dtype)."""
     files = sorted(f for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".pth")
-                   or f.name.endswith(".index.json"))
+                   or f.name.endswith(".index.json") or f.name == "config.json")
     if not files:
         return None
     stats = [(f.name, st.st_size, st.st_mtime_ns, st.st_ino) for f in files for st in [f.stat()]]
@@ -603,8 +611,8 @@ def _weight_files_key(path: Path, dtype: torch.dtype) -> "str | None":
 
 
 def _cached_fingerprint(path: Path, hf, tok, arch: str, dtype: torch.dtype) -> Fingerprint:
-    """``fingerprint_hf``, with the weights' hash cached by the weight files' names, sizes and mtimes: the full
-    hash is computed once per checkpoint (and dtype), every later load costs a ``stat`` per file."""
+    """``fingerprint_hf``, with the weights' hash cached by ``_weight_files_key``: the full hash is computed once per
+    checkpoint (and dtype), every later load costs a ``stat`` per file."""
     cache, key = _cache_file(), _weight_files_key(path, dtype)
     table: dict = {}
     if cache is not None and key is not None:

@@ -14,7 +14,8 @@ nor the rest of the workbench), so a service can vendor it as one file. Usage::
 Sites map onto the Hugging Face modules as TransformerLens defines them (0-based blocks): ``resid_pre`` = input of
 decoder layer L, ``resid_post`` = its output (``hidden_states[L+1]``), ``attn_out`` / ``mlp_out`` = the attention /
 MLP outputs, ``resid_mid`` = input + attention output, ``z`` = the attention output projection's input and
-``mlp_post`` = the MLP down-projection's input. Position policy: every position (``all``); the per-position
+``mlp_post`` = the MLP down-projection's input; these inner sites on sequential pre-norm families only (``_EVERY_SITE``),
+block inputs and outputs everywhere. Position policy: every position (``all``); the per-position
 policies (``from:K``, ``generated``) need prompt boundaries this applier does not see and are refused.
 """
 

@@ -32,7 +32,7 @@ from workbench.io import atomic_dir, read_json, write_json
 from workbench.sites import HookSite
 
 _TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "vocab.json", "merges.txt", "added_tokens.json")
+                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
 
 
 def everywhere_sites(n_layers: int) -> list[HookSite]:

@@ -3,7 +3,8 @@
 The layout llama.cpp's loader reads (``common_control_vector_load``, measured in ../shared/reference/llamacpp.md):
 ``general.architecture = "controlvector"``, ``controlvector.model_hint``, ``controlvector.layer_count`` and F32 1-D
 tensors ``direction.N``, each added to the residual stream after the FFN residual add of the **0-based** block N,
-i.e. TransformerLens ``blocks.N.hook_resid_post`` (Hugging Face ``hidden_states[N+1]``), at every position.
+i.e. TransformerLens ``blocks.N.hook_resid_post`` (Hugging Face ``hidden_states[N+1]``; N < n_layers - 1), at every
+position.
 
 llama.cpp fails silently: a file holding ``direction.0`` (or a non-F32 tensor, or a wrong width) is skipped whole
 and generation continues unsteered with exit code 0, and ``direction.{n_layer}`` is dropped. So the exporter

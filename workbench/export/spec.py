@@ -10,7 +10,8 @@ A spec folder holds ``intervention.json`` and ``tensors.safetensors``::
                         "tensors": {"vector": "0.vector"}}],
      "provenance": {"method": "mean", "data_hash": ..., "n_pairs": 200, "workbench_version": "0.1.0", "source": ...}}
 
-Layers are 0-based blocks; ``resid_post`` of block N is Hugging Face ``hidden_states[N+1]`` and llama.cpp's
+Layers are 0-based blocks; ``resid_post`` of block N is Hugging Face ``hidden_states[N+1]`` (but for the last
+block, which Hugging Face returns after the final norm) and llama.cpp's
 ``direction.N``. ``Spec.load`` checks every field, and against a model when one is given, and rejects with one
 error that names the fix: unknown format or schema version, wrong model or width, a missing, corrupt or
 non-finite tensor. ``workbench.export.apply_hf`` reads the same folder without TransformerLens.
