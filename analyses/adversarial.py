@@ -19,20 +19,22 @@ cross-entropy; transfer of the found suffix to other model sizes (the toy family
 steered at its own card cell); and the negated-vector symmetry check (log-odds shift at +s vs -s).
 """
 
-__all__ = ["Config", "Result", "TokenSets", "PROBE_STEMS", "search", "run", "plot"]
+__all__ = ["Config", "Result", "TokenSets", "PROBE_STEMS", "search", "run", "plot", "section", "summary", "STUDY"]
 
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from analyses.common import ResultDict, require_positive, resolve_steer, steer_cell, target_rate, word_ids
+from analyses.common import Attribute, require_positive, resolve_steer, steer_cell, target_rate, word_ids
 from workbench import models
 from workbench.errors import WorkbenchError
-from workbench.hooks import applied
+from workbench.forward import batch_logits, last_logits
 from workbench.models import HookedModel
+from workbench.report.sections import Section, rate_ci, who
+from workbench.studies import Context, Study, StudyResult, register
 from workbench.sites import EMBED
 from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import evidence_words
@@ -74,14 +76,6 @@ def _banned(model: HookedModel) -> list:
     return sorted({i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) if i is not None})
 
 
-def _forward_last(model: HookedModel, seqs: "list[list[int]]", ivs: tuple, extra: tuple = ()) -> torch.Tensor:
-    b = make_batch(seqs, pad_id_of(model), "right")
-    dev = model.cfg.device
-    with applied(model, *ivs, *extra):
-        logits = model(b.tokens.to(dev), attention_mask=b.attention_mask.to(dev))
-    return logits, b
-
-
 def _evaluate(model: HookedModel, prompts: "list[list[int]]", suffixes: "list[list[int]]", ivs: tuple,
               metric: TokenSets, stem: "list[int]" = (), batch_rows: int = 256) -> "tuple[torch.Tensor, torch.Tensor]":
     """Mean loss over prompts and mean suffix cross-entropy, per suffix."""
@@ -92,8 +86,8 @@ def _evaluate(model: HookedModel, prompts: "list[list[int]]", suffixes: "list[li
     with torch.no_grad():
         for i in range(0, len(rows), batch_rows):
             chunk = rows[i:i + batch_rows]
-            logits, b = _forward_last(model, [r[2] for r in chunk], ivs)
-            logits = logits.float().log_softmax(-1)
+            b = make_batch([r[2] for r in chunk], pad_id_of(model), "right")
+            logits = batch_logits(model, b, *ivs).float().log_softmax(-1)
             last = b.end - 1
             m = metric.value(logits[torch.arange(len(chunk)), last])
             for j, (c, start, seq) in enumerate(chunk):
@@ -110,9 +104,10 @@ def _gradient(model: HookedModel, prompts: "list[list[int]]", suffix: "list[int]
     w_e = model.W_E.detach()
     onehot = torch.nn.functional.one_hot(torch.tensor(suffix), w_e.shape[0]).float().requires_grad_(True)
     seqs = [p + suffix + list(stem) for p in prompts]
+    b = make_batch(seqs, pad_id_of(model), "right")
     try:
         with torch.enable_grad():
-            logits, b = _forward_last(model, seqs, ivs, (_EmbedSuffix(onehot, [len(p) for p in prompts], w_e),))
+            logits = batch_logits(model, b, *ivs, _EmbedSuffix(onehot, [len(p) for p in prompts], w_e))
             loss = metric.value(logits.float()[torch.arange(len(seqs)), b.end - 1]).mean()
             loss.backward()
         return onehot.grad.detach()
@@ -170,22 +165,40 @@ def search(model: HookedModel, prompts: "list[list[int]]", ivs: tuple, metric: T
 
 @dataclass(frozen=True)
 class Config:
-    attribute: str = "sentiment"
+    attribute: Attribute = "sentiment"
+    """Toy attribute whose steering the suffix reverses (not truth)."""
     source: "str | None" = None
+    """Value the prompts carry (default: the attribute's usual source)."""
     target: "str | None" = None
-    layer: "int | None" = None
-    strength: "float | None" = None
-    method: str = "gcg"
+    """Value the steering pushes towards (default: the attribute's usual target)."""
+    layer: "int | None" = field(default=None, metadata={"none": "card"})
+    """0-based block steered (default: the toy card's best cell, else the middle block)."""
+    strength: "float | None" = field(default=None, metadata={"none": "card"})
+    """Steering strength (default: the toy card's best cell, else 1)."""
+    method: Literal["gcg", "epo"] = "gcg"
+    """Search: GCG (greedy coordinate gradient) or EPO (evolutionary, with a fluency term)."""
     suffix_len: int = 4
+    """Suffix length in tokens."""
     steps: int = 40
+    """Search steps."""
     topk: int = 16
+    """Candidate tokens per position from the gradient."""
     candidates: int = 64
+    """Candidate suffixes evaluated per step."""
     population: int = 8
+    """EPO: population size."""
     ce_weight: float = 0.1
+    """EPO: weight of the suffix's cross-entropy (fluency)."""
     n_train: int = 8
+    """Prompts the suffix is optimised on."""
     n_heldout: int = 48
+    """Held-out prompts it is evaluated on."""
+    transfer: "tuple[str, ...]" = ()
+    """Other models to try the suffix on, e.g. toy-s,toy-l."""
     max_new_tokens: int = 16
+    """Tokens generated per prompt in the sampled evaluation."""
     seed: int = 0
+    """Seed of prompts, search and sampling."""
 
     def __post_init__(self) -> None:
         resolve_steer(self)
@@ -198,7 +211,9 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Result(ResultDict):
+class Result(StudyResult):
+    KIND = "adversarial"
+
     config: dict
     model: dict
     site: dict
@@ -207,7 +222,6 @@ class Result(ResultDict):
     transfer: list
     symmetry: dict
     cost: dict = field(default_factory=dict)
-
 
 
 PROBE_STEMS = {"sentiment": ". the cat is", "topic": ". the big", "register": ".", "language": "."}
@@ -227,11 +241,8 @@ def _heldout(model: HookedModel, name: str, cfg: Config, texts: "list[str]", suf
     seqs = [tokenize(model, t) for t in texts]
     stem = _stem(model, cfg.attribute)
     iv = (cell.intervention(),)
-    with torch.no_grad():
-        lg, b = _forward_last(model, [s + stem for s in seqs], iv)
-        plain = metric.value(lg.float()[torch.arange(len(seqs)), b.end - 1])
-        lg, b = _forward_last(model, [s + suffix + stem for s in seqs], iv)
-        attacked = metric.value(lg.float()[torch.arange(len(seqs)), b.end - 1])
+    plain = metric.value(last_logits(model, [s + stem for s in seqs], *iv))
+    attacked = metric.value(last_logits(model, [s + suffix + stem for s in seqs], *iv))
     was = plain > 0
     suffixed = [t + " " + model.tokenizer.decode(suffix) for t in texts]
     kw = {"max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
@@ -273,11 +284,8 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "",
         ocell = steer_cell(other, other_name, cfg.attribute, cfg.source, cfg.target, seed=cfg.seed)
         transfer.append(_heldout(other, other_name, cfg, held, suffix, ocell))
     seqs = [tokenize(model, t) + stem for t in held]
-    shifts = {}
-    with torch.no_grad():
-        for label, s in (("0", 0.0), ("+s", cell.strength), ("-s", -cell.strength)):
-            lg, b = _forward_last(model, seqs, (cell.intervention(scale=s),))
-            shifts[label] = float(metric.value(lg.float()[torch.arange(len(seqs)), b.end - 1]).mean())
+    shifts = {label: float(metric.value(last_logits(model, seqs, cell.intervention(scale=s))).mean())
+              for label, s in (("0", 0.0), ("+s", cell.strength), ("-s", -cell.strength))}
     kw = {"max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
     rates = {label: target_rate(model, held, cfg.attribute, cfg.target, cell.intervention(scale=s), **kw)
              for label, s in (("0", 0.0), ("+s", cell.strength), ("-s", -cell.strength))}
@@ -301,3 +309,41 @@ def plot(result: "Result | dict") -> dict:
                 title=f"{r['model'].get('name') or 'model'}: {r['config']['method']} search for a reversing suffix "
                       f"({r['config']['attribute']})", x_title="step", y_title="nats")
     return {"adversarial_search": fig}
+
+
+def section(r: dict) -> Section:
+    """The report's section: the suffix, its held-out reversal rate, and the negated-vector symmetry."""
+    h = r["heldout"]
+    n_pos = h["steered_logodds_positive"]
+    text = (f"{r['config']['method'].upper()} search on {who(r)} ({r['config']['attribute']}): suffix "
+            f"`{r['suffix']['text']}` ({r['suffix']['length']} tokens, cross-entropy {r['suffix']['ce']:.2f} "
+            f"nats/token). Held-out reversal rate {rate_ci(h['reversal_rate'], max(n_pos, 1))} of {n_pos} prompts; "
+            f"sampled target rate {h['target_rate']['steered']:.2f} steered, "
+            f"{h['target_rate']['steered_with_suffix']:.2f} with the suffix. Negated-vector symmetry: log-odds shift "
+            f"{r['symmetry']['logodds_shift_plus']:+.2f} at +s vs {r['symmetry']['logodds_shift_minus']:+.2f} at -s.")
+    return Section(Result.KIND, f"Adversarial reversal: {r['config']['attribute']} ({who(r)}, "
+                   f"{r['config']['method']})", text, plot(r), 43)
+
+
+def summary(r: Result) -> str:
+    h, cfg = r.heldout, r.config
+    lines = [f"adversarial ({cfg['method']}) on {r.model['name']}, {cfg['attribute']}: suffix {r.suffix['text']!r} "
+             f"(cross-entropy {r.suffix['ce']:.2f} nats/token); held-out reversal rate {h['reversal_rate']:.2f}; "
+             f"target rate steered {h['target_rate']['steered']:.2f} -> with suffix "
+             f"{h['target_rate']['steered_with_suffix']:.2f}"]
+    for t in r.transfer:
+        if "reversal_rate" in t:
+            lines.append(f"  transfer to {t['model']}: reversal {t['reversal_rate']:.2f}, target rate "
+                         f"{t['target_rate']['steered']:.2f} -> {t['target_rate']['steered_with_suffix']:.2f}")
+    sy = r.symmetry
+    lines.append(f"symmetry: log-odds shift +s {sy['logodds_shift_plus']:+.3f}, -s {sy['logodds_shift_minus']:+.3f}")
+    return "\n".join(lines)
+
+
+def execute(ctx: Context, cfg: Config) -> Result:
+    return run(ctx.model(), cfg, name=ctx.model_name or "", others={n: ctx.load(n) for n in cfg.transfer},
+               progress=ctx.progress)
+
+
+STUDY = register(Study("adversarial", "search a suffix that reverses steering (GCG / EPO)", Config, Result, execute,
+                       plot, section, summary))

@@ -69,7 +69,7 @@ def _directions(model, hf, tok) -> dict:
 
     pairs = ContrastPairs.from_list(PAIRS)
     acts = collect_pairs(model, pairs, position="last")
-    ds = compute_directions(acts, "mean", model_fingerprint=models.fingerprint(model))
+    ds = compute_directions(acts, "mean")
     n = model.cfg.n_layers
     diffs = []
     for p, q in PAIRS:

@@ -1,27 +1,29 @@
-"""What the toy studies share: the steering cell to study, behaviour rates of steered generations, intervals."""
+"""What the toy studies share: the steering cell to study, behaviour rates of steered generations, fact items."""
 
-__all__ = ["SteerCell", "steer_cell", "target_rate", "mean_ci", "wilson", "resolve_steer", "require_positive",
-           "ResultDict",
-           "fact_items", "last_logits", "mc_truth", "word_ids", "once"]
+__all__ = ["SteerCell", "steer_cell", "target_rate", "resolve_steer", "require_positive",
+           "Attribute",
+           "fact_items", "mc_truth", "word_ids", "once"]
 
-import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from workbench.directions import DirectionSet
 from workbench.errors import WorkbenchError
+from workbench.forward import last_logits
 from workbench.generate import generate
-from workbench.hooks import applied
 from workbench.interventions import AddDirection
-from workbench.metrics import wilson  # noqa: F401  (re-exported for the studies)
+from workbench.metrics import wilson
 from workbench.models import HookedModel
-from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import score
 from workbench.toy.language import LEXICON, fact_value
 from workbench.toy.measure import directions_for
 from workbench.toy.prompts import prompts, random_attributes, steer_values
+
+#: the toy attributes a study can steer (workbench.toy.prompts.STEER_TARGETS)
+Attribute = Literal["sentiment", "topic", "register", "language", "truth"]
 
 
 def resolve_steer(cfg) -> None:
@@ -48,13 +50,6 @@ def once(path, make) -> None:
         write_json(path, make().to_dict())
 
 
-class ResultDict:
-    """``to_dict`` for the studies' frozen result dataclasses (JSON-able, what ``plot`` and the report read)."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 @dataclass(frozen=True, eq=False)
 class SteerCell:
     """One steering setting: the direction set it comes from, the site, the strength."""
@@ -77,7 +72,7 @@ def steer_cell(model: HookedModel, name: str, attribute: str, source: str, targe
     kind, position = "resid_post", "last"
     if layer is None or strength is None:
         best = None
-        from workbench.toy import NAMES, card
+        from workbench.shipped import NAMES, card
 
         if name in NAMES:
             best = card(name)["measured"]["steering"][attribute]["best"]
@@ -100,16 +95,6 @@ def target_rate(model: HookedModel, texts: "list[str]", attribute: str, target: 
     with torch.no_grad():
         g = generate(model, texts, *interventions, max_new_tokens=max_new_tokens, seed=seed)
     return score(list(g.texts), attribute, target, texts).target_rate
-
-
-def mean_ci(values: "list[float]", z: float = 1.96) -> tuple[float, list]:
-    """Mean and a normal-approximation 95% interval of the mean (one value: a zero-width interval)."""
-    n = len(values)
-    m = sum(values) / n
-    if n < 2:
-        return m, [m, m]
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
-    return m, [m - z * sd / math.sqrt(n), m + z * sd / math.sqrt(n)]
 
 
 def fact_items(n: int, truth: "str | None", seed: int, family: str = "id") -> list:
@@ -147,22 +132,11 @@ def _token(model: HookedModel, word: str) -> int:
     return ids[0]
 
 
-def last_logits(model: HookedModel, texts: "list[str]", interventions: tuple = ()) -> torch.Tensor:
-    seqs = [tokenize(model, t) for t in texts]
-    out = []
-    for i in range(0, len(seqs), 64):
-        b = make_batch(seqs[i:i + 64], pad_id_of(model), "right")
-        with torch.no_grad(), applied(model, *interventions):
-            lg = model(b.tokens.to(model.cfg.device), attention_mask=b.attention_mask.to(model.cfg.device))
-        out.append(lg[torch.arange(len(b.end)), b.end - 1].float().cpu())
-    return torch.cat(out)
-
-
 def mc_truth(model: HookedModel, items: list, interventions: tuple = (), prefix: "list[str] | None" = None) -> dict:
     """Multiple choice over the six KB values (one-word answers: the answer log-probability): how often the true
     value wins, with a Wilson interval, and how often the liar's value does."""
     texts = [(prefix[i] + " " if prefix else "") + it[0] for i, it in enumerate(items)]
-    logits = last_logits(model, texts, interventions)
+    logits = last_logits(model, texts, *interventions)
     right = wrong = 0
     token = {w: _token(model, w) for it in items for w in it[3]}  # each option word tokenised once
     for row, (_, honest, liar, options) in zip(logits, items):

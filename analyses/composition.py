@@ -17,22 +17,25 @@ property set:
 * for ``dynamic``: the per-step alpha traces (mean over prompts).
 """
 
-__all__ = ["Config", "Result", "run", "plot", "PAIRS"]
+__all__ = ["Config", "Result", "run", "plot", "section", "summary", "PAIRS", "STUDY"]
 
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 
-from analyses.common import ResultDict, require_positive
+from analyses.common import require_positive
 from workbench import models
 from workbench.composition import StepAdd, generate_composed, icv
 from workbench.errors import WorkbenchError
+from workbench.forward import batch_logits
 from workbench.generate import generate
-from workbench.hooks import applied
 from workbench.models import HookedModel
 from workbench.positions import TokenLayout
+from workbench.report.sections import Section, who
+from workbench.studies import Context, Study, StudyResult, register
 from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import grammaticality, own_document, score
 from workbench.toy.prompts import few_shot_prompts, prompts_with, steer_values
@@ -42,18 +45,30 @@ PAIRS = (("language", "sentiment"), ("sentiment", "register"))
 
 @dataclass(frozen=True)
 class Config:
-    properties: tuple = ("language", "sentiment", "register")
-    pairs: tuple = PAIRS
-    fixed_alphas: tuple = (0.5, 1.0, 2.0, 3.0, 4.0)
-    alpha: float = 2.0  # for start / diminishing
+    properties: "tuple[str, ...]" = ("language", "sentiment", "register")
+    """Toy attributes steered one at a time (not truth)."""
+    pairs: "tuple[tuple[str, str], ...]" = PAIRS
+    """Property pairs composed, e.g. language+sentiment,sentiment+register."""
+    fixed_alphas: "tuple[float, ...]" = (0.5, 1.0, 2.0, 3.0, 4.0)
+    """Strengths of the fixed strategy."""
+    alpha: float = 2.0
+    """Strength of the start and diminishing strategies."""
     alpha_max: float = 2.0
+    """Cap of the dynamic strategy's per-step alpha."""
     top_p: float = 0.9
-    normalisation: str = "none"
-    kind: str = "z"
+    """Nucleus the dynamic KL is computed on."""
+    normalisation: Literal["none", "seed"] = "none"
+    """'seed' divides the KL by the nucleus size |S| as the DAC code does."""
+    kind: Literal["z", "resid_post"] = "z"
+    """Site of the in-context vectors: attention head outputs (z) or the block output."""
     n_icl: int = 30
+    """In-context prompts per property the vectors are extracted from."""
     n_test: int = 50
+    """Test prompts per setting."""
     steps: int = 20
+    """Tokens generated (greedy) per prompt."""
     seed: int = 0
+    """Seed of prompts."""
 
     def __post_init__(self) -> None:
         for p in (*self.properties, *(x for pair in self.pairs for x in pair)):
@@ -68,14 +83,15 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Result(ResultDict):
+class Result(StudyResult):
+    KIND = "composition"
+
     config: dict
     model: dict
     single: list  # rows: property, strategy, alpha, accuracy, grammaticality, delta_ppl
     composed: list  # rows: pair, strategy, accuracies per property, grammaticality, delta_ppl
     traces: dict  # "property" or "a+b" -> mean alpha per step per property
     cost: dict = field(default_factory=dict)
-
 
 
 def _icl_prefix(values: dict, n: int, seed: int) -> "list[str]":
@@ -97,8 +113,8 @@ def _nll(model: HookedModel, contexts: "list[str]", conts: "list[str]", ivs_for=
         b = make_batch(chunk, pad_id_of(model), "left")
         ivs = ivs_for(b, i) if ivs_for else ()
         layout = TokenLayout(b.start, b.start + torch.tensor([spans[i + j][0] for j in range(len(chunk))]))
-        with torch.no_grad(), applied(model, *ivs, layout=layout):
-            lp = model(b.tokens.to(model.cfg.device), attention_mask=b.attention_mask.to(model.cfg.device)).float().log_softmax(-1)
+        with torch.no_grad():
+            lp = batch_logits(model, b, *ivs, layout=layout).float().log_softmax(-1)
         for j, (a, e) in enumerate(spans[i:i + 32]):
             if e <= a:
                 continue
@@ -179,3 +195,58 @@ def plot(result: "Result | dict") -> dict:
                 for g, s in r["traces"].items() for j, prop in enumerate(g.split("+"))},
                title=f"{who}: dynamic alpha per step (mean over prompts)", x_title="step", y_title="alpha")
     return {"dac_tradeoff": sweep, "dac_alpha_traces": tr}
+
+
+def section(r: dict) -> Section:
+    """The report's section: accuracy, grammaticality and perplexity change per property, strategy and alpha."""
+    rows = ["| properties | strategy | alpha | accuracy | grammaticality | delta ppl |", "|---|---|---|---|---|---|"]
+    for x in r["single"] + r["composed"]:
+        acc = ", ".join(f"{k} {v:.2f}" for k, v in x["accuracy"].items())
+        rows.append(f"| {'+'.join(x['properties'])} | {x['strategy']} | {x['alpha']:g} | {acc} | "
+                    f"{x['grammaticality']:.2f} | {x['delta_ppl']:+.2f} |")
+    text = f"Dynamic Activation Composition on {who(r)} (greedy, {r['config']['steps']} tokens).\n\n" + "\n".join(rows)
+    return Section(Result.KIND, f"DAC: composing properties ({who(r)})", text, plot(r), 50)
+
+
+def summary(r: Result) -> str:
+    lines = [f"DAC on {r.model['name']} ({r.cost['seconds']} s): property accuracy / grammaticality / delta-ppl"]
+    for x in r.single + r.composed:
+        acc = ", ".join(f"{k} {v:.2f}" for k, v in x["accuracy"].items())
+        lines.append(f"  {'+'.join(x['properties']):<20} {x['strategy']:<11} alpha {x['alpha']:<4g} {acc:<32} "
+                     f"gram {x['grammaticality']:.2f}  dppl {x['delta_ppl']:+.2f}")
+    return "\n".join(lines)
+
+
+def execute(ctx: Context, cfg: Config) -> Result:
+    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
+
+
+def table(results: "list[dict]") -> str:
+    """The DAC study's table and alpha traces (``analyses.composition.Result`` as saved)."""
+    if len(results) != 1:
+        raise WorkbenchError(f"this table takes one result; got {len(results)}.")
+    r = results[0]
+    cfg = r["config"]
+    lines = [f"# DAC on {r['model']['name']} (`workbench analyze composition --model {r['model']['name']}`: "
+             f"{cfg['n_icl']} parallel 4-shot ICL prompts per property, {cfg['n_test']} short test prompts with the "
+             f"source value, greedy {cfg['steps']} tokens, hook_{cfg['kind']} at every layer, alpha_max "
+             f"{cfg['alpha_max']}, top-p {cfg['top_p']}, KL normalisation '{cfg['normalisation']}')", "",
+             "`dynamic` is the exact method (two forwards per step); `dynamic-lagged` runs unsteered, probe and "
+             "steered rows in one batched forward per step, using the previous step's alpha (alpha_max at step 0).",
+             "", "| properties | strategy | alpha | accuracy (target value) | grammaticality | delta ppl vs ICL "
+             "reference | mean alpha used |", "|---|---|---|---|---|---|---|"]
+    for row in r["single"] + r["composed"]:
+        acc = ", ".join(f"{p} {a:.2f}" for p, a in row["accuracy"].items())
+        alphas = ", ".join(f"{a:.2f}" for a in row["mean_alpha"])
+        lines.append(f"| {'+'.join(row['properties'])} | {row['strategy']} | {row['alpha']:g} | {acc} | "
+                     f"{row['grammaticality']:.2f} | {row['delta_ppl']:+.2f} | {alphas} |")
+    lines += ["", "Dynamic (exact) alpha per step (mean over prompts):", ""]
+    for key, traces in sorted(r["traces"].items()):
+        for prop, trace in zip(key.split("+"), traces):
+            lines.append(f"- {key} / {prop}: " + " ".join(f"{a:.2f}" for a in trace))
+    lines += ["", f"({r['cost']['seconds']} s on 2 CPU cores.)"]
+    return "\n".join(lines) + "\n"
+
+
+STUDY = register(Study("composition", "DAC: fixed / start / diminishing / dynamic strengths, 1-2 properties", Config,
+                       Result, execute, plot, section, summary, table=table))

@@ -8,29 +8,41 @@ target rate minus unsteered target rate on the same prompts (95% Wilson interval
 effect on ``id``.
 """
 
-__all__ = ["Config", "Result", "run", "plot"]
+__all__ = ["Config", "Result", "run", "plot", "section", "summary", "STUDY"]
 
 import time
 from dataclasses import asdict, dataclass, field
 
-from analyses.common import ResultDict, resolve_steer, steer_cell, target_rate, wilson
+from analyses.common import Attribute, resolve_steer, steer_cell, target_rate
 from workbench import models
 from workbench.errors import WorkbenchError
+from workbench.metrics import wilson
 from workbench.models import HookedModel
+from workbench.report.sections import Section, who
+from workbench.studies import Context, Study, StudyResult, register
 from workbench.toy.prompts import FAMILIES, prompts_with
 
 
 @dataclass(frozen=True)
 class Config:
-    attribute: str = "sentiment"
+    attribute: Attribute = "sentiment"
+    """Toy attribute to steer."""
     source: "str | None" = None
+    """Value the prompts carry (default: the attribute's usual source)."""
     target: "str | None" = None
-    families: tuple = FAMILIES
-    layer: "int | None" = None
-    strength: "float | None" = None
+    """Value to steer towards (default: the attribute's usual target)."""
+    families: "tuple[str, ...]" = FAMILIES
+    """Prompt families to compare; must include id (the in-distribution one)."""
+    layer: "int | None" = field(default=None, metadata={"none": "card"})
+    """0-based block to steer (default: the toy card's best cell, else the middle block)."""
+    strength: "float | None" = field(default=None, metadata={"none": "card"})
+    """Steering strength (default: the toy card's best cell, else 1)."""
     n_prompts: int = 100
+    """Steered prompts per family."""
     max_new_tokens: int = 24
+    """Tokens generated per prompt."""
     seed: int = 0
+    """Seed of prompts and sampling."""
 
     def __post_init__(self) -> None:
         resolve_steer(self)
@@ -42,13 +54,14 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Result(ResultDict):
+class Result(StudyResult):
+    KIND = "distribution_shift"
+
     config: dict
     model: dict
     site: dict
     families: list
     cost: dict = field(default_factory=dict)
-
 
 
 def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress: bool = True) -> Result:
@@ -87,3 +100,33 @@ def plot(result: "Result | dict") -> dict:
                title=f"{r['model'].get('name') or 'model'}: {c['attribute']} -> {c['target']} rate by prompt family "
                      f"(direction from in-distribution pairs)", y_title="target rate", x_title="prompt family")
     return {"distribution_shift": fig}
+
+
+def section(r: dict) -> Section:
+    """The report's section: how much of the in-distribution effect carries to the other prompt families."""
+    ood = [x for x in r["families"] if x["family"] != "id" and x["ratio_to_id"] is not None]
+    worst = min(ood, key=lambda x: x["ratio_to_id"], default=None)
+    mean = sum(x["ratio_to_id"] for x in ood) / len(ood) if ood else float("nan")
+    text = (f"{r['config']['attribute']} on {who(r)}: the in-distribution effect carries to the other prompt families "
+            f"at a mean OOD/ID ratio of {mean:.2f}"
+            + ("" if worst is None else f"; the weakest is {worst['family']} ({worst['ratio_to_id']:.2f})") + ".")
+    return Section(Result.KIND, f"In- vs out-of-distribution: {r['config']['attribute']} ({who(r)})", text, plot(r),
+                   41)
+
+
+def summary(r: Result) -> str:
+    lines = [f"distribution shift, {r.config['attribute']} on {r.model['name']} (L{r.site['layer']} "
+             f"x{r.site['strength']:g}):"]
+    for x in r.families:
+        ratio = "n/a" if x["ratio_to_id"] is None else f"{x['ratio_to_id']:.2f}"
+        lines.append(f"  {x['family']:<11} unsteered {x['unsteered']:.2f}  steered {x['steered']:.2f} "
+                     f"{x['steered_ci']}  effect {x['effect']:+.2f}  OOD/ID {ratio}")
+    return "\n".join(lines)
+
+
+def execute(ctx: Context, cfg: Config) -> Result:
+    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
+
+
+STUDY = register(Study("distribution-shift", "effect on in- vs out-of-distribution prompt families", Config, Result,
+                       execute, plot, section, summary))

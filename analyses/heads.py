@@ -15,8 +15,9 @@ difference, at the last position, between the next words that show ``target`` an
   grammaticality at each strength.
 """
 
-__all__ = ["Config", "Result", "LogitDiff", "Projection", "run", "direct_attribution", "patching",
-           "attribution_patching", "head_vector", "head_steering_effect", "head_steering", "plot", "toy_metric"]
+__all__ = ["Config", "Result", "section", "summary", "STUDY", "LogitDiff", "Projection", "run", "direct_attribution", "patching",
+           "attribution_patching", "head_vector", "head_steering_effect", "head_steering", "plot", "toy_metric",
+           "pair_batches"]
 
 import math
 import time
@@ -25,19 +26,22 @@ from typing import Any
 
 import torch
 
-from analyses.common import ResultDict, require_positive, resolve_steer, word_ids
+from analyses.common import Attribute, require_positive, resolve_steer, word_ids
 from workbench import models
 from workbench.directions import DirectionSet
 from workbench.errors import WorkbenchError
 from workbench.generate import generate_at_strengths
-from workbench.hooks import applied
+from workbench.forward import batch_logits
+from workbench.hooks import Capture
 from workbench.interventions import AddDirection
 from workbench.models import HookedModel, head_out_weights
 from workbench.pairs import ContrastPairs
+from workbench.report.sections import Section, who
 from workbench.sites import HookSite
+from workbench.studies import Context, Study, StudyResult, register
 from workbench.tokens import Batch, make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import evidence_words, score
-from workbench.toy.measure import GRAMMAR_FLOOR, directions_for, steer_prompts
+from workbench.toy.measure import best_cell, directions_for, steer_prompts
 from workbench.toy.prompts import contrast_pairs
 
 
@@ -72,28 +76,25 @@ class Projection:
         return captured[torch.arange(captured.shape[0]), last] @ u
 
 
-class _Capture:
-    """Records activations at sites (keeping the graph when ``grad``); optionally replaces one head's z."""
+@dataclass(frozen=True, eq=False)
+class _PatchHead:
+    """Replaces head ``head``'s ``hook_z`` at block ``layer`` with ``z`` [batch pos d_head], at every position."""
 
-    def __init__(self, sites: "list[HookSite]", grad: bool = False, patch: "tuple[int, int, torch.Tensor] | None" = None):
-        self.sites, self.grad, self.patch, self.out = sites, grad, patch, {}
+    layer: int
+    head: int
+    z: torch.Tensor
 
     def to_hooks(self, model: Any, layout: Any = None) -> list:
-        hooks = []
-        for s in self.sites:
-            def rec(x: torch.Tensor, hook: Any, site: HookSite = s) -> torch.Tensor:
-                if self.patch is not None and site.kind == "z" and site.layer == self.patch[0]:
-                    x = x.clone()
-                    x[:, :, self.patch[1]] = self.patch[2].to(x)
-                if self.grad:
-                    x.retain_grad()
-                self.out[site] = x
-                return x
-            hooks.append((s.check(model), rec))
-        return hooks
+        def patch(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            x = x.clone()
+            x[:, :, self.head] = self.z.to(x)
+            return x
+
+        return [(HookSite(self.layer, "z").check(model), patch)]
 
 
-def _pair_batches(model: HookedModel, pairs: ContrastPairs) -> "tuple[Batch, Batch, list[int]]":
+def pair_batches(model: HookedModel, pairs: ContrastPairs) -> "tuple[Batch, Batch, list[int]]":
+    """Right-padded positive and negative batches of the pairs of equal token length, and those pairs' indices."""
     pos, neg, kept = [], [], []
     for i, p in enumerate(pairs.pairs):
         a, b = (tokenize(model, t) for t in p.texts)
@@ -109,15 +110,14 @@ def _pair_batches(model: HookedModel, pairs: ContrastPairs) -> "tuple[Batch, Bat
 
 def _run(model: HookedModel, batch: Batch, metric: Any, sites: "list[HookSite]", *, grad: bool = False,
          patch: "tuple[int, int, torch.Tensor] | None" = None) -> "tuple[torch.Tensor, dict]":
-    cap_sites = list(sites) + ([metric.site] if getattr(metric, "site", None) is not None else [])
-    if patch is not None and HookSite(patch[0], "z") not in cap_sites:
-        cap_sites.append(HookSite(patch[0], "z"))
-    cap = _Capture(cap_sites, grad=grad, patch=patch)
-    dev = model.cfg.device
-    ctx = torch.enable_grad() if grad else torch.no_grad()
-    with ctx, applied(model, cap):
-        logits = model(batch.tokens.to(dev), attention_mask=batch.attention_mask.to(dev))
-        m = metric.value(logits.float(), cap.out.get(getattr(metric, "site", None)), batch.end - 1)
+    """The metric on ``batch`` (one head's z patched in when ``patch``) and the activations at ``sites``, which
+    keep their gradient after ``backward`` when ``grad``."""
+    site = getattr(metric, "site", None)
+    cap = Capture(list(sites) + ([site] if site is not None else []), retain_grad=grad)
+    edits = () if patch is None else (_PatchHead(*patch),)
+    with torch.enable_grad() if grad else torch.no_grad():
+        logits = batch_logits(model, batch, *edits, cap)
+        m = metric.value(logits.float(), cap.out.get(site), batch.end - 1)
     return m, cap.out
 
 
@@ -136,9 +136,9 @@ def direct_attribution(model: HookedModel, pos: Batch, neg: Batch, direction: to
     sites = _z_sites(model, layers)
     caps = []
     for batch in (pos, neg):
-        cap = _Capture(sites)
-        with torch.no_grad(), applied(model, cap):
-            model(batch.tokens.to(model.cfg.device), attention_mask=batch.attention_mask.to(model.cfg.device))
+        cap = Capture(sites)
+        with torch.no_grad():
+            batch_logits(model, batch, cap)
         caps.append(cap.out)
     out = []
     for layer in layers:
@@ -213,9 +213,8 @@ def head_steering_effect(model: HookedModel, neg: Batch, metric_neg: Any, vector
         row_e, row_s = [], []
         for h in range(model.cfg.n_heads):
             dz, sh = head_vector(model, layer, h, vectors[layer])
-            cap = _Capture([])
-            with torch.no_grad(), applied(model, AddDirection(HookSite(layer, "z"), dz, strength), cap):
-                logits = model(neg.tokens.to(model.cfg.device), attention_mask=neg.attention_mask.to(model.cfg.device))
+            with torch.no_grad():
+                logits = batch_logits(model, neg, AddDirection(HookSite(layer, "z"), dz, strength))
             row_e.append(float((metric_neg.value(logits.float(), None, neg.end - 1) - base).mean()))
             row_s.append(sh)
         effect.append(row_e)
@@ -263,16 +262,28 @@ def toy_metric(model: HookedModel, texts: "list[str]", attribute: str, target: s
 
 @dataclass(frozen=True)
 class Config:
-    attribute: str = "sentiment"
+    attribute: Attribute = "sentiment"
+    """Toy attribute whose heads are studied."""
     source: "str | None" = None
+    """Value of the negative side (default: the attribute's usual source)."""
     target: "str | None" = None
+    """Value of the positive side (default: the attribute's usual target)."""
     n_pairs: int = 64
-    readout_layer: "int | None" = None  # None: the last layer
-    steer_strengths: tuple = (2.0, 4.0)
+    """Minimal pairs for attribution and patching."""
+    readout_layer: "int | None" = field(default=None, metadata={"none": "last"})
+    """Block whose direction direct attribution reads (default: the last block)."""
+    steer_strengths: "tuple[float, ...]" = (2.0, 4.0)
+    """Strengths of the per-head steering."""
     n_prompts: int = 32
+    """Prompts per steered head."""
     max_new_tokens: int = 16
+    """Tokens generated per prompt in the per-head steering."""
     top_k: int = 5
+    """Heads compared between attribution and real patching."""
+    generate: bool = True
+    """Run the sampled per-head steering (--no-generate keeps the rest)."""
     seed: int = 0
+    """Seed of pairs, prompts and sampling."""
 
     def __post_init__(self) -> None:
         resolve_steer(self)
@@ -283,7 +294,9 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Result(ResultDict):
+class Result(StudyResult):
+    KIND = "heads"
+
     config: dict
     model: dict
     direct: list
@@ -296,20 +309,18 @@ class Result(ResultDict):
     cost: dict = field(default_factory=dict)
 
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Result":
-        return cls(**d)
-
-
 def _top(matrix: "list[list[float | None]]", k: int) -> list:
     cells = [(layer, h, v) for layer, row in enumerate(matrix) for h, v in enumerate(row) if v is not None]
     return [list(c) for c in sorted(cells, key=lambda c: -abs(c[2]))[:k]]
 
 
-def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", steer: bool = True,
+def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", steer: "bool | None" = None,
         progress: bool = True) -> Result:
-    """All four head analyses for ``cfg.attribute`` on ``model`` (see the module docstring)."""
+    """All four head analyses for ``cfg.attribute`` on ``model`` (see the module docstring); ``steer`` overrides
+    ``cfg.generate``."""
     from tqdm.auto import tqdm
+
+    steer = cfg.generate if steer is None else steer
 
     t0 = time.perf_counter()
     n_layers = model.cfg.n_layers
@@ -319,7 +330,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", steer: bo
     steps = tqdm(total=4 if steer else 3, desc=f"heads ({cfg.attribute})", disable=not progress)
     pairs = contrast_pairs(cfg.attribute, cfg.target, cfg.source, n=cfg.n_pairs, seed=cfg.seed)
     ds = directions_for(model, cfg.attribute, cfg.source, cfg.target, n_pairs=200, seed=cfg.seed)
-    pos, neg, kept = _pair_batches(model, pairs)
+    pos, neg, kept = pair_batches(model, pairs)
     texts = [pairs.pairs[i].texts for i in kept]
     m_pos = toy_metric(model, [t[0] for t in texts], cfg.attribute, cfg.target, cfg.source)
     m_neg = toy_metric(model, [t[1] for t in texts], cfg.attribute, cfg.target, cfg.source)
@@ -349,12 +360,11 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", steer: bo
         steering.update(head_steering(model, ds, cfg.attribute, cfg.source, cfg.target, cfg.steer_strengths,
                                       cfg.n_prompts, cfg.max_new_tokens, cfg.seed))
         steps.update()
-        floor = [(s, layer, h, steering["target_rate"][str(s)][layer][h])
-                 for s in cfg.steer_strengths for layer in range(n_layers) for h in range(model.cfg.n_heads)
-                 if steering["grammaticality"][str(s)][layer][h] >= GRAMMAR_FLOOR]
-        best = max(floor, key=lambda c: (c[3], -c[0]), default=None)
-        steering["best"] = None if best is None else {"strength": best[0], "layer": best[1], "head": best[2],
-                                                      "target_rate": best[3]}
+        cells = [{"strength": s, "layer": layer, "head": h, "target_rate": steering["target_rate"][str(s)][layer][h],
+                  "grammaticality": steering["grammaticality"][str(s)][layer][h]}
+                 for s in cfg.steer_strengths for layer in range(n_layers) for h in range(model.cfg.n_heads)]
+        best = best_cell(cells)
+        steering["best"] = None if best is None else {k: best[k] for k in ("strength", "layer", "head", "target_rate")}
     steps.close()
     top = {"direct": _top(direct, cfg.top_k), "patching": top_p, "attribution": _top(attr, cfg.top_k),
            "steering": top_e}
@@ -374,15 +384,54 @@ def plot(result: "Result | dict") -> dict:
     heads, layers = list(range(m["n_heads"])), list(range(m["n_layers"]))
     who = m.get("name") or m["fingerprint"]["architecture"]
     figs = {"heads_maps": heatmap_grid(
-        [("direct attribution", r["direct"], "RdBu", 0.0), ("activation patching (gap fraction)", r["patching"],
-                                                             "RdBu", 0.0),
-         ("attribution patching (estimate)", r["attribution"], "RdBu", 0.0)],
+        [("direct attribution", r["direct"], "RdBu", 0.0), ("patching (gap fraction)", r["patching"], "RdBu", 0.0),
+         ("attribution patching", r["attribution"], "RdBu", 0.0)],
         heads, layers, title=f"{who}: heads carrying {c['attribute']} ({c['source']} vs {c['target']})",
         x_title="head", y_title="layer")}
     s = r["steering"]
-    panels = [(f"log-odds change (gap fraction), x{s['metric_strength']}", s["metric_effect"], "RdBu", 0.0)]
-    panels += [(f"{c['target']} rate, x{k}", v, "Viridis", None) for k, v in s.get("target_rate", {}).items()]
-    panels += [(f"grammaticality, x{k}", v, "RdYlGn", None) for k, v in s.get("grammaticality", {}).items()]
-    figs["heads_steering"] = heatmap_grid(panels, heads, layers, title=f"{who}: steering through one head",
-                                          x_title="head", y_title="layer")
+    figs["heads_steering_logodds"] = heatmap_grid(
+        [(f"log-odds change (gap fraction), x{s['metric_strength']}", s["metric_effect"], "RdBu", 0.0)], heads,
+        layers, title=f"{who}: steering through one head", x_title="head", y_title="layer")
+    panels = [(f"{c['target']} rate, x{k}", v) for k, v in s.get("target_rate", {}).items()]
+    panels += [(f"grammaticality, x{k}", v) for k, v in s.get("grammaticality", {}).items()]
+    if panels:
+        figs["heads_steering"] = heatmap_grid(panels, heads, layers, title=f"{who}: sampled steering through one "
+                                              f"head: behaviour beside fluency", x_title="head", y_title="layer",
+                                              scale=("Viridis", 0.0, 1.0))
     return figs
+
+
+def section(r: dict) -> Section:
+    """The report's section: the top heads per method and how well attribution patching matches real patching."""
+    c, t, a = r["config"], r["top"], r["agreement"]
+    fmt = lambda cells: ", ".join(f"L{x[0]}H{x[1]} ({x[2]:+.2f})" for x in cells[:3])  # noqa: E731
+    text = (f"Heads carrying {c['attribute']} on {who(r)} ({r['clean']['n_pairs']} minimal pairs; clean log-odds "
+            f"gap {r['clean']['m_pos'] - r['clean']['m_neg']:.2f}). Direct attribution: {fmt(t['direct'])}. "
+            f"Activation patching (fraction of the gap): {fmt(t['patching'])}. Attribution patching: "
+            f"{fmt(t['attribution'])} (Pearson r with real patching {a['pearson']:.2f}, top-{c['top_k']} overlap "
+            f"{a['top_k_overlap']}). Steering through one head: {fmt(t.get('steering', [])) or 'not run'}.")
+    return Section(Result.KIND, f"Head sensitivity: {c['attribute']} ({who(r)})", text, plot(r), 20)
+
+
+def summary(result: Result) -> str:
+    cfg = result.config
+    lines = [f"heads for {cfg['attribute']} on {result.model['name']} ({result.cost['seconds']} s); top head per "
+             f"method (layer, head, value):"]
+    for method, cells in result.top.items():
+        lines.append(f"  {method:<12} " + "  ".join(f"L{c[0]}H{c[1]} {c[2]:+.3f}" for c in cells[:3]))
+    a = result.agreement
+    lines.append(f"attribution vs real patching: pearson {a['pearson']:.2f}, top-{cfg['top_k']} overlap "
+                 f"{a['top_k_overlap']}")
+    b = result.steering.get("best")
+    if b:
+        lines.append(f"best single-head steering: L{b['layer']}H{b['head']} x{b['strength']}: target rate "
+                     f"{b['target_rate']:.2f}")
+    return "\n".join(lines)
+
+
+def execute(ctx: Context, cfg: Config) -> Result:
+    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
+
+
+STUDY = register(Study("heads", "direct attribution, patching, attribution patching, per-head steering", Config,
+                       Result, execute, plot, section, summary))

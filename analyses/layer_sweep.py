@@ -12,55 +12,71 @@ of minimal pairs, or any ``DirectionSet``), every (layer, strength) cell gets:
 All strengths of one layer (both signs) run as **one** batched generation pass (per-row scales). The reading
 side is the direction set's held-out quality per layer (probe accuracy, AUROC, effect size).
 
-Best-cell rule (``best_cell``): among positive strengths, the highest target rate whose grammaticality is at
-least ``grammar_floor`` (and whose KL is at most ``kl_bound`` when one is set) and that beats the unsteered
-target rate (the strength-0 cells); ties go to the smaller strength, then to the shallower layer. No such cell
-gives ``None``: "no safe steering here" is a result.
+The best cell is the toy cards' rule, ``workbench.toy.measure.best_cell``, with the config's ``grammar_floor``
+and ``kl_bound``: among positive strengths, the highest target rate within the fluency bounds that beats the
+unsteered rate, else ``None``.
 """
 
-__all__ = ["Config", "Result", "run", "best_cell", "plot", "residual_norms"]
+__all__ = ["Config", "Result", "run", "plot", "section", "summary", "residual_norms", "STUDY"]
 
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Literal
 
 import torch
 
-from analyses.common import ResultDict, require_positive, resolve_steer
+from analyses.common import Attribute, require_positive, resolve_steer
 from workbench import models
 from workbench.directions import DirectionSet
 from workbench.errors import WorkbenchError
 from workbench.generate import generate, generate_at_strengths
-from workbench.hooks import applied
+from workbench.forward import batch_logits
+from workbench.hooks import Capture
 from workbench.interventions import AddDirection
 from workbench.metrics import continuation_perplexity, kl_divergence
 from workbench.models import HookedModel
 from workbench.pairs import join
+from workbench.report.sections import Section, rate_ci, who
 from workbench.sites import HookSite
+from workbench.studies import Context, Study, StudyResult, register
 from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import score
-from workbench.toy.measure import GRAMMAR_FLOOR, directions_for, steer_prompts
+from workbench.toy.measure import GRAMMAR_FLOOR, best_cell, directions_for, steer_prompts
 
 STRENGTHS = (-2.0, -1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
 @dataclass(frozen=True)
 class Config:
-    attribute: str = "sentiment"
-    source: "str | None" = None  # default: workbench.toy.prompts.STEER_TARGETS[attribute]
+    attribute: Attribute = "sentiment"
+    """Toy attribute to steer."""
+    source: "str | None" = None
+    """Value the prompts carry (default: the attribute's usual source, e.g. neg for sentiment)."""
     target: "str | None" = None
+    """Value to steer towards (default: the attribute's usual target, e.g. pos)."""
     kind: str = "resid_post"
-    position: str = "last"
-    layers: "tuple[int, ...] | None" = None  # None: every layer
-    strengths: tuple = STRENGTHS
+    """Site kind of the directions and the edit (resid_post = output of the block)."""
+    position: Literal["last", "answer", "mean"] = "last"
+    """Token position the directions are read at."""
+    layers: "tuple[int, ...] | None" = field(default=None, metadata={"none": "all"})
+    """0-based blocks to sweep: '2,4', '1-3' or 'all'."""
+    strengths: "tuple[float, ...]" = STRENGTHS
+    """Strengths in units of the mean pair difference, both signs; write negative lists as --strengths=-1,0.5,2."""
     n_prompts: int = 48
+    """Steered prompts per cell."""
     n_pairs: int = 200
+    """Minimal pairs the directions are computed from."""
     max_new_tokens: int = 24
+    """Tokens generated per prompt."""
     grammar_floor: float = GRAMMAR_FLOOR
+    """Best-cell rule: the least grammaticality a cell may have."""
     kl_bound: "float | None" = None
-    temperature: float = 1.0  # 0: greedy (then one batched pass == one run per strength, exactly)
+    """Best-cell rule: the most KL(unsteered || steered) a cell may have, nats/token (default: no bound)."""
+    temperature: float = 1.0
+    """Sampling temperature; 0 is greedy (then one batched pass equals one run per strength exactly)."""
     seed: int = 0
+    """Seed of pairs, prompts and sampling."""
 
     def __post_init__(self) -> None:
         resolve_steer(self)
@@ -77,7 +93,9 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Result(ResultDict):
+class Result(StudyResult):
+    KIND = "layer_sweep"
+
     config: dict
     model: dict  # name, fingerprint, n_layers, d_model
     cells: list  # one dict per (layer, strength)
@@ -87,43 +105,21 @@ class Result(ResultDict):
     examples: dict = field(default_factory=dict)
 
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "Result":
-        return cls(**{k: d[k] for k in ("config", "model", "cells", "reading", "best", "cost")},
-                   examples=d.get("examples", {}))
-
-
 def residual_norms(model: HookedModel, texts: "list[str]", sites: "list[HookSite]") -> dict[int, float]:
     """Mean L2 norm of the activation at each site over the real tokens of ``texts`` (BOS excluded)."""
-    sums = {s.layer: 0.0 for s in sites}
-    count = 0
     seqs = [tokenize(model, t) for t in texts]
     batch = make_batch(seqs, pad_id_of(model), "right")
     mask = batch.attention_mask.bool().clone()
     mask[:, 0] = False  # BOS: its residual norm is an outlier in most models
 
-    class _Norms:  # an intervention-shaped recorder, attached through hooks.applied like everything else
-        def to_hooks(self, model: Any, layout: Any = None) -> list:
-            def rec(x: torch.Tensor, hook: Any, layer: int = 0) -> torch.Tensor:
-                sums[layer] += float(x.float().norm(dim=-1)[mask.to(x.device)].sum())
-                return x
-            return [(s.check(model), lambda x, hook, layer=s.layer: rec(x, hook, layer)) for s in sites]
+    def norm_sum(x: torch.Tensor, site: HookSite) -> float:
+        return float(x.float().norm(dim=-1)[mask.to(x.device)].sum())
 
-    with torch.no_grad(), applied(model, _Norms()):
-        model(batch.tokens.to(model.cfg.device), attention_mask=batch.attention_mask.to(model.cfg.device))
+    sums = Capture(sites, norm_sum)
+    with torch.no_grad():
+        batch_logits(model, batch, sums)
     count = int(mask.sum())
-    return {layer: v / count for layer, v in sums.items()}
-
-
-def best_cell(cells: "list[dict]", grammar_floor: float = GRAMMAR_FLOOR, kl_bound: "float | None" = None) -> "dict | None":
-    """The module docstring's rule: best positive-strength cell within the fluency bound that beats the unsteered
-    rate, or None."""
-    base = max((c["target_rate"] for c in cells if c["strength"] == 0), default=0.0)
-    ok = [c for c in cells if c["strength"] > 0 and c["grammaticality"] >= grammar_floor
-          and (kl_bound is None or c["kl"] <= kl_bound) and c["target_rate"] > base]
-    if not ok:
-        return None
-    return max(ok, key=lambda c: (c["target_rate"], -c["strength"], -c["layer"]))
+    return {s.layer: sums.out[s] / count for s in sites}
 
 
 def run(model: HookedModel, cfg: Config = Config(), *, directions: "DirectionSet | None" = None,
@@ -182,7 +178,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, directions: "DirectionSet
 
 
 def plot(result: "Result | dict") -> dict:
-    """Figures: layer x strength maps (behaviour, grammaticality, KL), behaviour vs relative strength per depth,
+    """Figures: layer x strength maps (behaviour beside grammaticality on one scale; KL), behaviour vs relative strength per depth,
     and the reading side (probe accuracy / AUROC per layer)."""
     from workbench.plotting import heatmap_grid, lines
 
@@ -194,11 +190,12 @@ def plot(result: "Result | dict") -> dict:
     grid = lambda key: [[at[(layer, s)][key] for s in strengths] for layer in layers]  # noqa: E731
     who = r["model"].get("name") or r["model"]["fingerprint"]["architecture"]
     maps = heatmap_grid(
-        [(f"{c['target']} rate", grid("target_rate"), "Viridis", None),
-         ("grammaticality", grid("grammaticality"), "RdYlGn", None),
-         ("KL(unsteered || steered)", grid("kl"), "Magma", None)],
+        [(f"{c['target']} rate", grid("target_rate")), ("grammaticality", grid("grammaticality"))],
         strengths, layers, title=f"{who}: steering {c['attribute']} {c['source']} -> {c['target']} ({c['kind']})",
-        x_title="strength (x mean pair difference)", y_title="layer")
+        x_title="strength (x mean pair difference)", y_title="layer", scale=("Viridis", 0.0, 1.0))
+    kl = heatmap_grid([("KL(unsteered || steered), nats/token", grid("kl"), "Magma", None)], strengths, layers,
+                      title=f"{who}: fluency cost of steering {c['attribute']}",
+                      x_title="strength (x mean pair difference)", y_title="layer")
     rel = lines({f"depth {at[(layer, strengths[0])]['depth']:.2f} (L{layer})":
                  ([at[(layer, s)]["relative_strength"] for s in strengths],
                   [at[(layer, s)]["target_rate"] for s in strengths]) for layer in layers},
@@ -207,4 +204,41 @@ def plot(result: "Result | dict") -> dict:
     reading = lines({k: ([x["layer"] for x in r["reading"]], [x[k] for x in r["reading"]])
                      for k in ("probe_accuracy", "auroc")},
                     title=f"{who}: reading {c['attribute']} per layer (held-out)", x_title="layer", y_title="score")
-    return {"layer_sweep_maps": maps, "layer_sweep_relative": rel, "layer_sweep_reading": reading}
+    return {"layer_sweep_maps": maps, "layer_sweep_kl": kl, "layer_sweep_relative": rel, "layer_sweep_reading": reading}
+
+
+def section(r: dict) -> Section:
+    """The report's section: the best cell with its interval, where the property reads best, the sweep's cost."""
+    c, b = r["config"], r["best"]
+    n = c["n_prompts"]
+    best = ("no steering cell passes: none beats the unsteered rate within the fluency bound" if b is None else
+            f"the best cell is layer {b['layer']} (relative depth {b['depth']:.2f}) at strength {b['strength']:g} "
+            f"({b['relative_strength']:.2f} of the residual norm): {c['target']} rate {rate_ci(b['target_rate'], n)} "
+            f"at grammaticality {b['grammaticality']:.2f} and KL {b['kl']:.3f} nats/token")
+    reading = max(r["reading"], key=lambda x: x["probe_accuracy"] or 0)
+    text = (f"Steering {c['attribute']} from {c['source']} to {c['target']} on {who(r)} over "
+            f"{len(set(x['layer'] for x in r['cells']))} layers x {len(c['strengths'])} strengths ({n} prompts per "
+            f"cell): {best}. The property reads best at layer {reading['layer']} (held-out probe accuracy "
+            f"{reading['probe_accuracy']:.2f}). All generations of the sweep cost "
+            f"{r['cost']['ratio_generation_to_unsteered']}x one unsteered generation pass.")
+    return Section(Result.KIND, f"Layer sensitivity: {c['attribute']} ({who(r)})", text, plot(r), 10)
+
+
+def summary(result: Result) -> str:
+    b, c, cfg = result.best, result.cost, result.config
+    lines = [f"layer sweep of {cfg['attribute']} on {result.model['name']}: {len(result.cells)} cells in "
+             f"{c['seconds_total']} s ({c['ratio_generation_to_unsteered']}x one unsteered generation pass for all "
+             f"generations)"]
+    lines.append("best cell: none within the fluency bound" if b is None else
+                 f"best cell: layer {b['layer']} (depth {b['depth']}), strength {b['strength']} (relative "
+                 f"{b['relative_strength']}): {cfg['target']} rate {b['target_rate']:.2f}, grammaticality "
+                 f"{b['grammaticality']:.2f}, KL {b['kl']:.3f}")
+    return "\n".join(lines)
+
+
+def execute(ctx: Context, cfg: Config) -> Result:
+    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
+
+
+STUDY = register(Study("layer-sweep", "behaviour and fluency cost over layers x strengths", Config, Result,
+                       execute, plot, section, summary))

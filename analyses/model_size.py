@@ -8,33 +8,47 @@ Harm slopes: least-squares slope through the origin of KL and of (perplexity - u
 relative strength, and of the grammaticality drop, per size.
 """
 
-__all__ = ["Config", "Result", "run", "plot", "slope"]
+__all__ = ["Config", "Result", "run", "plot", "slope", "section", "summary", "STUDY"]
 
 import time
 from dataclasses import asdict, dataclass, field
 
 from analyses import layer_sweep
-from analyses.common import ResultDict, resolve_steer
+from analyses.common import Attribute, resolve_steer
 from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.models import HookedModel
+from workbench.report.sections import Section
 from workbench.sites import HookSite
+from workbench.studies import Context, Study, StudyResult, register
 from workbench.toy.measure import directions_for, steer_prompts
 
 
 @dataclass(frozen=True)
 class Config:
-    attribute: str = "sentiment"
+    attribute: Attribute = "sentiment"
+    """Toy attribute to steer."""
     source: "str | None" = None
+    """Value the prompts carry (default: the attribute's usual source)."""
     target: "str | None" = None
+    """Value to steer towards (default: the attribute's usual target)."""
+    models: "tuple[str, ...]" = ("toy-s", "toy-m", "toy-l")
+    """Models to compare (names or folders), smallest first."""
     depth: float = 0.5
-    relative_strengths: tuple = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+    """Relative depth of the steered block in each model, (0, 1]."""
+    relative_strengths: "tuple[float, ...]" = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+    """Strengths relative to the residual norm; must include 0 (the unsteered reference)."""
     n_prompts: int = 48
+    """Steered prompts per cell."""
     max_new_tokens: int = 24
+    """Tokens generated per prompt."""
     seed: int = 0
+    """Seed of pairs, prompts and sampling."""
 
     def __post_init__(self) -> None:
         resolve_steer(self)
+        if not self.models or not all(isinstance(m, str) and m for m in self.models):
+            raise WorkbenchError(f"models must name at least one model, got {self.models!r}.")
         if not 0 < self.depth <= 1:
             raise WorkbenchError(f"depth must be in (0, 1], got {self.depth}.")
         if 0.0 not in self.relative_strengths:
@@ -42,11 +56,12 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Result(ResultDict):
+class Result(StudyResult):
+    KIND = "model_size"
+
     config: dict
     models: list  # per model: name, fingerprint, n_layers, d_model, layer, residual norm, cells, slopes
     cost: dict = field(default_factory=dict)
-
 
 
 def slope(xs: "list[float]", ys: "list[float]") -> float:
@@ -99,3 +114,29 @@ def plot(result: "Result | dict") -> dict:
             title=f"{a}: {label} vs strength relative to the residual norm", x_title="relative strength",
             y_title=label)
     return figs
+
+
+def section(r: dict) -> Section:
+    """The report's section: fluency harm per unit of relative strength, per model."""
+    parts = [f"{m['name']} KL slope {m['slopes']['kl']:.3f}, grammaticality-drop slope "
+             f"{m['slopes']['grammaticality_drop']:.3f}" for m in r["models"]]
+    text = (f"{r['config']['attribute']}: harm per unit of strength relative to the residual norm: "
+            + "; ".join(parts) + ".")
+    return Section(Result.KIND, f"Fluency harm across sizes: {r['config']['attribute']}", text, plot(r), 42)
+
+
+def summary(r: Result) -> str:
+    lines = [f"model size, {r.config['attribute']}, depth {r.config['depth']}: harm slopes per unit relative strength"]
+    for x in r.models:
+        sl = x["slopes"]
+        lines.append(f"  {x['name']:<6} L{x['layer']}  KL {sl['kl']:.3f}  perplexity {sl['perplexity']:.3f}  "
+                     f"grammaticality drop {sl['grammaticality_drop']:.3f}")
+    return "\n".join(lines)
+
+
+def execute(ctx: Context, cfg: Config) -> Result:
+    return run({name: ctx.load(name) for name in cfg.models}, cfg, progress=ctx.progress)
+
+
+STUDY = register(Study("model-size", "fluency harm vs relative strength across models", Config, Result, execute,
+                       plot, section, summary, needs_model=False))

@@ -7,7 +7,7 @@ minus the unsteered rate on the same prompts. Saturation N (documented rule): th
 reaches 90% of the full-pool effect and whose mean cosine is >= 0.9.
 """
 
-__all__ = ["Config", "Result", "run", "plot", "saturation"]
+__all__ = ["Config", "Result", "run", "plot", "saturation", "section", "summary", "STUDY"]
 
 import random
 import time
@@ -15,11 +15,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from analyses.common import ResultDict, mean_ci, require_positive, resolve_steer, steer_cell, target_rate
+from analyses.common import Attribute, require_positive, resolve_steer, steer_cell, target_rate
 from workbench import models
 from workbench.activations import collect_pairs
 from workbench.errors import WorkbenchError
+from workbench.metrics import mean_ci
 from workbench.models import HookedModel
+from workbench.report.sections import Section, who
+from workbench.studies import Context, Study, StudyResult, register
 from workbench.sites import HookSite
 from workbench.toy.measure import steer_prompts
 from workbench.toy.prompts import contrast_pairs
@@ -27,17 +30,28 @@ from workbench.toy.prompts import contrast_pairs
 
 @dataclass(frozen=True)
 class Config:
-    attribute: str = "sentiment"
+    attribute: Attribute = "sentiment"
+    """Toy attribute to steer."""
     source: "str | None" = None
+    """Value the prompts carry (default: the attribute's usual source)."""
     target: "str | None" = None
-    ns: tuple = (1, 2, 5, 10, 20, 40, 80, 160, 320)
+    """Value to steer towards (default: the attribute's usual target)."""
+    ns: "tuple[int, ...]" = (1, 2, 5, 10, 20, 40, 80, 160, 320)
+    """Pair counts to draw."""
     resamples: int = 5
+    """Draws per pair count."""
     pool: int = 640
-    layer: "int | None" = None  # None: the card's best cell
-    strength: "float | None" = None
+    """Pairs the draws come from (also the full-pool reference direction)."""
+    layer: "int | None" = field(default=None, metadata={"none": "card"})
+    """0-based block to steer (default: the toy card's best cell, else the middle block)."""
+    strength: "float | None" = field(default=None, metadata={"none": "card"})
+    """Steering strength (default: the toy card's best cell, else 1)."""
     n_prompts: int = 48
+    """Steered prompts per draw."""
     max_new_tokens: int = 24
+    """Tokens generated per prompt."""
     seed: int = 0
+    """Seed of pairs, draws, prompts and sampling."""
 
     def __post_init__(self) -> None:
         resolve_steer(self)
@@ -47,7 +61,9 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Result(ResultDict):
+class Result(StudyResult):
+    KIND = "sample_size"
+
     config: dict
     model: dict
     site: dict
@@ -56,7 +72,6 @@ class Result(ResultDict):
     rows: list
     saturation_n: "int | None"
     cost: dict = field(default_factory=dict)
-
 
 
 def saturation(rows: "list[dict]", full_effect: float, frac: float = 0.9, min_cosine: float = 0.9) -> "int | None":
@@ -114,3 +129,31 @@ def plot(result: "Result | dict") -> dict:
                 x_title="pairs", y_title="effect / cosine")
     fig.update_xaxes(type="log")
     return {"sample_size": fig}
+
+
+def section(r: dict) -> Section:
+    """The report's section: the full-pool effect and where returns diminish."""
+    sat = r["saturation_n"]
+    text = (f"{r['config']['attribute']} on {who(r)} at layer {r['site']['layer']} x{r['site']['strength']:g}: the "
+            f"full {r['full']['n']}-pair direction moves the target rate by {r['full']['effect']:+.2f}; "
+            + ("no N reached 90% of it with cosine >= 0.9." if sat is None else
+               f"returns diminish at N = {sat} pairs (mean effect >= 90% of the full effect, cosine >= 0.9; "
+               f"{r['config']['resamples']} draws per N)."))
+    return Section(Result.KIND, f"Sample size: {r['config']['attribute']} ({who(r)})", text, plot(r), 40)
+
+
+def summary(r: Result) -> str:
+    lines = [f"sample size, {r.config['attribute']} on {r.model['name']} (L{r.site['layer']} x{r.site['strength']:g}): "
+             f"full-pool effect {r.full['effect']:+.3f}; saturation N = {r.saturation_n}"]
+    for x in r.rows:
+        lines.append(f"  N={x['n']:<4} effect {x['effect_mean']:+.3f} [{x['effect_ci'][0]:+.3f}, "
+                     f"{x['effect_ci'][1]:+.3f}]  cosine {x['cosine_mean']:.3f}")
+    return "\n".join(lines)
+
+
+def execute(ctx: Context, cfg: Config) -> Result:
+    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
+
+
+STUDY = register(Study("sample-size", "steering effect and cosine vs number of pairs", Config, Result, execute, plot,
+                       section, summary))

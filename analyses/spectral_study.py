@@ -19,44 +19,62 @@ Items are toy prompts ending in a fact stem (``... DET SUBJ is``) whose next wor
 Rates carry 95% Wilson intervals.
 """
 
-__all__ = ["Config", "Result", "run", "plot", "wilson"]
+__all__ = ["Config", "Result", "run", "plot", "section", "summary", "STUDY"]
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 
-from analyses.common import ResultDict, fact_items, last_logits, mc_truth, require_positive, wilson
+from analyses.common import fact_items, mc_truth, require_positive
 from workbench import models
 from workbench.activations import collect
 from workbench.errors import WorkbenchError
+from workbench.forward import last_logits
 from workbench.generate import generate
 from workbench.interventions import AddDirection, SpectralEdit
 from workbench.metrics import perplexity
 from workbench.models import HookedModel
+from workbench.report.sections import Section, who
+from workbench.shipped import NAMES, card
 from workbench.sites import HookSite
 from workbench.spectral import FEATURES, fit_layer
+from workbench.studies import Context, Study, StudyResult, register
 from workbench.tokens import tokenize
-from workbench.toy import NAMES, card
 from workbench.toy.evaluate import score
+from workbench.toy.language import ATTRIBUTES
 from workbench.toy.measure import directions_for, keeps_attributes
 from workbench.toy.prompts import corpus_documents, few_shot_prompts
 
 
 @dataclass(frozen=True)
 class Config:
-    site: str = "mlp_out"  # or resid_post
-    layers: "tuple[int, ...] | str" = "last-half"  # "last-half", "all" or 0-based blocks
+    site: Literal["mlp_out", "resid_post"] = "mlp_out"
+    """Where SEA fits and edits: mlp_out (the official scripts' site) or resid_post."""
+    layers: "tuple[int, ...] | str" = "last-half"
+    """Edited blocks: 'last-half', 'all', '2,3' or '1-3'."""
     ratio: float = 0.998
-    center: bool = True  # per-feature mean removed before the cross-covariances (see workbench.spectral.fit_layer)
-    phi_feature: str = "tanh"
+    """Explained-variance ratio that sets the number of kept components k."""
+    center: bool = True
+    """Remove the per-feature mean before the cross-covariances (--no-center: uncentred, as the official scripts;
+    see workbench.spectral.fit_layer)."""
+    phi_feature: Literal["squared_exponential", "tanh", "elu"] = "tanh"
+    """Feature function of Phi-SEA."""
     n_demos: int = 1000
-    demo_counts: tuple = (25, 50, 100, 200, 400, 1000, 2000)
+    """Demonstrations SEA is fitted on."""
+    demo_counts: "tuple[int, ...]" = (25, 50, 100, 200, 400, 1000, 2000)
+    """Demonstration counts of the linear-SEA sample-size curve."""
     n_eval: int = 200
+    """Multiple-choice items per evaluation set."""
     shots: int = 4
-    n_control: int = 60  # prompts for the other-attributes control
+    """Demonstrations in the few-shot baseline's prompt."""
+    n_control: int = 60
+    """Prompts for the other-attributes control."""
     max_new_tokens: int = 16
+    """Tokens generated per control prompt."""
     seed: int = 0
+    """Seed of demonstrations, items and sampling."""
 
     def __post_init__(self) -> None:
         if isinstance(self.layers, str) and self.layers not in ("last-half", "all"):
@@ -75,14 +93,15 @@ class Config:
 
 
 @dataclass(frozen=True)
-class Result(ResultDict):
+class Result(StudyResult):
+    KIND = "spectral"
+
     config: dict
     model: dict
     methods: list  # one row per method
     by_demos: list  # linear SEA: MC accuracy on liar items vs number of demonstrations
     fit: dict  # k per layer
     cost: dict = field(default_factory=dict)
-
 
 
 def _fit(model: HookedModel, demos: list, sites: "list[HookSite]", ratio: float, feature: str,
@@ -189,3 +208,70 @@ def plot(result: "Result | dict") -> dict:
                   y_title="MC accuracy")
     demos.update_xaxes(type="log")
     return {"spectral_methods": fig, "spectral_demos": demos}
+
+
+def section(r: dict) -> Section:
+    """The report's section: which method lifts truthful multiple-choice accuracy on liar items, at what perplexity."""
+    rows = ["| method | MC accuracy, liar items [95% CI] | honest items | perplexity |", "|---|---|---|---|"]
+    for m in r["methods"]:
+        a = m["mc_liar"]
+        rows.append(f"| {m['method']} | {a['accuracy']:.2f} [{a['accuracy_ci'][0]:.2f}, {a['accuracy_ci'][1]:.2f}] | "
+                    f"{m['mc_honest']['accuracy']:.2f} | {m['perplexity']:.3f} |")
+    base = r["methods"][0]["mc_liar"]["accuracy"]
+    best = max(r["methods"], key=lambda m: m["mc_liar"]["accuracy"])
+    verdict = (f"no method lifts truthful multiple-choice accuracy on liar-persona items above the unsteered {base:.2f}"
+               if best["mc_liar"]["accuracy"] <= base else
+               f"the highest truthful multiple-choice accuracy on liar-persona items is {best['method']}'s "
+               f"{best['mc_liar']['accuracy']:.2f} (unsteered {base:.2f})")
+    text = (f"SEA on toy truthfulness, {who(r)}, edited layers {r['config']['layers']} ({r['config']['site']}): "
+            f"{verdict}.\n\n" + "\n".join(rows))
+    return Section(Result.KIND, f"Spectral editing (SEA): {who(r)}", text, plot(r), 30)
+
+
+def summary(result: Result) -> str:
+    lines = [f"SEA study on {result.model['name']} ({result.cost['seconds']} s), edited layers "
+             f"{result.config['layers']} ({result.config['site']}); multiple-choice accuracy [95% CI]:"]
+    for m in result.methods:
+        a, h = m["mc_liar"], m["mc_honest"]
+        lines.append(f"  {m['method']:<48} liar items {a['accuracy']:.2f} {a['accuracy_ci']}  honest items "
+                     f"{h['accuracy']:.2f}  perplexity {m['perplexity']:.3f}")
+    return "\n".join(lines)
+
+
+def execute(ctx: Context, cfg: Config) -> Result:
+    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
+
+
+def _table_ci(x: dict) -> str:
+    lo, hi = x["accuracy_ci"]
+    return f"{x['accuracy']:.2f} [{lo:.4g}, {hi:.4g}]"
+
+
+def table(results: "list[dict]") -> str:
+    """The SEA study's tables, one per model (``analyses.spectral_study.Result`` as saved)."""
+    cfg = results[0]["config"]
+    lines = [f"# SEA on toy truthfulness (`workbench analyze spectral`, defaults: {cfg['site']} of the last half of "
+             f"the blocks, ratio {cfg['ratio']}, {'centred' if cfg['center'] else 'uncentred'} fit, "
+             f"{cfg['n_demos']} demonstrations, {cfg['n_eval']} liar-persona and {cfg['n_eval']} honest-persona "
+             f"items)"]
+    for r in results:
+        fit = r["fit"]
+        lines += ["", f"## {r['model']['name']} (edited layers {r['config']['layers']}, k (k+, k-) per layer "
+                      f"{fit['k_linear']}, Phi-SEA k {fit['k_phi']}; {r['cost']['seconds']} s)", "",
+                  "| method | MC accuracy, liar items [95% CI] | liar-answer rate | MC accuracy, honest items [95% CI] "
+                  "| open-generation factual accuracy (liar items) | grammaticality | perplexity (corpus) "
+                  "| keeps sentiment/topic/register/language |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for m in r["methods"]:
+            keep = m["keeps_attributes"]
+            keeps = "-" if keep is None else " / ".join(f"{keep[a]:.2f}" for a in ATTRIBUTES if a in keep)
+            lines.append(f"| {m['method']} | {_table_ci(m['mc_liar'])} | {m['mc_liar']['liar_rate']:.2f} | "
+                         f"{_table_ci(m['mc_honest'])} | {m['open_factual_accuracy']:.2f} | {m['open_grammaticality']:.2f} "
+                         f"| {m['perplexity']:.3f} | {keeps} |")
+        by = ", ".join(f"{d['n_demos']}: {_table_ci(d)}" for d in r["by_demos"])
+        lines += ["", f"Linear SEA vs number of demonstrations (MC accuracy on liar items): {by}"]
+    return "\n".join(lines) + "\n"
+
+
+STUDY = register(Study("spectral", "SEA on toy truthfulness: linear / Phi-SEA vs few-shot and steering", Config,
+                       Result, execute, plot, section, summary, table=table))

@@ -19,7 +19,7 @@ opposite-sign steering, and perplexity / grammaticality changes. The dual-loss m
 checkpoint with ``tuning_card.json``.
 """
 
-__all__ = ["TuneConfig", "tune", "Config", "Result", "run", "plot"]
+__all__ = ["TuneConfig", "tune", "encode_items", "losses", "Config", "Result", "run", "plot", "section", "summary", "STUDY"]
 
 import math
 import random
@@ -31,13 +31,15 @@ from pathlib import Path
 
 import torch
 
-from analyses.common import ResultDict, fact_items, mc_truth, require_positive, steer_cell
+from analyses.common import fact_items, mc_truth, require_positive, steer_cell
 from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.generate import generate
 from workbench.io import atomic_dir, write_json
 from workbench.metrics import perplexity
 from workbench.models import HookedModel, hf_folder, source_of
+from workbench.report.sections import Section, who
+from workbench.studies import Context, Study, StudyResult, register
 from workbench.toy.evaluate import grammaticality
 from workbench.toy.measure import directions_for
 from workbench.toy.prompts import corpus_documents
@@ -74,7 +76,7 @@ def _batches(items: list, size: int, rng: random.Random):
             yield [items[j] for j in order[i:i + size]]
 
 
-def _encode(tok, items: list, device) -> tuple:
+def encode_items(tok, items: list, device) -> tuple:
     """Right-padded prompts (BOS first), the index of each last prompt token and the answer token ids."""
     ids = [[tok.bos_token_id] + tok.encode(text, add_special_tokens=False) for text, _ in items]
     ans = torch.tensor([tok.encode(a, add_special_tokens=False)[0] for _, a in items], device=device)
@@ -85,7 +87,8 @@ def _encode(tok, items: list, device) -> tuple:
     return t, mask, torch.tensor([len(x) - 1 for x in ids], device=device), ans
 
 
-def _losses(hf, batch, vectors: dict, cfg: TuneConfig) -> tuple:
+def losses(hf, batch, vectors: dict, cfg: TuneConfig) -> tuple:
+    """Projection loss, token loss and mean cosine to the vectors of one ``encode_items`` batch."""
     tokens, mask, last, ans = batch
     acts = {}
     hooks = [hf.model.layers[layer].register_forward_hook(
@@ -118,12 +121,12 @@ def tune(hf, tok, train: list, val: list, vectors: dict, cfg: TuneConfig) -> dic
     opt = torch.optim.AdamW([{"params": vo, "lr": cfg.lr_vo}, {"params": rest, "lr": cfg.lr_rest}], eps=1e-4,
                             weight_decay=0.0)
     device = next(hf.parameters()).device
-    val_batch = _encode(tok, val, device)
+    val_batch = encode_items(tok, val, device)
     gen = _batches(train, cfg.batch_size, random.Random(cfg.seed))
     best, best_state, bad, trace = math.inf, None, 0, []
     hf.train(False)  # no dropout in the toy checkpoints; keep eval-mode numerics
     for step in range(1, cfg.max_steps + 1):
-        proj, tok_loss, cos = _losses(hf, _encode(tok, next(gen), device), vectors, cfg)
+        proj, tok_loss, cos = losses(hf, encode_items(tok, next(gen), device), vectors, cfg)
         opt.zero_grad(set_to_none=True)
         g_tok = torch.autograd.grad(cfg.token_weight * tok_loss, vo + rest, allow_unused=True,
                                     retain_graph=cfg.projection)
@@ -136,7 +139,7 @@ def tune(hf, tok, train: list, val: list, vectors: dict, cfg: TuneConfig) -> dic
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             with torch.no_grad():
-                vp, vt, vc = _losses(hf, val_batch, vectors, cfg)
+                vp, vt, vc = losses(hf, val_batch, vectors, cfg)
             score = float(vp) if cfg.projection else float(vt)
             trace.append({"step": step, "train_proj": float(proj.detach()), "train_token": float(tok_loss.detach()),
                           "train_cos": cos,
@@ -157,22 +160,33 @@ def tune(hf, tok, train: list, val: list, vectors: dict, cfg: TuneConfig) -> dic
 
 @dataclass(frozen=True)
 class Config:
-    layers: "tuple | None" = None  # None: the middle blocks (n_layers // 4 .. 3 n_layers // 4)
+    layers: "tuple[int, ...] | None" = field(default=None, metadata={"none": "middle"})
+    """Blocks to tune: 'middle' (n_layers // 4 .. 3 n_layers // 4) or e.g. '1,2'."""
     n_train: int = 600
+    """Training items."""
     n_val: int = 100
+    """Validation items (early stopping)."""
     n_eval: int = 200
+    """Items per evaluation set."""
     max_steps: int = 200
+    """Most optimiser steps per tuned setting."""
     token_weight: float = 1.0
-    oppose_strength: "float | None" = None  # opposite-sign steering strength (default: the card's)
+    """Weight of the token (cross-entropy) loss beside the cosine loss."""
+    oppose_strength: "float | None" = field(default=None, metadata={"none": "card"})
+    """Opposite-sign steering strength for the robustness column (default: the toy card's)."""
     max_new_tokens: int = 16
+    """Tokens generated per prompt for grammaticality."""
     seed: int = 0
+    """Seed of items, initialisation order and sampling."""
 
     def __post_init__(self) -> None:
         require_positive(self, "n_train", "n_val", "n_eval", "max_steps", "max_new_tokens")
 
 
 @dataclass(frozen=True)
-class Result(ResultDict):
+class Result(StudyResult):
+    KIND = "tuning"
+
     config: dict
     model: dict
     settings: list  # rows per setting
@@ -273,3 +287,73 @@ def plot(result: "Result | dict") -> dict:
                title=f"{r['model'].get('name') or 'model'}: truthful MC accuracy per setting (95% CI)",
                y_title="accuracy", x_title="item set")
     return {"tuning": fig}
+
+
+def section(r: dict) -> Section:
+    """The report's section: truthful multiple-choice accuracy per setting and item set, with fluency."""
+    keys = [k for k in r["settings"][0] if isinstance(r["settings"][0][k], dict)]
+    rows = ["| setting | " + " | ".join(keys) + " | perplexity | grammaticality |", "|---" * (len(keys) + 3) + "|"]
+    for x in r["settings"]:
+        rows.append(f"| {x['setting']} | " + " | ".join(
+            f"{x[k]['accuracy']:.2f} [{x[k]['accuracy_ci'][0]:.2f}, {x[k]['accuracy_ci'][1]:.2f}]" for k in keys)
+            + f" | {x['perplexity']:.3f} | {x['grammaticality']:.2f} |")
+    best = max(r["settings"], key=lambda x: x["liar_id"]["accuracy"])
+    text = (f"Representation tuning on {who(r)} (layers {r['config']['layers']}): truthful multiple-choice accuracy "
+            f"on liar-persona items is highest for {best['setting']} ({best['liar_id']['accuracy']:.2f}); columns are "
+            f"item sets (liar_* under the liar persona in each prompt family, *_opposed under opposite-sign "
+            f"steering).\n\n" + "\n".join(rows))
+    return Section(Result.KIND, f"Representation tuning: {who(r)}", text, plot(r), 55)
+
+
+def summary(r: Result) -> str:
+    lines = [f"representation tuning on {r.model['name']}, layers {r.config['layers']} ({r.cost['seconds']} s); "
+             f"truthful MC accuracy [95% CI] on liar-persona items:"]
+    for row in r.settings:
+        a = row["liar_id"]
+        ood = " ".join(f"{k[5:]} {row[k]['accuracy']:.2f}" for k in row
+                       if k.startswith("liar_") and k not in ("liar_id", "liar_id_opposed"))
+        lines.append(f"  {row['setting']:<42} ID {a['accuracy']:.2f} {a['accuracy_ci']}  OOD {ood}  opposed "
+                     f"{row['liar_id_opposed']['accuracy']:.2f}  honest items {row['honest_id']['accuracy']:.2f}")
+    if r.saved:
+        lines.append(f"tuned checkpoint (Hugging Face, with tuning_card.json): {r.saved} beside result.json")
+    return "\n".join(lines)
+
+
+def execute(ctx: Context, cfg: Config) -> Result:
+    import dataclasses
+
+    r = run(ctx.model(), cfg, name=ctx.model_name or "", out=ctx.workdir, progress=ctx.progress)
+    return dataclasses.replace(r, saved="tuned-model" if r.saved else "")
+
+
+def table(results: "list[dict]") -> str:
+    """The representation-tuning study's table (``analyses.tuning.Result`` as saved)."""
+    if len(results) != 1:
+        raise WorkbenchError(f"this table takes one result; got {len(results)}.")
+    r = results[0]
+    cfg, name = r["config"], r["model"]["name"]
+    cols = [k for k in r["settings"][0] if k.startswith(("honest_", "liar_"))]
+    lines = [f"# Representation tuning on {name} (`workbench analyze tuning --model {name}`; layers {cfg['layers']}, "
+             f"{cfg['n_train']} training items (fact stems, both personas, labelled with the true value), "
+             f"{cfg['n_eval']} items per evaluation set, max {cfg['max_steps']} steps, early stopping)", "",
+             "| setting | " + " | ".join(cols) + " | corpus perplexity | grammaticality |",
+             "|---|" + "---|" * (len(cols) + 2)]
+    for s in r["settings"]:
+        cells = " | ".join(f"{s[c]['accuracy']:.2f} [{s[c]['accuracy_ci'][0]:.2f}, {s[c]['accuracy_ci'][1]:.2f}]"
+                           for c in cols)
+        lines.append(f"| {s['setting']} | {cells} | {s['perplexity']:.3f} | {s['grammaticality']:.2f} |")
+    lines += ["", "Columns: truthful multiple-choice accuracy (the true value has the highest log-probability among "
+              "the six KB values) with 95% Wilson intervals; liar_* = liar-persona items in the in-distribution (id) "
+              "and out-of-distribution prompt families; liar_id_opposed = the same ID items under opposite-sign "
+              f"steering at the card's truth cell (x-{cfg['oppose_strength']:g}); honest_id = honest-persona items.",
+              ""]
+    for label, t in sorted(r["training"].items()):
+        first, last = t["trace"][0], t["trace"][-1]
+        lines.append(f"- {label}: stopped after {t['steps']} steps; validation cosine to v {first['val_cos']:.3f} -> "
+                     f"{last['val_cos']:.3f}, validation token loss {first['val_token']:.3f} -> "
+                     f"{last['val_token']:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+STUDY = register(Study("tuning", "representation tuning vs online steering on toy truthfulness", Config, Result,
+                       execute, plot, section, summary, table=table))

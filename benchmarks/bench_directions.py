@@ -12,7 +12,6 @@ import torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import bench_model, header, interleaved  # noqa: E402
 
-from workbench import models  # noqa: E402
 from workbench.activations import collect_pairs, pair_spans  # noqa: E402
 from workbench.directions import compute_directions  # noqa: E402
 from workbench.pairs import ContrastPairs  # noqa: E402
@@ -31,14 +30,13 @@ def main() -> None:
         ctx = " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (n,), generator=g))
         pairs.append({"prompt": ctx + " is", "positive": "good", "negative": "bad"})
     pairs = ContrastPairs.from_list(pairs)
-    fp = models.fingerprint(model)
     pos, neg, _, _ = pair_spans(model, pairs, "last")
     seqs = sorted(pos + neg, key=len)
     batches = [make_batch([seqs[i] for i in c], pad_id_of(model), "right") for c in batched(len(seqs), BATCH)]
 
     def extract():
         acts = collect_pairs(model, pairs, position="last", batch_size=BATCH, progress=False)
-        compute_directions(acts, "mean", model_fingerprint=fp)
+        compute_directions(acts, "mean")
 
     def bare():
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Can a memorised table separate the toy sizes on a CPU budget? A pilot for a capacity-bound language component.
+"""Can a memorised table separate the toy sizes on a CPU budget? How fast each size stores a seeded fact table.
 
     .venv/bin/python benchmarks/capacity_pilot_toy.py [--keys 48000] [--steps 1500] [--sizes toy-s,toy-m,toy-l]
         [--lr LR] [--layers N] [--embed-std STD] [--language FRACTION]
@@ -11,11 +11,11 @@ schedule every table entry is scored once: the mean cross-entropy on its value t
 knowing nothing, 0 the whole table) and the table bits the model holds, sum over entries of (8 - cross-entropy in
 bits), clipped at 0 per entry.
 
-Why a two-token key: the corpus v5 collocation table is keyed by five features computed from context, and every
-size picks it up by optimisation speed, not storage (results/toy_v5_pilot/SUMMARY.md, session 7). A key read off
+Why a two-token key: the toy language's collocation table is keyed by five features computed from context, and
+every size picks it up by optimisation speed, not storage (results/toy_v5_pilot/SUMMARY.md). A key read off
 two tokens isolates storage. With ``--language F`` a fraction F of every batch's rows are the toy corpus's own
-training rows (the rest facts), and each quarter also reports the size's validation loss on the corpus: a pilot
-of a language with a storage-bound component, where capacity would show in validation loss.
+training rows (the rest facts), and each quarter also reports the size's validation loss on the corpus: a
+language with a storage-bound component, where capacity shows in validation loss.
 """
 
 import argparse
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from workbench.toy.tokenizer import train_tokenizer  # noqa: E402
 from workbench.toy.train import (  # noqa: E402
-    INIT_STD, SIZES, _build, _encoder, _optimiser, _rows, _train_step, validation_batch, validation_loss,
+    INIT_STD, SIZES, build_model, encoder, optimiser, packed_rows, train_step, validation_batch, validation_loss,
 )
 
 KEY_TOKENS = range(10, 400)
@@ -92,13 +92,13 @@ def run(name: str, keys: torch.Tensor, values: torch.Tensor, steps: int, lr: "fl
     size = dataclasses.replace(base, steps=steps, lr=lr or base.lr, n_layers=layers or base.n_layers,
                                embed_std=embed_std or base.embed_std)
     torch.set_num_threads(size.threads)
-    model = _build(size)
-    opt, sched = _optimiser(model, size)
+    model = build_model(size)
+    opt, sched = optimiser(model, size)
     g = torch.Generator().manual_seed(data_seed)
     n_facts = size.batch_size - corpus_rows
     if corpus_rows:
         proto = train_tokenizer(size.data_seed)
-        corpus = _rows(size.data_seed, _encoder(proto), size.seq_len, bos=1)
+        corpus = packed_rows(size.data_seed, encoder(proto), size.seq_len, bos=1)
         val = validation_batch(size, proto)
     identity = identity_at_init(model, rows(keys, values, torch.arange(8 * FACTS_PER_ROW).view(8, -1) % len(keys)))
     curve, t0 = [], time.perf_counter()
@@ -107,7 +107,7 @@ def run(name: str, keys: torch.Tensor, values: torch.Tensor, steps: int, lr: "fl
         x = rows(keys, values, torch.randint(len(keys), (n_facts, FACTS_PER_ROW), generator=g))
         if corpus_rows:
             x = torch.cat([torch.tensor([next(corpus) for _ in range(corpus_rows)]), x])
-        _train_step(model, opt, sched, x)
+        train_step(model, opt, sched, x)
         if (step + 1) % max(1, steps // 4) == 0:
             lang = validation_loss(model, val) if corpus_rows else float("nan")
             curve.append((step + 1, *score(model, keys, values), lang))

@@ -6,7 +6,7 @@
 Each checkpoint is scored on the same validation rows (the toy validation seed, ``--rows`` rows of 80 tokens,
 documents of the corpus with ``--p-collocation`` and ``--p-catalogue``; defaults: the shipped corpus). Printed per
 model: mean loss over all tokens, over prose verb tokens (where the collocation table acts), over every other
-prose token, over catalogue values (where only storage helps; corpus v6) and over the rest of the catalogue
+prose token, over catalogue values (where only storage helps) and over the rest of the catalogue
 (opener, keys, periods: the same for every model that knows the format). Then, for
 each pair of models, the mean per-row loss difference with a 95% bootstrap interval over rows: a gap whose
 interval excludes zero is a measured capacity difference; one that straddles it is not.

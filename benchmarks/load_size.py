@@ -50,7 +50,7 @@ def main() -> None:
         rows["bare HF from_pretrained (float32), fastest of 3"] = min(bare)
         n_params = sum(p.numel() for p in hf.parameters())
         t = time.perf_counter()
-        models._weights_hash(list(hf.state_dict().items()))
+        models.weights_hash(list(hf.state_dict().items()))
         rows["fingerprint hash alone"] = time.perf_counter() - t
         del hf
         for label in ("workbench load, cache cold", "workbench load, cache warm"):

@@ -4,10 +4,10 @@
 
 Activations at every block's output at the fact's stem (the cards' persona site) for ``--pairs`` honest/liar
 minimal pairs; 400 pairs are held out as one fixed test set (800 examples), and each estimator is fitted on the
-first 150, 400, 1000 and 2000 of the rest. Estimators: logistic regression at a fixed L2 of 1e-2 (the cards'
-quality probe until the ridge probe replaced it) and 1e-3, and the ridge classifier whose penalty is picked by
-exact leave-one-out on the training pairs (the quality probe now). A gap that closes as training pairs grow is
-the estimator's; a gap that stays is the model's.
+first 150, 400, 1000 and 2000 of the rest. Estimators: logistic regression at a fixed L2 of 1e-2 and 1e-3, and
+the ridge classifier whose penalty is picked by exact leave-one-out on the training pairs (the workbench's quality
+probe, ``workbench.directions``). A gap that closes as training pairs grow is the estimator's; a gap that stays
+is the model's.
 """
 
 import argparse
@@ -20,7 +20,7 @@ import torch  # noqa: E402
 
 from workbench import models  # noqa: E402
 from workbench.activations import collect_pairs  # noqa: E402
-from workbench.directions import _fit_probe, _ridge_probe  # noqa: E402
+from workbench.directions import fit_logistic_probe, ridge_probe  # noqa: E402
 from workbench.sites import layer_sites  # noqa: E402
 from workbench.toy.prompts import contrast_pairs  # noqa: E402
 
@@ -42,9 +42,9 @@ def main() -> None:
     y_test = torch.cat([torch.ones(N_TEST), torch.zeros(N_TEST)])
     sizes = [n for n in TRAIN if N_TEST + n <= args.pairs]
     estimators = {
-        "logistic L2 1e-2": lambda x, y: _fit_probe(x, y, l2=1e-2),
-        "logistic L2 1e-3": lambda x, y: _fit_probe(x, y, l2=1e-3),
-        "ridge, leave-one-out penalty": lambda x, y: _ridge_probe(x, y)[:2],
+        "logistic L2 1e-2": lambda x, y: fit_logistic_probe(x, y, l2=1e-2),
+        "logistic L2 1e-3": lambda x, y: fit_logistic_probe(x, y, l2=1e-3),
+        "ridge, leave-one-out penalty": lambda x, y: ridge_probe(x, y)[:2],
     }
     print(f"## {args.model}: held-out persona probe accuracy ({N_TEST} test pairs) by training pairs\n")
     print("| layer | estimator | " + " | ".join(f"{n} pairs" for n in sizes) + " |")

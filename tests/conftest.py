@@ -4,7 +4,6 @@ The backend under test is ``$WORKBENCH_BACKEND`` when set (CI runs the suite onc
 bridge and once on 3.9's HookedTransformer), else the installed line's default.
 """
 
-import os
 import warnings
 
 import pytest
@@ -16,7 +15,7 @@ from workbench.tiny import write_tiny_checkpoint
 warnings.filterwarnings("ignore")
 torch.set_num_threads(1)
 
-BACKEND = os.environ.get("WORKBENCH_BACKEND") or ("bridge" if models._tl_major() >= 4 else "hooked")
+BACKEND = models.default_backend()
 
 
 @pytest.fixture(scope="session")

@@ -223,7 +223,8 @@ def test_analyze_commands_write_results_and_figures(tmp_path, capsys):
     r = json.loads((tmp_path / "sw" / "result.json").read_text())
     assert len(r["cells"]) == 4 and "best cell" in out
     assert {p.name for p in (tmp_path / "sw" / "figures").iterdir()} == {
-        "figures.html", "layer_sweep_maps.json", "layer_sweep_relative.json", "layer_sweep_reading.json"}
+        "figures.html", "layer_sweep_maps.json", "layer_sweep_kl.json", "layer_sweep_relative.json",
+        "layer_sweep_reading.json"}
     code, out, err = run(capsys, "analyze", "heads", "--model", "toy-s", "--attribute", "topic", "--out",
                          str(tmp_path / "hd"), "--n-pairs", "8", "--no-generate", "--backend", BACKEND)
     assert code == 0, err
@@ -234,10 +235,12 @@ def test_analyze_commands_write_results_and_figures(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, match", [
     (["layer-sweep", "--attribute", "mood"], "invalid choice"),
-    (["layer-sweep", "--attribute", "topic", "--strengths", "1,x"], "--strengths must be comma-separated"),
+    (["layer-sweep", "--attribute", "topic", "--strengths", "1,x"], "--strengths: invalid value '1,x'"),
+    (["layer-sweep", "--attribute", "topic", "--layers", "1-"], "--layers: invalid value '1-'"),
+    (["layer-sweep", "--attribute", "topic", "--strengths=-1,nan"], "strengths must be a non-empty tuple of finite"),
     (["layer-sweep", "--attribute", "topic", "--layers", "9"], "has 4 blocks"),
     (["heads", "--attribute", "topic", "--readout-layer", "7"], "readout_layer must be in 0..3"),
-    (["heads", "--attribute", "topic", "--n-pairs", "0"], "n_pairs must be >= 1"),
+    (["heads", "--attribute", "topic", "--n-pairs", "0"], "--n-pairs must be >= 1"),
 ])
 def test_analyze_errors_leave_nothing(tmp_path, capsys, argv, match):
     import re

@@ -6,8 +6,8 @@ import torch
 from workbench import models
 from workbench.activations import ActivationSet, collect_pairs
 from workbench.directions import (
-    _RIDGE_GRID, DirectionSet, _ridge_probe, _spectrum, compute_directions, mean_difference, pca_direction,
-    probe_direction,
+    RIDGE_GRID, DirectionSet, compute_directions, gram_spectrum, mean_difference, pca_direction, probe_direction,
+    ridge_probe,
 )
 from workbench.errors import WorkbenchError
 from workbench.pairs import ContrastPairs
@@ -41,17 +41,17 @@ def test_pca_sign_follows_the_majority():
 
 
 def acts_of(pos, neg):
-    return ActivationSet((HookSite(0), HookSite(1)), torch.stack([pos, neg]), torch.stack([neg, pos]), "last", "h")
+    return ActivationSet((HookSite(0), HookSite(1)), torch.stack([pos, neg]), torch.stack([neg, pos]), "last", "h", FP)
 
 
 @pytest.mark.parametrize("method", ["mean", "pca", "probe"])
 def test_quality_on_held_out_pairs(method):
     pos, neg, delta = planted()
-    ds = compute_directions(acts_of(pos, neg), method, model_fingerprint=FP)
+    ds = compute_directions(acts_of(pos, neg), method)
     good, flipped = ds.directions
     assert good.quality.probe_accuracy >= 0.97 and good.quality.auroc >= 0.99 and good.quality.effect_size > 3
     assert torch.allclose(flipped.vector, -good.vector, atol=1e-4)
-    weak = compute_directions(acts_of(*planted(noise=30.0)[:2]), method, model_fingerprint=FP).directions[0]
+    weak = compute_directions(acts_of(*planted(noise=30.0)[:2]), method).directions[0]
     assert weak.quality.auroc < 0.9
 
 
@@ -62,7 +62,7 @@ def test_ridge_probe_picks_the_penalty_of_least_leave_one_out_error(n, d):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(n, d, generator=g).double()
     y = ((x[:, 0] + torch.randn(n, generator=g).double()) > 0).double()  # partly decodable: a penalty inside the grid
-    w_fast, b_fast, rel = _ridge_probe(x, y)
+    w_fast, b_fast, rel = ridge_probe(x, y)
     assert 1e-8 < rel < 100
     t = 2 * y - 1
     unit = float((x - x.mean(0)).square().sum()) / n
@@ -80,7 +80,7 @@ def test_ridge_probe_picks_the_penalty_of_least_leave_one_out_error(n, d):
             errs.append(float(t[i] - (x[i] @ w + b)) ** 2)
         return sum(errs) / n
 
-    errors = {r: loo_error(r * unit) for r in _RIDGE_GRID.tolist()}
+    errors = {r: loo_error(r * unit) for r in RIDGE_GRID.tolist()}
     assert min(errors, key=errors.get) == pytest.approx(rel)
     w, b = fit(x, t, rel * unit)
     assert torch.allclose(w_fast, w, atol=1e-10) and torch.allclose(b_fast, b, atol=1e-10)
@@ -90,10 +90,10 @@ def test_spectrum_gives_the_threads_back():
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        _spectrum(torch.randn(8, 5, dtype=torch.float64))
+        gram_spectrum(torch.randn(8, 5, dtype=torch.float64))
         assert torch.get_num_threads() == 2
         with pytest.raises(Exception):
-            _spectrum(torch.full((8, 5), float("nan"), dtype=torch.float64))
+            gram_spectrum(torch.full((8, 5), float("nan"), dtype=torch.float64))
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
@@ -107,34 +107,33 @@ def test_quality_probe_reads_a_low_variance_feature_and_not_noise():
     loud = 3.0 * torch.randn(2 * n, d, generator=g)
     label = torch.cat([torch.ones(n), torch.zeros(n)])
     loud[:, 0] = 0.05 * (2 * label - 1) + 0.01 * torch.randn(2 * n, generator=g)
-    ds = compute_directions(ActivationSet((HookSite(0),), loud[:n][None], loud[n:][None], "last", "h"),
-                            model_fingerprint=FP)
+    ds = compute_directions(ActivationSet((HookSite(0),), loud[:n][None], loud[n:][None], "last", "h", FP))
     assert ds.directions[0].quality.probe_accuracy >= 0.97
     shuffled = loud[torch.randperm(2 * n, generator=g)]
-    q = compute_directions(ActivationSet((HookSite(0),), shuffled[:n][None], shuffled[n:][None], "last", "h"),
-                           model_fingerprint=FP).directions[0].quality
+    q = compute_directions(ActivationSet((HookSite(0),), shuffled[:n][None], shuffled[n:][None], "last", "h", FP)
+                           ).directions[0].quality
     assert 0.35 <= q.probe_accuracy <= 0.65
 
 
 def test_too_few_pairs_gives_no_held_out_metrics():
     pos, neg, _ = planted(n=3)
-    q = compute_directions(acts_of(pos, neg), model_fingerprint=FP).directions[0].quality
+    q = compute_directions(acts_of(pos, neg)).directions[0].quality
     assert q.auroc is None and q.probe_accuracy is None and q.norm > 0
 
 
 def test_bad_arguments():
     pos, neg, _ = planted(n=10)
     with pytest.raises(WorkbenchError, match="method must be one of"):
-        compute_directions(acts_of(pos, neg), "svm", model_fingerprint=FP)
+        compute_directions(acts_of(pos, neg), "svm")
     with pytest.raises(WorkbenchError, match="holdout"):
-        compute_directions(acts_of(pos, neg), holdout=1.0, model_fingerprint=FP)
+        compute_directions(acts_of(pos, neg), holdout=1.0)
 
 
 @pytest.fixture
 def saved(llama, tmp_path):
     pairs = ContrastPairs.from_list([("the cat is good", "the cat is bad"), ("a dog is happy", "a dog is sad"),
                                      ("we love the sea", "we hate the sea"), ("the sun is big", "the sun is small")])
-    ds = compute_directions(collect_pairs(llama, pairs, progress=False), model_fingerprint=models.fingerprint(llama))
+    ds = compute_directions(collect_pairs(llama, pairs, progress=False))
     return ds, ds.save(tmp_path / "dirs")
 
 

@@ -3,7 +3,7 @@ import torch
 
 from tests.conftest import n_attached_hooks
 from workbench.errors import WorkbenchError
-from workbench.hooks import applied
+from workbench.hooks import Capture, applied, captured
 from workbench.interventions import Ablate, AddDirection, intervention_from_dict
 from workbench.positions import Positions, TokenLayout
 from workbench.sites import HookSite
@@ -69,6 +69,26 @@ def test_hooks_are_removed_after_an_exception(model):
             assert n_attached_hooks(model) == 2
             raise RuntimeError("boom")
     assert n_attached_hooks(model) == 0
+
+
+def test_capture_records_the_edited_activation_and_every_pass(model):
+    tokens = model.to_tokens("the cat sees the dog")
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
+    steered = cache_of(model, tokens, AddDirection(HookSite(1), v, scale=3.0))
+    with torch.no_grad(), captured(model, [HookSite(1), HookSite(2)], AddDirection(HookSite(1), v, scale=3.0)) as acts:
+        model(tokens)
+        assert n_attached_hooks(model) == 3
+    assert n_attached_hooks(model) == 0
+    for layer in (1, 2):  # a capture runs after the edit at its own hook point
+        assert torch.equal(acts[HookSite(layer)], steered[HookSite(layer).name])
+    every = Capture([HookSite(0)], lambda x, site: x[:, -1].clone(), keep="all")
+    with torch.no_grad(), applied(model, every):
+        model(tokens)
+        model(tokens[:, :3])
+    assert [tuple(x.shape) for x in every.out[HookSite(0)]] == [(1, model.cfg.d_model)] * 2
+    with pytest.raises(WorkbenchError, match="keep must be"):
+        with applied(model, Capture([HookSite(0)], keep="first")):
+            pass
 
 
 def test_nothing_is_attached_when_any_intervention_is_invalid(llama):

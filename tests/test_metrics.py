@@ -5,7 +5,11 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.interventions import AddDirection
-from workbench.metrics import ab_probability, continuation_perplexity, kl_divergence, perplexity, token_logprobs
+from workbench.forward import last_logits
+from workbench.hooks import applied
+from workbench.metrics import (
+    ab_probability, continuation_perplexity, kl_divergence, mean_ci, perplexity, token_logprobs, wilson,
+)
 from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite
 from workbench.tokens import tokenize
@@ -69,3 +73,25 @@ def test_continuation_perplexity_scores_only_the_continuation(llama):
     assert continuation_perplexity(llama, prompts, conts) == pytest.approx(math.exp(float(-manual.mean())), rel=1e-5)
     with pytest.raises(WorkbenchError, match="same length"):
         continuation_perplexity(llama, prompts, conts[:1])
+
+
+def test_last_logits_equal_one_unpadded_forward_per_text(llama):
+    v = torch.randn(llama.cfg.d_model, generator=torch.Generator().manual_seed(2))
+    iv = AddDirection(HookSite(1), v, scale=2.0)
+    got = last_logits(llama, [TEXTS[0], tokenize(llama, TEXTS[1])], iv, batch_size=1)
+    both = last_logits(llama, TEXTS, iv)  # one right-padded batch
+    for i, text in enumerate(TEXTS):
+        with torch.no_grad(), applied(llama, iv):
+            want = llama(torch.tensor([tokenize(llama, text)]))[0, -1].float()
+        torch.testing.assert_close(got[i], want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(both[i], want, atol=1e-5, rtol=0)
+    with pytest.raises(WorkbenchError, match="non-empty list"):
+        last_logits(llama, "the cat")
+
+
+def test_intervals():
+    lo, hi = wilson(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    m, (a, b) = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and a == pytest.approx(2.0 - 1.96 / math.sqrt(3)) and b == pytest.approx(2.0 + 1.96 / math.sqrt(3))
+    assert mean_ci([4.0]) == (4.0, [4.0, 4.0])

@@ -138,7 +138,7 @@ def test_chat_template_wraps_the_prompt_as_a_user_turn(tmp_path):
 
 
 def test_self_check_refuses_a_backend_that_does_not_reproduce(ckpt_dirs, monkeypatch):
-    real = models._wrap_hf
+    real = models.transformer_lens_model
 
     def broken(*a, **k):
         m = real(*a, **k)
@@ -146,7 +146,7 @@ def test_self_check_refuses_a_backend_that_does_not_reproduce(ckpt_dirs, monkeyp
             next(p for n, p in m.named_parameters() if "embed" in n.lower()).mul_(1.5)
         return m
 
-    monkeypatch.setattr(models, "_wrap_hf", broken)
+    monkeypatch.setattr(models, "transformer_lens_model", broken)
     with pytest.raises(WorkbenchError, match=f"the '{BACKEND}' backend does not reproduce this LlamaForCausalLM"):
         models.load(ckpt_dirs["llama"], backend=BACKEND)
 
@@ -159,8 +159,8 @@ def test_fingerprint_is_cached_by_weight_file_stat(tmp_path, monkeypatch):
     first = models.fingerprint(models.load(folder, backend=BACKEND))
     assert (tmp_path / "cache" / "fingerprints.json").is_file()
     calls = []
-    real = models._weights_hash
-    monkeypatch.setattr(models, "_weights_hash", lambda named: calls.append(1) or real(named))
+    real = models.weights_hash
+    monkeypatch.setattr(models, "weights_hash", lambda named: calls.append(1) or real(named))
     assert models.fingerprint(models.load(folder, backend=BACKEND)) == first and not calls  # O(1): no re-hash
     weights = folder / "model.safetensors"
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # "rewritten"

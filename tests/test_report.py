@@ -84,7 +84,7 @@ def test_every_figure_draws_in_headless_chromium(report):
     base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
             "--virtual-time-budget=30000", "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND"]
     dom = subprocess.run([*base, "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=180)
-    m = re.search(r'<pre id="report-status">([^<]*)</pre>', dom.stdout)
+    m = re.search(r'<script type="application/json" id="report-status">([^<]*)</script>', dom.stdout)
     assert m, dom.stderr[-2000:]
     status = json.loads(m.group(1))
     assert status["errors"] == [] and status["figures"] >= 12 and status["drawn"] == status["figures"], status

@@ -14,6 +14,7 @@ from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite
+from workbench.toy.measure import best_cell
 
 PLANTED = (1, 2)
 CONTEXTS = ["the cat sees the {} dog .", "a bird likes this {} house", "we love that {} tree and the sun",
@@ -33,7 +34,7 @@ def planted(tmp_path_factory):
     model, u, tok = planted_llama(tmp_path_factory.mktemp("planted"), 0, edit)
     yes, no = tok.convert_tokens_to_ids(["yes", "no"])
     pairs = ContrastPairs.from_list([(c.format(a), c.format(b)) for c in CONTEXTS for a, b in ADJ])
-    pos, neg, kept = heads._pair_batches(model, pairs)
+    pos, neg, kept = heads.pair_batches(model, pairs)
     metric = heads.LogitDiff(((yes,),) * len(kept), ((no,),) * len(kept))
     return model, u, pos, neg, metric
 
@@ -80,7 +81,8 @@ def test_head_analysis_runs_on_a_toy_model_and_plots():
     assert r.clean["m_pos"] > r.clean["m_neg"]  # the metric separates casual from formal continuations
     assert -1.0 <= r.agreement["pearson"] <= 1.0
     figs = heads.plot(heads.Result.from_dict(r.to_dict()))
-    assert set(figs) == {"heads_maps", "heads_steering"} and len(figs["heads_maps"].data) == 3
+    assert set(figs) == {"heads_maps", "heads_steering_logodds", "heads_steering"} and len(figs["heads_maps"].data) == 3
+    assert figs["heads_steering"].layout.coloraxis.cmax == 1.0  # behaviour and fluency on one 0..1 scale
 
 
 # ------------------------------------------------------------------------------------------------------ layer sweep
@@ -114,13 +116,13 @@ def test_sweep_units_reading_side_and_best_cell_rule():
              {"layer": 1, "strength": 2.0, "target_rate": 0.8, "grammaticality": 0.9, "kl": 0.3},
              {"layer": 2, "strength": 1.0, "target_rate": 0.8, "grammaticality": 0.9, "kl": 0.2},
              {"layer": 3, "strength": -1.0, "target_rate": 1.0, "grammaticality": 1.0, "kl": 0.0}]
-    assert layer_sweep.best_cell(cells)["layer"] == 2  # within the floor, tie -> smaller strength
-    assert layer_sweep.best_cell(cells, kl_bound=0.15) is None
-    assert layer_sweep.best_cell(cells, grammar_floor=0.4)["layer"] == 0
+    assert best_cell(cells)["layer"] == 2  # within the floor, tie -> smaller strength
+    assert best_cell(cells, kl_bound=0.15) is None
+    assert best_cell(cells, grammar_floor=0.4)["layer"] == 0
     unsteered = {"layer": 0, "strength": 0.0, "target_rate": 0.85, "grammaticality": 1.0, "kl": 0.0}
-    assert layer_sweep.best_cell([*cells, unsteered]) is None  # nothing beats the unsteered rate within the floor
+    assert best_cell([*cells, unsteered]) is None  # nothing beats the unsteered rate within the floor
     figs = layer_sweep.plot(r)
-    assert set(figs) == {"layer_sweep_maps", "layer_sweep_relative", "layer_sweep_reading"}
+    assert set(figs) == {"layer_sweep_maps", "layer_sweep_kl", "layer_sweep_relative", "layer_sweep_reading"}
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -191,7 +191,7 @@ def test_spectral_study_runs_small_and_is_deterministic():
 
 
 def test_wilson_interval():
-    from analyses.spectral_study import wilson
+    from workbench.metrics import wilson
 
     lo, hi = wilson(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)

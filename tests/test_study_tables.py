@@ -9,7 +9,7 @@ from analyses import study_tables
 from workbench.toy import NAMES, card
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-#: Folders of studies run on the shipped family; results/toy_v5_pilot holds pilot cards of other checkpoints.
+#: Folders of studies run on the shipped family; results/toy_v5_pilot holds cards of other checkpoints.
 STUDIES = ("sensitivity", "robustness", "spectral", "composition", "tuning")
 
 
@@ -38,7 +38,7 @@ def test_every_committed_result_was_computed_on_the_shipped_checkpoint():
     assert seen >= len(files)
 
 
-@pytest.mark.parametrize("study", study_tables.STUDIES)
+@pytest.mark.parametrize("study", ["spectral", "composition", "tuning"])
 def test_summary_tables_are_rebuilt_from_the_json(study):
     folders = sorted((p.parent for p in (RESULTS / study).glob("*/result.json")), key=lambda f: NAMES.index(f.name))
     results = [json.loads((f / "result.json").read_text()) for f in folders]
@@ -51,4 +51,5 @@ def test_bad_folders_get_one_clear_error(tmp_path, capsys):
     assert "result.json does not exist; run `workbench analyze tuning --out" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         study_tables.main(["composition", str(RESULTS / "composition" / "toy-m"), str(RESULTS / "tuning" / "toy-m")])
-    assert "composition takes one folder; got 2." in capsys.readouterr().err
+    assert "this table takes one result; got 2." in capsys.readouterr().err
+    assert set(study_tables.with_tables()) == {"spectral", "composition", "tuning"}

@@ -30,7 +30,7 @@ def setup():
 
 def _cos(hf, tok, items, vectors, cfg):
     with torch.no_grad():
-        return tuning._losses(hf, tuning._encode(tok, items, "cpu"), vectors, cfg)[2]
+        return tuning.losses(hf, tuning.encode_items(tok, items, "cpu"), vectors, cfg)[2]
 
 
 def test_projection_tuning_raises_cosine_and_touches_only_v_and_o(setup):

@@ -10,15 +10,15 @@ __all__ = ["PositionName", "Span", "ActivationSet", "collect", "collect_pairs", 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from workbench.errors import WorkbenchError
-from workbench.hooks import applied
-from workbench.models import HookedModel, tokenization_of
+from workbench.hooks import captured
+from workbench.models import Fingerprint, HookedModel, fingerprint, tokenization_of
 from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite, layer_sites
 from workbench.tokens import batched, first_difference, make_batch, pad_id_of, tokenize
@@ -26,21 +26,6 @@ from workbench.tokens import batched, first_difference, make_batch, pad_id_of, t
 PositionName = Literal["last", "answer", "mean"]
 POSITIONS: tuple[str, ...] = ("last", "answer", "mean")
 Span = tuple[int, int]  # [a, b) token indices in the unpadded sequence (0 = the first token: BOS where added)
-
-
-class _Recorder:
-    """Hooks that store, per site, the span-mean of each row's activation into ``self.out``."""
-
-    def __init__(self, sites: Sequence[HookSite], weights: torch.Tensor) -> None:
-        self.sites, self.weights, self.out = list(sites), weights, {}
-
-    def to_hooks(self, model: Any, layout: Any = None) -> list:
-        def record(x: torch.Tensor, hook: Any, site: HookSite) -> torch.Tensor:
-            w = self.weights.to(x)  # [batch pos]
-            self.out[site] = torch.einsum("bp,bp...->b...", w, x).detach().float()
-            return x
-
-        return [(s.name, lambda x, hook, s=s: record(x, hook, s)) for s in self.sites]  # checked in collect()
 
 
 def collect(
@@ -62,8 +47,8 @@ def collect(
     for i, ((a, b), s) in enumerate(zip(spans, seqs)):
         if not 0 <= a < b <= len(s):
             raise WorkbenchError(f"span {(a, b)} of sequence {i} is empty or outside its {len(s)} tokens.")
-    for s in sites:
-        s.check(model)
+    for site in sites:
+        site.check(model)
     stop = max(s.layer for s in sites) + 1
     pad = pad_id_of(model)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -71,20 +56,24 @@ def collect(
     if len(widths) != 1:
         raise WorkbenchError("collect() sites must share one width; call it once per kind of site.")
     out = torch.empty(len(sites), len(seqs), widths.pop())
+    weights = torch.empty(0)  # the current batch's [batch pos] span weights, read by span_mean at hook time
+
+    def span_mean(x: torch.Tensor, site: HookSite) -> torch.Tensor:
+        return torch.einsum("bp,bp...->b...", weights.to(x), x).detach().float()
+
     chunks = list(batched(len(order), batch_size))
-    for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
-        rows = [order[i] for i in chunk]
-        batch = make_batch([seqs[r] for r in rows], pad, padding)
-        weights = torch.zeros(batch.tokens.shape, dtype=torch.float32)
-        for j, r in enumerate(rows):
-            a, b = spans[r]
-            weights[j, batch.start[j] + a : batch.start[j] + b] = 1.0 / (b - a)
-        rec = _Recorder(sites, weights)
-        with torch.no_grad(), applied(model, rec):
+    with torch.no_grad(), captured(model, sites, reduce=span_mean) as rec:
+        for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+            rows = [order[i] for i in chunk]
+            batch = make_batch([seqs[r] for r in rows], pad, padding)
+            weights = torch.zeros(batch.tokens.shape, dtype=torch.float32)
+            for j, r in enumerate(rows):
+                a, b = spans[r]
+                weights[j, batch.start[j] + a : batch.start[j] + b] = 1.0 / (b - a)
             model(batch.tokens.to(model.cfg.device), attention_mask=batch.attention_mask.to(model.cfg.device),
                   stop_at_layer=stop)
-        for k, s in enumerate(sites):
-            out[k, rows] = rec.out[s].reshape(len(rows), -1).cpu()
+            for k, site in enumerate(sites):
+                out[k, rows] = rec[site].reshape(len(rows), -1).cpu()
     return out
 
 
@@ -135,13 +124,15 @@ def _prompt_len(model: HookedModel, prompt: str, p: list[int], n: list[int]) -> 
 
 @dataclass(frozen=True, eq=False)
 class ActivationSet:
-    """Reduced activations of contrast pairs: ``positive[k, i]`` is pair ``i``'s positive text at ``sites[k]``."""
+    """Reduced activations of contrast pairs: ``positive[k, i]`` is pair ``i``'s positive text at ``sites[k]``,
+    with the provenance a direction set inherits (the model's fingerprint, the pairs' hash, the tokenisation)."""
 
     sites: tuple[HookSite, ...]
     positive: Float[torch.Tensor, "site n width"]
     negative: Float[torch.Tensor, "site n width"]
     position: str
     data_hash: str
+    fingerprint: Fingerprint
     tokenization: dict = field(default_factory=dict)  # models.Tokenization.to_dict() of the collection
 
     def __post_init__(self) -> None:
@@ -172,5 +163,5 @@ def collect_pairs(
     acts = collect(model, pos_ids + neg_ids, pos_spans + neg_spans, sites,
                    batch_size=batch_size, padding=padding, progress=progress, desc=f"activations ({len(pairs)} pairs)")
     n = len(pairs)
-    return ActivationSet(sites, acts[:, :n], acts[:, n:], position, pairs.data_hash,
+    return ActivationSet(sites, acts[:, :n], acts[:, n:], position, pairs.data_hash, fingerprint(model),
                          tokenization_of(model).to_dict())

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from workbench.errors import WorkbenchError
 
@@ -19,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # 2-core machines: spin-wai
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not usage + message
+    def error(self, message: str) -> NoReturn:  # one line, not usage + message
         raise WorkbenchError(f"{self.prog}: {message} (see --help)")
 
 
@@ -86,7 +87,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_directions(args) -> int:
-    from workbench import models
     from workbench.activations import collect_pairs
     from workbench.directions import compute_directions
     from workbench.pairs import load_pairs
@@ -97,7 +97,7 @@ def cmd_directions(args) -> int:
     m = _load(args)
     sites = layer_sites(m, _layers(args.layers), args.kind)
     acts = collect_pairs(m, pairs, sites, position=args.position, batch_size=args.batch_size)
-    ds = compute_directions(acts, args.method, model_fingerprint=models.fingerprint(m), seed=args.seed)
+    ds = compute_directions(acts, args.method, seed=args.seed)
     ds.save(args.out)
     print(f"wrote {len(ds.directions)} {args.method} directions ({len(pairs)} pairs, position={args.position}) "
           f"to {args.out}")
@@ -175,7 +175,7 @@ def cmd_export(args) -> int:
     what = ", ".join(f"{iv.site.name} {'x' + str(iv.scale) if hasattr(iv, 'scale') else 'ablated'}"
                      for iv in spec.interventions)
     print(f"wrote {args.format} to {out} ({what})")
-    if args.check:
+    if args.check and prompts is not None:
         return _check_export(args, model, spec, out, prompts)
     return 0
 
@@ -246,179 +246,28 @@ def cmd_import(args) -> int:
     return 0
 
 
-def _floats(text: str, what: str) -> tuple:
-    try:
-        return tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise WorkbenchError(f"{what} must be comma-separated numbers like -1,0.5,2; got {text!r}.") from None
-
-
-def _write_analysis(out: Path, result, figures: dict, extra=None) -> None:
+def cmd_analyze(args) -> int:
+    from workbench import models
     from workbench.io import atomic_dir, write_json
     from workbench.plotting import write_figures
+    from workbench.studies import Context, config_from_flags
+
+    study = args.study
+    cfg = config_from_flags(study.config, args, command=f"analyze {study.name}")  # before loading any model
+    _fresh_out(args.out, args.overwrite)
+    out = Path(args.out)
+
+    def load(name: str):
+        return models.load(name, backend=args.backend, bos=getattr(args, "bos", "auto"),
+                           chat_template=getattr(args, "chat_template", False))
 
     with atomic_dir(out) as tmp:
-        write_json(tmp / "result.json", result.to_dict())
-        write_figures(tmp / "figures", figures)
-        if extra is not None:
-            extra(tmp)
-
-
-def cmd_analyze_layer_sweep(args) -> int:
-    from analyses import layer_sweep as ls
-
-    kw = {"strengths": _floats(args.strengths, "--strengths")} if args.strengths else {}
-    cfg = ls.Config(args.attribute, kind=args.kind, layers=_layers(args.layers), n_prompts=args.n_prompts,
-                    n_pairs=args.n_pairs, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                    seed=args.seed, **kw)  # validate before loading the model
-    _fresh_out(args.out, args.overwrite)
-    result = ls.run(_load(args), cfg, name=args.model)
-    _write_analysis(Path(args.out), result, ls.plot(result))
-    b, c = result.best, result.cost
-    print(f"layer sweep of {args.attribute} on {args.model}: {len(result.cells)} cells in {c['seconds_total']} s "
-          f"({c['ratio_generation_to_unsteered']}x one unsteered generation pass for all generations)")
-    print("best cell: none within the fluency bound" if b is None else
-          f"best cell: layer {b['layer']} (depth {b['depth']}), strength {b['strength']} (relative "
-          f"{b['relative_strength']}): {cfg.target} rate {b['target_rate']:.2f}, grammaticality "
-          f"{b['grammaticality']:.2f}, KL {b['kl']:.3f}")
-    print(f"wrote {args.out}/result.json and figures/")
-    return 0
-
-
-def cmd_analyze_heads(args) -> int:
-    from analyses import heads
-
-    cfg = heads.Config(args.attribute, n_pairs=args.n_pairs, readout_layer=args.readout_layer,
-                       steer_strengths=_floats(args.strengths, "--strengths"), n_prompts=args.n_prompts,
-                       max_new_tokens=args.max_new_tokens, seed=args.seed)
-    _fresh_out(args.out, args.overwrite)
-    result = heads.run(_load(args), cfg, name=args.model, steer=not args.no_generate)
-    _write_analysis(Path(args.out), result, heads.plot(result))
-    print(f"heads for {args.attribute} on {args.model} ({result.cost['seconds']} s); top head per method "
-          f"(layer, head, value):")
-    for method, cells in result.top.items():
-        print(f"  {method:<12} " + "  ".join(f"L{c[0]}H{c[1]} {c[2]:+.3f}" for c in cells[:3]))
-    a = result.agreement
-    print(f"attribution vs real patching: pearson {a['pearson']:.2f}, top-{cfg.top_k} overlap {a['top_k_overlap']}")
-    if result.steering.get("best"):
-        b = result.steering["best"]
-        print(f"best single-head steering: L{b['layer']}H{b['head']} x{b['strength']}: target rate "
-              f"{b['target_rate']:.2f}")
-    print(f"wrote {args.out}/result.json and figures/")
-    return 0
-
-
-def cmd_analyze_spectral(args) -> int:
-    from analyses import spectral_study as ss
-
-    cfg = ss.Config(site=args.site, layers=args.layers if args.layers in ("last-half", "all") else
-                    tuple(_layers(args.layers)),
-                    ratio=args.ratio, center=not args.no_center, phi_feature=args.phi, n_demos=args.n_demos,
-                    demo_counts=tuple(int(x) for x in _floats(args.demo_counts, "--demo-counts")),
-                    n_eval=args.n_eval, seed=args.seed)
-    _fresh_out(args.out, args.overwrite)
-    result = ss.run(_load(args), cfg, name=args.model)
-    _write_analysis(Path(args.out), result, ss.plot(result))
-    print(f"SEA study on {args.model} ({result.cost['seconds']} s), edited layers {result.config['layers']} "
-          f"({cfg.site}); multiple-choice accuracy [95% CI]:")
-    for m in result.methods:
-        a, h = m["mc_liar"], m["mc_honest"]
-        print(f"  {m['method']:<48} liar items {a['accuracy']:.2f} {a['accuracy_ci']}  honest items "
-              f"{h['accuracy']:.2f}  perplexity {m['perplexity']:.3f}")
-    print(f"wrote {args.out}/result.json and figures/")
-    return 0
-
-
-def _robustness(args, module, cfg, run):
-    _fresh_out(args.out, args.overwrite)
-    result = run(cfg)
-    _write_analysis(Path(args.out), result, module.plot(result))
-    return result
-
-
-def cmd_analyze_sample_size(args) -> int:
-    from analyses import sample_size as m
-
-    cfg = m.Config(args.attribute, ns=tuple(int(x) for x in _floats(args.ns, "--ns")), resamples=args.resamples,
-                   pool=args.pool, layer=args.layer, strength=args.strength, n_prompts=args.n_prompts,
-                   max_new_tokens=args.max_new_tokens, seed=args.seed)
-    r = _robustness(args, m, cfg, lambda c: m.run(_load(args), c, name=args.model))
-    print(f"sample size, {args.attribute} on {args.model} (L{r.site['layer']} x{r.site['strength']:g}): full-pool "
-          f"effect {r.full['effect']:+.3f}; saturation N = {r.saturation_n}")
-    for x in r.rows:
-        print(f"  N={x['n']:<4} effect {x['effect_mean']:+.3f} [{x['effect_ci'][0]:+.3f}, {x['effect_ci'][1]:+.3f}]  "
-              f"cosine {x['cosine_mean']:.3f}")
-    return 0
-
-
-def cmd_analyze_distribution_shift(args) -> int:
-    from analyses import distribution_shift as m
-
-    cfg = m.Config(args.attribute, layer=args.layer, strength=args.strength, n_prompts=args.n_prompts,
-                   max_new_tokens=args.max_new_tokens, seed=args.seed)
-    r = _robustness(args, m, cfg, lambda c: m.run(_load(args), c, name=args.model))
-    print(f"distribution shift, {args.attribute} on {args.model} (L{r.site['layer']} x{r.site['strength']:g}):")
-    for x in r.families:
-        ratio = "n/a" if x["ratio_to_id"] is None else f"{x['ratio_to_id']:.2f}"
-        print(f"  {x['family']:<11} unsteered {x['unsteered']:.2f}  steered {x['steered']:.2f} {x['steered_ci']}  "
-              f"effect {x['effect']:+.2f}  OOD/ID {ratio}")
-    return 0
-
-
-def cmd_analyze_model_size(args) -> int:
-    from analyses import model_size as m
-    from workbench import models
-
-    cfg = m.Config(args.attribute, depth=args.depth, n_prompts=args.n_prompts, max_new_tokens=args.max_new_tokens,
-                   seed=args.seed)
-    names = [x for x in args.models.split(",") if x]
-    r = _robustness(args, m, cfg, lambda c: m.run({n: models.load(n, backend=args.backend) for n in names}, c))
-    print(f"model size, {args.attribute}, depth {args.depth}: harm slopes per unit relative strength")
-    for x in r.models:
-        sl = x["slopes"]
-        print(f"  {x['name']:<6} L{x['layer']}  KL {sl['kl']:.3f}  perplexity {sl['perplexity']:.3f}  "
-              f"grammaticality drop {sl['grammaticality_drop']:.3f}")
-    return 0
-
-
-def cmd_analyze_adversarial(args) -> int:
-    from analyses import adversarial as m
-    from workbench import models
-
-    cfg = m.Config(args.attribute, layer=args.layer, strength=args.strength, method=args.method,
-                   suffix_len=args.suffix_len, steps=args.steps, n_train=args.n_train, n_heldout=args.n_heldout,
-                   ce_weight=args.ce_weight, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    others = [x for x in (args.transfer or "").split(",") if x]
-    r = _robustness(args, m, cfg, lambda c: m.run(_load(args), c, name=args.model,
-                                                  others={n: models.load(n, backend=args.backend) for n in others}))
-    h = r.heldout
-    print(f"adversarial ({args.method}) on {args.model}, {args.attribute}: suffix {r.suffix['text']!r} "
-          f"(cross-entropy {r.suffix['ce']:.2f} nats/token); held-out reversal rate {h['reversal_rate']:.2f}; "
-          f"target rate steered {h['target_rate']['steered']:.2f} -> with suffix "
-          f"{h['target_rate']['steered_with_suffix']:.2f}")
-    for t in r.transfer:
-        if "reversal_rate" in t:
-            print(f"  transfer to {t['model']}: reversal {t['reversal_rate']:.2f}, target rate "
-                  f"{t['target_rate']['steered']:.2f} -> {t['target_rate']['steered_with_suffix']:.2f}")
-    sy = r.symmetry
-    print(f"symmetry: log-odds shift +s {sy['logodds_shift_plus']:+.3f}, -s {sy['logodds_shift_minus']:+.3f}")
-    return 0
-
-
-def cmd_analyze_composition(args) -> int:
-    from analyses import composition as m
-
-    props = tuple(x for x in args.properties.split(",") if x)
-    pairs = tuple(tuple(p.split("+")) for p in args.pairs.split(",") if p)
-    cfg = m.Config(properties=props, pairs=pairs, fixed_alphas=_floats(args.fixed_alphas, "--fixed-alphas"),
-                   alpha_max=args.alpha_max, top_p=args.top_p, normalisation=args.normalisation, kind=args.kind,
-                   n_icl=args.n_icl, n_test=args.n_test, steps=args.steps, seed=args.seed)
-    r = _robustness(args, m, cfg, lambda c: m.run(_load(args), c, name=args.model))
-    print(f"DAC on {args.model} ({r.cost['seconds']} s): property accuracy / grammaticality / delta-ppl")
-    for x in r.single + r.composed:
-        acc = ", ".join(f"{k} {v:.2f}" for k, v in x["accuracy"].items())
-        print(f"  {'+'.join(x['properties']):<20} {x['strategy']:<11} alpha {x['alpha']:<4g} {acc:<32} "
-              f"gram {x['grammaticality']:.2f}  dppl {x['delta_ppl']:+.2f}")
+        result = study.run(Context(getattr(args, "model", None), load, tmp), cfg)
+        data = result.to_dict()
+        write_json(tmp / "result.json", data)
+        write_figures(tmp / "figures", study.plot(data))
+    print(study.summary(result))
+    print(f"wrote {out}/result.json and figures/")
     return 0
 
 
@@ -427,32 +276,6 @@ def cmd_report(args) -> int:
 
     html_path, md_path = build_report(args.results, args.out, title=args.title)
     print(f"wrote {html_path} and {md_path}")
-    return 0
-
-
-def cmd_analyze_tuning(args) -> int:
-    import shutil
-    import tempfile
-
-    from analyses import tuning as m
-
-    cfg = m.Config(layers=None if args.layers == "middle" else tuple(_layers(args.layers) or ()),
-                   n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, max_steps=args.max_steps,
-                   token_weight=args.token_weight, seed=args.seed)
-    _fresh_out(args.out, args.overwrite)
-    with tempfile.TemporaryDirectory() as work:
-        r = m.run(_load(args), cfg, name=args.model, out=work)
-        _write_analysis(Path(args.out), r, m.plot(r),
-                        extra=lambda tmp: shutil.copytree(Path(work) / "tuned-model", tmp / "tuned-model"))
-    print(f"representation tuning on {args.model}, layers {r.config['layers']} ({r.cost['seconds']} s); truthful "
-          f"MC accuracy [95% CI] on liar-persona items:")
-    for row in r.settings:
-        a = row["liar_id"]
-        ood = " ".join(f"{k[5:]} {row[k]['accuracy']:.2f}" for k in row
-                       if k.startswith("liar_") and k not in ("liar_id", "liar_id_opposed"))
-        print(f"  {row['setting']:<42} ID {a['accuracy']:.2f} {a['accuracy_ci']}  OOD {ood}  opposed "
-              f"{row['liar_id_opposed']['accuracy']:.2f}  honest items {row['honest_id']['accuracy']:.2f}")
-    print(f"tuned checkpoint (Hugging Face, with tuning_card.json): {Path(args.out) / 'tuned-model'}")
     return 0
 
 
@@ -537,7 +360,7 @@ def cmd_toy_sample(args) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
     p = _Parser(prog="workbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -610,125 +433,27 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_import)
 
-    analyze = sub.add_parser("analyze", help="sensitivity analyses on toy models").add_subparsers(
-        dest="analysis", required=True, parser_class=_Parser)
-    sp = analyze.add_parser("layer-sweep", help="behaviour and fluency cost over layers x strengths")
-    model_args(sp)
-    sp.add_argument("--attribute", required=True, choices=["sentiment", "topic", "register", "language", "truth"])
-    sp.add_argument("--out", required=True, help="folder for result.json and figures/")
-    sp.add_argument("--layers", default="all")
-    sp.add_argument("--kind", default="resid_post")
-    sp.add_argument("--strengths", default=None, help="comma-separated, both signs: --strengths=-1,0.5,2 (default -2..3)")
-    sp.add_argument("--n-prompts", type=int, default=48)
-    sp.add_argument("--n-pairs", type=int, default=200)
-    sp.add_argument("--max-new-tokens", type=int, default=24)
-    sp.add_argument("--temperature", type=float, default=1.0)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--overwrite", action="store_true")
-    sp.set_defaults(func=cmd_analyze_layer_sweep)
-    sp = analyze.add_parser("heads", help="direct attribution, patching, attribution patching, per-head steering")
-    model_args(sp)
-    sp.add_argument("--attribute", required=True, choices=["sentiment", "topic", "register", "language", "truth"])
-    sp.add_argument("--out", required=True, help="folder for result.json and figures/")
-    sp.add_argument("--n-pairs", type=int, default=64)
-    sp.add_argument("--readout-layer", type=int, default=None, help="direction for direct attribution (default last)")
-    sp.add_argument("--strengths", default="2,4", help="per-head steering strengths")
-    sp.add_argument("--n-prompts", type=int, default=32)
-    sp.add_argument("--max-new-tokens", type=int, default=16)
-    sp.add_argument("--no-generate", action="store_true", help="skip the sampled per-head steering (keep the rest)")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--overwrite", action="store_true")
-    sp.set_defaults(func=cmd_analyze_heads)
+    analyze = sub.add_parser("analyze", help="run a registered study (layer-sweep, heads, ...; see analyze --help)")
+    studies_parser = analyze.add_subparsers(dest="analysis", required=True, parser_class=_Parser,
+                                            metavar="STUDY")
+    if with_studies:
+        from workbench import studies
+        from workbench.studies import add_config_flags
 
-    sp = analyze.add_parser("spectral", help="SEA on toy truthfulness: linear / Phi-SEA vs few-shot and steering")
-    model_args(sp)
-    sp.add_argument("--out", required=True, help="folder for result.json and figures/")
-    sp.add_argument("--site", choices=["mlp_out", "resid_post"], default="mlp_out")
-    sp.add_argument("--layers", default="last-half", help="edited layers: 'last-half' (default), 'all', '2,3', '1-3'")
-    sp.add_argument("--ratio", type=float, default=0.998, help="explained-variance ratio for k")
-    sp.add_argument("--no-center", action="store_true", help="uncentred cross-covariances (the official scripts)")
-    sp.add_argument("--phi", default="tanh", choices=["squared_exponential", "tanh", "elu"])
-    sp.add_argument("--n-demos", type=int, default=1000)
-    sp.add_argument("--demo-counts", default="25,50,100,200,400,1000,2000")
-    sp.add_argument("--n-eval", type=int, default=200)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--overwrite", action="store_true")
-    sp.set_defaults(func=cmd_analyze_spectral)
-
-    def robust_args(sp, model=True, n_prompts=True):
-        if model:
-            model_args(sp)
-        sp.add_argument("--attribute", required=True, choices=["sentiment", "topic", "register", "language", "truth"])
-        sp.add_argument("--out", required=True, help="folder for result.json and figures/")
-        if n_prompts:
-            sp.add_argument("--n-prompts", type=int, default=48)
-        sp.add_argument("--max-new-tokens", type=int, default=24)
-        sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--overwrite", action="store_true")
-
-    def cell_args(sp):
-        sp.add_argument("--layer", type=int, default=None, help="default: the toy card's best cell")
-        sp.add_argument("--strength", type=float, default=None)
-
-    sp = analyze.add_parser("sample-size", help="steering effect and cosine vs number of pairs")
-    robust_args(sp)
-    cell_args(sp)
-    sp.add_argument("--ns", default="1,2,5,10,20,40,80,160,320")
-    sp.add_argument("--resamples", type=int, default=5)
-    sp.add_argument("--pool", type=int, default=640)
-    sp.set_defaults(func=cmd_analyze_sample_size)
-    sp = analyze.add_parser("distribution-shift", help="effect on in- vs out-of-distribution prompt families")
-    robust_args(sp)
-    cell_args(sp)
-    sp.set_defaults(func=cmd_analyze_distribution_shift)
-    sp = analyze.add_parser("model-size", help="fluency harm vs relative strength across the toy family")
-    robust_args(sp, model=False)
-    sp.add_argument("--models", default="toy-s,toy-m,toy-l")
-    sp.add_argument("--depth", type=float, default=0.5)
-    sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
-    sp.set_defaults(func=cmd_analyze_model_size)
-    sp = analyze.add_parser("adversarial", help="search a suffix that reverses steering (GCG / EPO)")
-    robust_args(sp, n_prompts=False)
-    cell_args(sp)
-    sp.add_argument("--method", choices=["gcg", "epo"], default="gcg")
-    sp.add_argument("--suffix-len", type=int, default=4)
-    sp.add_argument("--steps", type=int, default=40)
-    sp.add_argument("--n-train", type=int, default=8)
-    sp.add_argument("--n-heldout", type=int, default=48)
-    sp.add_argument("--ce-weight", type=float, default=0.1, help="EPO: weight of the suffix cross-entropy")
-    sp.add_argument("--transfer", default="", help="other models to try the suffix on, e.g. toy-s,toy-l")
-    sp.set_defaults(func=cmd_analyze_adversarial)
-
-    sp = analyze.add_parser("composition", help="DAC: fixed / start / diminishing / dynamic strengths, 1-2 properties")
-    model_args(sp)
-    sp.add_argument("--out", required=True, help="folder for result.json and figures/")
-    sp.add_argument("--properties", default="language,sentiment,register")
-    sp.add_argument("--pairs", default="language+sentiment,sentiment+register")
-    sp.add_argument("--fixed-alphas", default="0.5,1,2,3,4")
-    sp.add_argument("--alpha-max", type=float, default=2.0)
-    sp.add_argument("--top-p", type=float, default=0.9)
-    sp.add_argument("--normalisation", choices=["none", "seed"], default="none",
-                    help="'seed' divides the KL by |S| as the DAC code does")
-    sp.add_argument("--kind", choices=["z", "resid_post"], default="z")
-    sp.add_argument("--n-icl", type=int, default=30)
-    sp.add_argument("--n-test", type=int, default=50)
-    sp.add_argument("--steps", type=int, default=20)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--overwrite", action="store_true")
-    sp.set_defaults(func=cmd_analyze_composition)
-
-    sp = analyze.add_parser("tuning", help="representation tuning vs online steering on toy truthfulness")
-    model_args(sp)
-    sp.add_argument("--out", required=True, help="folder for result.json, figures/ and tuned-model/")
-    sp.add_argument("--layers", default="middle", help="blocks to tune: 'middle' (default) or e.g. '1,2'")
-    sp.add_argument("--n-train", type=int, default=600)
-    sp.add_argument("--n-val", type=int, default=100)
-    sp.add_argument("--n-eval", type=int, default=200)
-    sp.add_argument("--max-steps", type=int, default=200)
-    sp.add_argument("--token-weight", type=float, default=1.0)
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--overwrite", action="store_true")
-    sp.set_defaults(func=cmd_analyze_tuning)
+        if not studies.studies():
+            analyze.description = (f"no study is installed: study packages register through the "
+                                   f"'{studies.ENTRY_POINT_GROUP}' entry points or WORKBENCH_STUDIES")
+        for study in studies.studies():
+            sp = studies_parser.add_parser(study.name, help=study.help, description=study.help)
+            if study.needs_model:
+                model_args(sp)
+            else:
+                sp.add_argument("--backend", choices=["bridge", "hooked"], default=None,
+                                help="TransformerBridge (TL 4.x) or HookedTransformer (TL 3.x)")
+            sp.add_argument("--out", required=True, help="folder for result.json and figures/")
+            sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+            add_config_flags(sp, study.config)
+            sp.set_defaults(func=cmd_analyze, study=study)
 
     toy = sub.add_parser("toy", help="the toy world: train, measure, sample").add_subparsers(
         dest="toy_command", required=True, parser_class=_Parser)
@@ -739,10 +464,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-measure", action="store_true", help="skip measuring the card's properties")
     sp.add_argument("--p-collocation", type=float, default=None,
                     help="share of verbs fixed by the collocation table "
-                         "(default 0.75, as since corpus v5; 0 is corpus v4)")
+                         "(default 0.75, the shipped corpus; 0: no collocations)")
     sp.add_argument("--p-catalogue", type=float, default=None,
                     help="share of documents that are catalogue documents, a seeded table to store "
-                         "(default 0.25: the shipped corpus v6; 0 is corpus v5)")
+                         "(default 0.25, the shipped corpus; 0: no catalogues)")
     sp.add_argument("--embed-std", type=float, default=None,
                     help="redraw the input embedding at this init std (default: the size's own: toy-l 0.5, the "
                          "others the Llama initialiser's 0.02; any value here redraws it)")
@@ -782,7 +507,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: "Sequence[str] | None" = None) -> int:
     try:
-        args = _parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = _parser(with_studies="analyze" in argv).parse_args(argv)
         _quiet()
         return args.func(args)
     except SystemExit as e:  # --help

@@ -34,12 +34,12 @@ from typing import Any
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.generate import generate
-from workbench.hooks import applied
-from workbench.models import HookedModel, forward_step, tokenizer_of
+from workbench.generate import Decoder, generate
+from workbench.hooks import Capture, applied
+from workbench.models import HookedModel, tokenizer_of
 from workbench.positions import TokenLayout
 from workbench.sites import HookSite
-from workbench.tokens import make_batch, pad_id_of, tokenize
+from workbench.tokens import Batch, make_batch, pad_id_of, tokenize
 
 STRATEGIES: tuple[str, ...] = ("fixed", "start", "diminishing", "dynamic")
 
@@ -63,27 +63,20 @@ class StepVectors:
         return self.deltas.shape[0]
 
 
-class _StepRecorder:
-    def __init__(self, sites: "list[HookSite]") -> None:
-        self.sites, self.out = sites, {s.layer: [] for s in sites}
-
-    def to_hooks(self, model: Any, layout: Any = None) -> list:
-        def rec(x: torch.Tensor, hook: Any, layer: int = 0) -> torch.Tensor:
-            self.out[layer].append(x[:, -1].reshape(x.shape[0], -1).float().cpu())
-            return x
-        return [(s.check(model), lambda x, hook, layer=s.layer: rec(x, hook, layer)) for s in self.sites]
+def _last_position(x: torch.Tensor, site: HookSite) -> torch.Tensor:
+    return x[:, -1].reshape(x.shape[0], -1).float().cpu()
 
 
 def _step_means(model: HookedModel, prompts: "list[str]", steps: int, kind: str) -> torch.Tensor:
     sites = [HookSite(layer, kind) for layer in range(model.cfg.n_layers)]
-    rec = _StepRecorder(sites)
+    rec = Capture(sites, _last_position, keep="all")  # one entry per decoding step
     g = generate(model, prompts, rec, max_new_tokens=steps, temperature=0.0, stop_at_eos=False)
     eos = tokenizer_of(model).eos_token_id
     running = torch.ones(len(prompts), steps, dtype=torch.bool)  # a row stops counting after it emitted EOS
     for i, row in enumerate(g.tokens):
         if eos in row:
             running[i, row.index(eos) + 1:] = False
-    acts = torch.stack([torch.stack(rec.out[s.layer][:steps], 0) for s in sites], 1)  # [T, L, rows, width]
+    acts = torch.stack([torch.stack(rec.out[s][:steps], 0) for s in sites], 1)  # [T, L, rows, width]
     w = running.T.float()[:, None, :, None]
     return (acts * w).sum(2) / w.sum(2).clamp_min(1)
 
@@ -206,56 +199,47 @@ def generate_composed(
     if t_max > steps:
         raise WorkbenchError(f"the in-context vectors cover {steps} steps; generate at most that many tokens.")
     seqs = [tokenize(model, p) for p in prompts]
-    b, dev = len(seqs), model.cfg.device
+    b = len(seqs)
     batch = make_batch(seqs, pad_id_of(model), "left")
+    if strategy == "dynamic" and timing == "lagged":
+        return _lagged(model, prompts, properties, batch, k, steps, t_max, alpha_max, top_p, normalisation, use_cache)
     # steered alphas [rows, T] per property; dynamic fills column t at step t
     steer_a = [(_schedule(strategy, a, steps)[None].repeat(b, 1) if strategy != "dynamic" else torch.zeros(b, steps))
                for a in alphas_in]
     kl_trace = torch.zeros(b, k, steps) if strategy == "dynamic" else None
-    layout = TokenLayout(batch.start, batch.end)
     # probe batch: group 0 unsteered, group j (1..k) property j at alpha_max everywhere
-    p_rows = (k + 1) * b
-    probe_a = [torch.zeros(p_rows, steps) for _ in range(k)]
+    probe_a = [torch.zeros((k + 1) * b, steps) for _ in range(k)]
     for j in range(k):
         probe_a[j][(j + 1) * b:(j + 2) * b] = alpha_max
-    p_layout = TokenLayout(batch.start.repeat(k + 1), batch.end.repeat(k + 1))
-    tokens, mask = batch.tokens.to(dev), batch.attention_mask.to(dev)
-    if strategy == "dynamic" and timing == "lagged":
-        return _lagged(model, prompts, properties, batch, k, steps, t_max, alpha_max, top_p, normalisation, use_cache)
     steer_iv, probe_iv = StepAdd(properties, steer_a), StepAdd(properties, probe_a)
-    state = p_state = None
-    new = tokens
+    steered = Decoder(model, batch, use_cache=use_cache)
+    probes = Decoder(model, _repeat(batch, k + 1), use_cache=use_cache) if strategy == "dynamic" else None
     out = []
     with torch.no_grad():
         for step in range(t_max):
-            offset = tokens.shape[1] - new.shape[1] if use_cache else 0
-            inp = new if use_cache else tokens
-            if strategy == "dynamic":
-                p_layout.offset = offset
-                with applied(model, probe_iv, layout=p_layout):
-                    if use_cache:
-                        lg, p_state = forward_step(model, inp.repeat(k + 1, 1), mask.repeat(k + 1, 1), p_state)
-                    else:
-                        lg, _ = forward_step(model, inp.repeat(k + 1, 1), mask.repeat(k + 1, 1), use_cache=False)
-                last = lg[:, -1].float()
+            if probes is not None:
+                with applied(model, probe_iv, layout=probes.layout):
+                    last = probes.logits()
                 for j in range(k):
                     a = dynamic_alpha(last[:b], last[(j + 1) * b:(j + 2) * b], top_p=top_p, alpha_max=float("inf"),
                                       normalisation=normalisation)
-                    kl_trace[:, j, step] = a.cpu()
+                    if kl_trace is not None:
+                        kl_trace[:, j, step] = a.cpu()
                     steer_a[j][:, step] = a.clamp(0.0, alpha_max).cpu()
-            layout.offset = offset
-            with applied(model, steer_iv, layout=layout):
-                if use_cache:
-                    lg, state = forward_step(model, inp, mask, state)
-                else:
-                    lg, _ = forward_step(model, inp, mask, use_cache=False)
-            nxt = lg[:, -1].float().argmax(-1)
+            with applied(model, steer_iv, layout=steered.layout):
+                nxt = steered.logits().argmax(-1)
             out.append(nxt.cpu())
-            tokens = torch.cat([tokens, nxt[:, None]], 1)
-            mask = torch.cat([mask, torch.ones_like(nxt[:, None])], 1)
-            new = nxt[:, None]
+            steered.append(nxt)
+            if probes is not None:
+                probes.append(nxt.repeat(k + 1))
     used = torch.stack([a[:, :t_max] for a in steer_a], 1)
     return _finish(model, prompts, out, used, None if kl_trace is None else kl_trace[:, :, :t_max])
+
+
+def _repeat(batch: Batch, n: int) -> Batch:
+    """``n`` copies of ``batch``, stacked as consecutive groups of rows."""
+    return Batch(batch.tokens.repeat(n, 1), batch.attention_mask.repeat(n, 1), batch.start.repeat(n),
+                 batch.end.repeat(n))
 
 
 def _finish(model: HookedModel, prompts: "list[str]", out: list, used: torch.Tensor, kl) -> Composed:
@@ -269,26 +253,19 @@ def _finish(model: HookedModel, prompts: "list[str]", out: list, used: torch.Ten
 def _lagged(model, prompts, properties, batch, k, steps, t_max, alpha_max, top_p, normalisation, use_cache) -> Composed:
     """Dynamic strengths with one batched forward per step: groups [unsteered, probe_1..probe_k, steered]; the
     steered rows use at step t the alpha measured at step t - 1 (alpha_max at t = 0)."""
-    b, dev = batch.tokens.shape[0], model.cfg.device
+    b = batch.tokens.shape[0]
     g = k + 2
     tables = [torch.zeros(g * b, steps) for _ in range(k)]
     for j in range(k):
         tables[j][(j + 1) * b:(j + 2) * b] = alpha_max
         tables[j][(k + 1) * b:, 0] = alpha_max
-    layout = TokenLayout(batch.start.repeat(g), batch.end.repeat(g))
     iv = StepAdd(properties, tables)
     kl = torch.zeros(b, k, steps)
-    tokens, mask = batch.tokens.to(dev).repeat(g, 1), batch.attention_mask.to(dev).repeat(g, 1)
-    new, state, out = tokens, None, []
-    with torch.no_grad():
+    rows = Decoder(model, _repeat(batch, g), use_cache=use_cache)
+    out = []
+    with torch.no_grad(), applied(model, iv, layout=rows.layout):
         for step in range(t_max):
-            layout.offset = tokens.shape[1] - new.shape[1] if use_cache else 0
-            with applied(model, iv, layout=layout):
-                if use_cache:
-                    lg, state = forward_step(model, new, mask, state)
-                else:
-                    lg, _ = forward_step(model, tokens, mask, use_cache=False)
-            last = lg[:, -1].float()
+            last = rows.logits()
             for j in range(k):
                 a = dynamic_alpha(last[:b], last[(j + 1) * b:(j + 2) * b], top_p=top_p, alpha_max=float("inf"),
                                   normalisation=normalisation)
@@ -297,9 +274,6 @@ def _lagged(model, prompts, properties, batch, k, steps, t_max, alpha_max, top_p
                     tables[j][(k + 1) * b:, step + 1] = a.clamp(0.0, alpha_max).cpu()
             nxt = last[(k + 1) * b:].argmax(-1)
             out.append(nxt.cpu())
-            step_tok = nxt.repeat(g)[:, None]
-            tokens = torch.cat([tokens, step_tok], 1)
-            mask = torch.cat([mask, torch.ones_like(step_tok)], 1)
-            new = step_tok
+            rows.append(nxt.repeat(g))
     used = torch.stack([t[(k + 1) * b:, :t_max] for t in tables], 1)
     return _finish(model, prompts, out, used, kl[:, :, :t_max])

@@ -34,7 +34,7 @@ def run_demo(out: "str | Path", model: str = "toy-m", backend: "str | None" = No
     t0 = time.perf_counter()
     m = models.load(model, backend=backend)
     fp = models.fingerprint(m)
-    results: dict = {"model": model, "backend": models.backend_of(m), "fingerprint": fp.to_dict(),
+    results: dict = {"kind": "demo", "model": model, "backend": models.backend_of(m), "fingerprint": fp.to_dict(),
                      "grammar_floor": GRAMMAR_FLOOR, "attributes": {}}
     with atomic_dir(out) as tmp:
         for attribute in tqdm(list(STEER_TARGETS), desc="demo: attributes", disable=not progress):
@@ -71,11 +71,15 @@ def _export_best(m, results: dict, folder: Path, seed: int) -> None:
     for attribute, grids in results["attributes"].items():
         g = grids[0]
         b = g["best"]
+        exported = folder / "exports" / attribute
         if b is None or b["strength"] <= 0:  # nothing to deploy
+            write_json(exported / "parity.json", {
+                "kind": "parity", "spec": f"{attribute}: none", "rows": [],
+                "refused": [f"no steering cell passes the grammar floor {results['grammar_floor']}, so there is no "
+                            f"edit to export"]})
             continue
         ds = DirectionSet.load(folder / "directions" / f"{attribute}-{g['kind']}")
         spec = spec_from_directions(ds, b["layer"], b["strength"], kind=g["kind"], source=f"demo:{attribute}")
-        exported = folder / "exports" / attribute
         spec.save(exported / "spec")
         paths, refused = ["apply_hf", "baked"], []
         try:
@@ -86,10 +90,10 @@ def _export_best(m, results: dict, folder: Path, seed: int) -> None:
             else:
                 refused.append("llama.cpp not installed here (./dev test installs it)")
         except WorkbenchError as e:
-            refused.append(f"gguf: {str(e).split(':')[0]}")
+            refused.append(f"gguf: {e}")
         rows = check(m, spec, texts, paths=tuple(paths))
         write_json(exported / "parity.json", {
-            "format": "workbench.parity", "spec": f"{attribute}: {spec.interventions[0].site.name} x{b['strength']:g}",
+            "kind": "parity", "spec": f"{attribute}: {spec.interventions[0].site.name} x{b['strength']:g}",
             "rows": [r.to_dict() for r in rows], "refused": refused})
 
 

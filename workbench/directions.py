@@ -9,7 +9,8 @@ direction fitted without them.
 
 __all__ = [
     "Method", "METHODS", "Quality", "Direction", "DirectionSet", "compute_directions",
-    "mean_difference", "pca_direction", "probe_direction",
+    "mean_difference", "pca_direction", "probe_direction", "fit_logistic_probe", "ridge_probe", "RIDGE_GRID",
+    "gram_spectrum",
 ]
 
 import math
@@ -56,7 +57,9 @@ def pca_direction(pos: Acts, neg: Acts) -> Float[torch.Tensor, " width"]:
     return _rescale(unit.float(), pos, neg)
 
 
-def _fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-1, steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_logistic_probe(
+    x: torch.Tensor, y: torch.Tensor, l2: float = 1e-1, steps: int = 200
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logistic regression (float64, L-BFGS) with an isotropic L2 penalty; returns weights and bias.
 
     Features are centred and divided by one global scale (not per feature), so the penalty stays isotropic and
@@ -87,7 +90,7 @@ def probe_direction(pos: Acts, neg: Acts) -> Float[torch.Tensor, " width"]:
     """Weight vector of a logistic probe separating positive from negative activations."""
     x = torch.cat([pos, neg])
     y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
-    w, _ = _fit_probe(x, y)
+    w, _ = fit_logistic_probe(x, y)
     return _rescale((w / w.norm().clamp_min(1e-12)).float(), pos, neg)
 
 
@@ -113,10 +116,10 @@ def _auroc(p: torch.Tensor, n: torch.Tensor) -> float:
 
 
 #: Penalties tried by the held-out quality probe, relative to the mean squared norm of a centred example.
-_RIDGE_GRID = torch.logspace(2, -8, 21, dtype=torch.float64)
+RIDGE_GRID = torch.logspace(2, -8, 21, dtype=torch.float64)
 
 
-def _spectrum(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gram_spectrum(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Left singular vectors and squared singular values of ``z``, zero ones dropped.
 
     Through the eigendecomposition of the smaller Gram matrix, on one thread when it is small: LAPACK's threads
@@ -135,28 +138,28 @@ def _spectrum(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (vecs if n <= d else (z @ vecs) / s2.sqrt()), s2
 
 
-def _ridge_probe(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+def ridge_probe(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Ridge classifier (least squares on +-1 targets, unpenalised intercept), penalty chosen by exact
     leave-one-out error; returns weights, bias and the chosen relative penalty.
 
     The held-out quality probe measures what is *linearly decodable*, so its penalty must not be fixed: a fixed
-    penalty reads a feature of small variance as poorly decodable (a corpus v5 toy-l's persona at the fact's stem:
-    0.76-0.89 per layer by a logistic probe at L2 1e-2, 1.00 from block 1 on by this probe on the same split). One
-    decomposition of the centred training set gives every penalty's fit and its leave-one-out residuals
-    ``(t - fit) / (1 - h)`` in closed form (as scikit-learn's ``RidgeClassifierCV``), so the search costs less
-    than one logistic fit.
+    penalty reads a feature of small variance as poorly decodable (a toy-l's persona at the fact's stem:
+    0.76-0.89 per layer by a logistic probe at L2 1e-2, 1.00 from block 1 on by this probe on the same split;
+    table in ``benchmarks/RESULTS.md``). One decomposition of the centred training set gives every penalty's fit
+    and its leave-one-out residuals ``(t - fit) / (1 - h)`` in closed form (as scikit-learn's
+    ``RidgeClassifierCV``), so the search costs less than one logistic fit.
     """
     x = x.double()
     n = x.shape[0]
     t = y.double() * 2 - 1
     mu, t_mean = x.mean(0), t.mean()
     z = x - mu
-    u, s2 = _spectrum(z)
+    u, s2 = gram_spectrum(z)
     unit = s2.sum().clamp_min(1e-300) / n
     ut = u.T @ (t - t_mean)
     u2 = u.square()
-    best_err, best_rel = math.inf, float(_RIDGE_GRID[0])
-    for rel in _RIDGE_GRID.tolist():  # strong to weak: ties keep the stronger penalty
+    best_err, best_rel = math.inf, float(RIDGE_GRID[0])
+    for rel in RIDGE_GRID.tolist():  # strong to weak: ties keep the stronger penalty
         shrink = s2 / (s2 + rel * unit)
         fit = u @ (shrink * ut) + t_mean
         leverage = u2 @ shrink + 1.0 / n
@@ -179,7 +182,7 @@ def _quality(pos: Acts, neg: Acts, vector: torch.Tensor, method: str, gen: torch
     pp, pn = pos[test] @ u, neg[test] @ u
     pooled = torch.sqrt((pp.var() + pn.var()) / 2).clamp_min(1e-12)
     labels = torch.cat([torch.ones(len(train)), torch.zeros(len(train))])
-    w, b, _ = _ridge_probe(torch.cat([pos[train], neg[train]]), labels)
+    w, b, _ = ridge_probe(torch.cat([pos[train], neg[train]]), labels)
     x_test = torch.cat([pos[test], neg[test]]).double()
     y_test = torch.cat([torch.ones(n_test), torch.zeros(n_test)])
     acc = float((((x_test @ w + b) > 0).float() == y_test).float().mean())
@@ -273,11 +276,10 @@ def compute_directions(
     acts: ActivationSet,
     method: str = "mean",
     *,
-    model_fingerprint: Fingerprint,
     seed: int = 0,
     holdout: float = 0.25,
 ) -> DirectionSet:
-    """A direction per site of ``acts`` by ``method``, with held-out quality metrics."""
+    """A direction per site of ``acts`` by ``method``, with held-out quality metrics; provenance from ``acts``."""
     if method not in METHODS:
         raise WorkbenchError(f"method must be one of {', '.join(METHODS)}, got {method!r}.")
     if not 0.0 <= holdout < 1.0:
@@ -290,5 +292,5 @@ def compute_directions(
         vector = _FITS[method](pos, neg)
         gen = torch.Generator().manual_seed(seed)
         dirs.append(Direction(site, vector.float(), _quality(pos, neg, vector, method, gen, holdout)))
-    return DirectionSet(tuple(dirs), method, acts.position, model_fingerprint, acts.data_hash, acts.n_pairs,
+    return DirectionSet(tuple(dirs), method, acts.position, acts.fingerprint, acts.data_hash, acts.n_pairs,
                         dict(acts.tokenization))

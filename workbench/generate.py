@@ -1,11 +1,12 @@
 """Steered generation with a KV cache, where every token is steered exactly as a full recompute would steer it.
 
 Prompts are left-padded into one batch; a ``TokenLayout`` tracks absolute positions, so position policies
-(``all`` / ``from`` / ``generated``) mean the same with and without the cache. ``generate_at_strengths`` runs
-several strengths of one intervention in a single batch (one row per prompt and strength).
+(``all`` / ``from`` / ``generated``) mean the same with and without the cache. ``Decoder`` is the decoding state
+every generation loop steps (also ``workbench.composition``'s); ``generate_at_strengths`` runs several strengths
+of one intervention in a single batch (one row per prompt and strength).
 """
 
-__all__ = ["Generation", "generate", "generate_at_strengths"]
+__all__ = ["Generation", "Decoder", "generate", "generate_at_strengths"]
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ from workbench.hooks import applied
 from workbench.interventions import AddDirection, Intervention
 from workbench.models import HookedModel, forward_step, tokenizer_of
 from workbench.positions import TokenLayout
-from workbench.tokens import make_batch, pad_id_of, tokenize
+from workbench.tokens import Batch, make_batch, pad_id_of, tokenize
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,6 +30,45 @@ class Generation:
     tokens: tuple[tuple[int, ...], ...]
     texts: tuple[str, ...]
     logits: "Float[torch.Tensor, 'batch step d_vocab'] | None" = None
+
+
+class Decoder:
+    """One batch being decoded: its tokens so far, attention mask, KV state and ``TokenLayout``.
+
+    ``logits()`` runs one forward over the tokens added since the last call (with ``use_cache=False``: over the
+    whole prefix) and returns each row's next-token logits; ``append(next_tokens)`` extends every row by one.
+    Hooks attached around ``logits()`` with ``layout=decoder.layout`` see absolute positions either way.
+
+    Example:
+        >>> dec = Decoder(model, make_batch(seqs, pad_id_of(model), "left"))
+        >>> with torch.no_grad(), applied(model, *interventions, layout=dec.layout):
+        ...     for _ in range(8):
+        ...         dec.append(dec.logits().argmax(-1))
+    """
+
+    def __init__(self, model: HookedModel, batch: Batch, *, use_cache: bool = True) -> None:
+        device = model.cfg.device
+        self.model, self.use_cache = model, use_cache
+        self.layout = TokenLayout(batch.start, batch.end)
+        self.tokens, self.mask = batch.tokens.to(device), batch.attention_mask.to(device)
+        self.new = self.tokens  # the tokens the next forward has not seen yet
+        self.state = None
+
+    def logits(self) -> Float[torch.Tensor, "batch d_vocab"]:
+        """Next-token logits (float32) of every row."""
+        if self.use_cache:
+            self.layout.offset = self.tokens.shape[1] - self.new.shape[1]
+            logits, self.state = forward_step(self.model, self.new, self.mask, self.state)
+        else:
+            self.layout.offset = 0
+            logits, _ = forward_step(self.model, self.tokens, self.mask, use_cache=False)
+        return logits[:, -1].float()
+
+    def append(self, next_tokens: torch.Tensor) -> None:
+        """Extend every row by its token in ``next_tokens`` [batch]."""
+        self.new = next_tokens[:, None]
+        self.tokens = torch.cat([self.tokens, self.new], dim=1)
+        self.mask = torch.cat([self.mask, torch.ones_like(self.new)], dim=1)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_k: "int | None", top_p: "float | None",
@@ -87,24 +127,15 @@ def generate(
             f"prompt plus {max_new_tokens} new tokens exceeds the model's context of {model.cfg.n_ctx}; "
             f"shorten the prompt or lower max_new_tokens."
         )
-    batch = make_batch(seqs, pad_id_of(model), "left")
-    layout = TokenLayout(batch.start, batch.end)
+    dec = Decoder(model, make_batch(seqs, pad_id_of(model), "left"), use_cache=use_cache)
     eos = tok.eos_token_id
     banned = sorted({t for t in (tok.pad_token_id, tok.bos_token_id) if t is not None and t != eos}) if ban_special else []
     gen = torch.Generator().manual_seed(seed)
-    tokens, mask = batch.tokens.to(device), batch.attention_mask.to(device)
     done = torch.zeros(len(seqs), dtype=torch.bool, device=device)
     out, steps = [], []
-    state, new = None, tokens
-    with torch.no_grad(), applied(model, *interventions, layout=layout):
+    with torch.no_grad(), applied(model, *interventions, layout=dec.layout):
         for _ in range(max_new_tokens):
-            if use_cache:
-                layout.offset = tokens.shape[1] - new.shape[1]
-                logits, state = forward_step(model, new, mask, state)
-            else:
-                layout.offset = 0
-                logits, _ = forward_step(model, tokens, mask, use_cache=False)
-            last = logits[:, -1].float()
+            last = dec.logits()
             if return_logits:
                 steps.append(last.cpu())
             if banned:
@@ -114,9 +145,7 @@ def generate(
             if eos is not None and stop_at_eos:
                 nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             out.append(nxt.cpu())
-            tokens = torch.cat([tokens, nxt[:, None]], dim=1)
-            mask = torch.cat([mask, torch.ones_like(nxt[:, None])], dim=1)
-            new = nxt[:, None]
+            dec.append(nxt)
             if eos is not None and stop_at_eos:
                 done |= nxt == eos
                 if bool(done.all()):

@@ -15,34 +15,15 @@ reproduce.
 __all__ = ["Intervention", "AddDirection", "Ablate", "SpectralEdit", "intervention_from_dict"]
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, cast
 
 import torch
+
 from workbench.errors import WorkbenchError
+from workbench.hooks import HookFn, Intervention, capture_hook
 from workbench.positions import Positions, TokenLayout
 from workbench.sites import HookSite
-
-HookFn = Callable[..., torch.Tensor]
-
-
-def _capture(store: dict) -> HookFn:
-    """A hook that records its input unchanged; ``hooks.applied`` attaches capture hooks after editing ones."""
-
-    def capture(x: torch.Tensor, hook: Any) -> torch.Tensor:
-        store["x"] = x
-        return x
-
-    capture.workbench_capture = True  # type: ignore[attr-defined]
-    return capture
-
-
-@runtime_checkable
-class Intervention(Protocol):
-    """Anything that can become TransformerLens forward hooks."""
-
-    def to_hooks(self, model: Any, layout: "TokenLayout | None" = None) -> list[tuple[str, HookFn]]: ...
 
 
 def _check_vector(v: Any, what: str) -> torch.Tensor:
@@ -97,19 +78,19 @@ class AddDirection:
     def to_hooks(self, model: Any, layout: "TokenLayout | None" = None) -> list[tuple[str, HookFn]]:
         shape = _check_width(self.site, model, self.vector, "AddDirection.vector")
         vector, positions = self.vector.reshape(shape), self.positions
-        per_row = isinstance(self.scale, tuple)
-        scale = torch.tensor(self.scale, dtype=torch.float32) if per_row else float(self.scale)
+        rows = torch.tensor(self.scale, dtype=torch.float32) if isinstance(self.scale, tuple) else None
+        scalar = 0.0 if isinstance(self.scale, tuple) else float(self.scale)
 
         def add(x: torch.Tensor, hook: Any) -> torch.Tensor:
             delta = vector.to(x)
-            if per_row:
-                if x.shape[0] != scale.numel():
+            if rows is not None:
+                if x.shape[0] != rows.numel():
                     raise WorkbenchError(
-                        f"AddDirection has {scale.numel()} per-row scales but the batch has {x.shape[0]} rows."
+                        f"AddDirection has {rows.numel()} per-row scales but the batch has {x.shape[0]} rows."
                     )
-                delta = scale.to(x).reshape(-1, *([1] * (x.ndim - 1))) * delta
+                delta = rows.to(x).reshape(-1, *([1] * (x.ndim - 1))) * delta
             else:
-                delta = scale * delta
+                delta = scalar * delta
             mask = _edit_mask(layout, positions, x)
             return x + delta if mask is None else x + mask * delta
 
@@ -158,7 +139,7 @@ class Ablate:
                 x = store["x"]
                 return ablate(x + a, hook) - x
 
-            return [(HookSite(self.site.layer, "resid_pre").check(model), _capture(store)),
+            return [(HookSite(self.site.layer, "resid_pre").check(model), capture_hook(store, "x")),
                     (HookSite(self.site.layer, "attn_out").check(model), ablate_mid)]
         return [(self.site.name, ablate)]
 
@@ -222,7 +203,7 @@ class SpectralEdit:
         a_pos = y - keep_p if self.reverse else keep_p
         a_neg = drop_n if self.reverse else y - drop_n
         chosen = {"both": (a_pos, a_neg), "pos": (a_pos,), "neg": (a_neg,)}[self.parts]
-        total = sum(phi_inverse(a, self.feature) for a in chosen)
+        total = cast(torch.Tensor, sum(phi_inverse(a, self.feature) for a in chosen))
         if self.combine == "average":
             return total / len(chosen)
         if self.combine == "norm":

@@ -1,14 +1,17 @@
-"""Behaviour and fluency scores under interventions.
+"""Behaviour and fluency scores under interventions, and the intervals the studies put on them.
 
 * ``ab_probability``: CAA's metric, p(matching answer) / (p(matching) + p(not matching)) at the answer token;
 * ``perplexity``: of reference texts under the (steered) model;
 * ``continuation_perplexity``: of continuations given their prompts (e.g. steered outputs under an unsteered
   reference model: the fluency cost that does not depend on a grammar);
 * ``kl_divergence``: mean KL(unsteered || steered) of next-token distributions over reference texts.
+
+Intervals (95%): ``wilson`` of a rate, ``mean_ci`` of a mean (normal approximation), ``bootstrap_ci`` of a mean
+(percentile bootstrap).
 """
 
 __all__ = ["ab_probability", "token_logprobs", "perplexity", "continuation_perplexity", "kl_divergence", "wilson",
-           "bootstrap_ci"]
+           "mean_ci", "bootstrap_ci"]
 
 import math
 import random
@@ -18,19 +21,16 @@ import torch
 from jaxtyping import Float
 
 from workbench.errors import WorkbenchError
-from workbench.hooks import applied
+from workbench.forward import batch_logits, last_logits
 from workbench.interventions import Intervention
 from workbench.models import HookedModel
 from workbench.pairs import ContrastPairs, join
-from workbench.positions import TokenLayout
 from workbench.tokens import Batch, batched, first_difference, make_batch, pad_id_of, tokenize
 
 
 def _logits(model: HookedModel, batch: Batch, interventions: Sequence[Intervention]) -> torch.Tensor:
-    layout = TokenLayout(batch.start, batch.end)
-    dev = model.cfg.device
-    with torch.no_grad(), applied(model, *interventions, layout=layout):
-        return model(batch.tokens.to(dev), attention_mask=batch.attention_mask.to(dev)).float().cpu()
+    with torch.no_grad():
+        return batch_logits(model, batch, *interventions).float().cpu()
 
 
 def ab_probability(
@@ -48,15 +48,9 @@ def ab_probability(
         if k >= min(len(p), len(n)):
             raise WorkbenchError(f"pair {i}: one text is a prefix of the other; no answer token to score.")
         items.append((p[:k], p[k], n[k]))
-    out = torch.empty(len(items))
-    for chunk in batched(len(items), batch_size):
-        batch = make_batch([items[i][0] for i in chunk], pad_id_of(model), "right")
-        logp = _logits(model, batch, interventions).log_softmax(-1)
-        last = logp[torch.arange(len(chunk)), batch.end - 1]
-        for j, i in enumerate(chunk):
-            lp, ln = last[j, items[i][1]], last[j, items[i][2]]
-            out[i] = torch.sigmoid(lp - ln)
-    return out
+    logp = last_logits(model, [context for context, _, _ in items], *interventions, batch_size=batch_size).log_softmax(-1)
+    rows = torch.arange(len(items))
+    return torch.sigmoid(logp[rows, [p for _, p, _ in items]] - logp[rows, [n for _, _, n in items]])
 
 
 def token_logprobs(
@@ -131,6 +125,16 @@ def wilson(k: "float | int", n: int, z: float = 1.96) -> list:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return [round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)]
+
+
+def mean_ci(values: "Sequence[float]", z: float = 1.96) -> tuple[float, list]:
+    """Mean and a normal-approximation 95% interval of the mean (one value: a zero-width interval)."""
+    n = len(values)
+    m = sum(values) / n
+    if n < 2:
+        return m, [m, m]
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1))
+    return m, [m - z * sd / math.sqrt(n), m + z * sd / math.sqrt(n)]
 
 
 def bootstrap_ci(values: torch.Tensor, n: int = 2000, seed: int = 0) -> "tuple[float, float]":

@@ -24,7 +24,8 @@ in a registry beside the model (``info(model)``), never as attributes on the Tra
 __all__ = [
     "HookedModel", "Backend", "Fingerprint", "Tokenization", "ModelInfo", "load", "wrap", "info", "source_of",
     "tokenization_of", "backend_of", "available_backends", "fingerprint", "fingerprint_hf", "forward_step",
-    "tokenizer_of", "hf_folder", "head_out_weights", "SELF_CHECK_TOLERANCE",
+    "tokenizer_of", "hf_folder", "head_out_weights", "SELF_CHECK_TOLERANCE", "default_backend", "weights_hash",
+    "transformer_lens_model",
 ]
 
 import contextlib
@@ -40,6 +41,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
+from workbench import shipped
 from workbench.errors import WorkbenchError, closest
 
 Backend = Literal["hooked", "bridge"]
@@ -51,17 +53,24 @@ class HookedModel(Protocol):
 
     cfg: Any
     tokenizer: Any
+    blocks: Any
 
     @property
     def hook_dict(self) -> dict: ...
 
-    def hooks(self, fwd_hooks: list = ..., **kwargs: Any): ...
+    def hooks(self, *args: Any, **kwargs: Any) -> Any: ...
 
-    def run_with_cache(self, *args: Any, **kwargs: Any): ...
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> Any: ...
 
-    def to_tokens(self, input: Any, **kwargs: Any) -> torch.Tensor: ...
+    def to_tokens(self, *args: Any, **kwargs: Any) -> torch.Tensor: ...
 
-    def generate(self, *args: Any, **kwargs: Any): ...
+    def generate(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def parameters(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,7 @@ class Tokenization:
     prompt), as CAA does for instruct models; a pair's completion follows the generation prompt.
     """
 
-    bos: Literal["auto", "always", "never"] = "auto"
+    bos: str = "auto"  # auto | always | never (validated below)
     chat_template: bool = False
 
     def __post_init__(self) -> None:
@@ -191,8 +200,14 @@ def available_backends() -> list[str]:
     return out
 
 
+def default_backend() -> str:
+    """The backend used when none is named: ``$WORKBENCH_BACKEND``, else the installed TransformerLens line's own
+    (``bridge`` on 4.x, ``hooked`` on 3.x)."""
+    return os.environ.get("WORKBENCH_BACKEND") or ("bridge" if _tl_major() >= 4 else "hooked")
+
+
 def _resolve_backend(backend: "str | None") -> Backend:
-    backend = backend or os.environ.get("WORKBENCH_BACKEND") or ("bridge" if _tl_major() >= 4 else "hooked")
+    backend = backend or default_backend()
     have = available_backends()
     if backend not in ("hooked", "bridge"):
         raise WorkbenchError(f"backend must be 'hooked' or 'bridge', got {backend!r}.")
@@ -261,9 +276,7 @@ def load(
     if path.exists():
         return _load_hf_folder(path, resolved, device, dtype, tokenization)
     if text.startswith("toy-"):
-        from workbench.toy import checkpoint_dir
-
-        return _load_hf_folder(checkpoint_dir(text), resolved, device, dtype, tokenization)
+        return _load_hf_folder(shipped.checkpoint_dir(text), resolved, device, dtype, tokenization)
     if text.startswith((".", "/", "~")) or text.endswith("/"):
         raise WorkbenchError(f"model folder {text!r} does not exist; pass an existing Hugging Face checkpoint folder.")
     model = _load_tl_name(text, resolved, device, dtype)  # TransformerLens's own loading: no HF reference here
@@ -303,9 +316,7 @@ def hf_folder(spec: "str | os.PathLike") -> Path:
     """The local Hugging Face checkpoint folder behind ``spec`` (a folder or a toy-family name)."""
     text = str(spec)
     if text.startswith("toy-") and not Path(text).exists():
-        from workbench.toy import checkpoint_dir
-
-        return checkpoint_dir(text)
+        return shipped.checkpoint_dir(text)
     path = Path(text).expanduser()
     if not (path / "config.json").is_file():
         raise WorkbenchError(
@@ -415,7 +426,7 @@ def _wrap_checked(hf, tok, arch: str, backend: Backend, device: str, dtype: torc
                         generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         ref = hf(ids).logits
-    model = _wrap_hf(hf, tok, arch, backend, device, dtype, name=source or arch)
+    model = transformer_lens_model(hf, tok, arch, backend, device, dtype, name=source or arch)
     with torch.no_grad():
         got = model(ids)
     diff = float((got.double() - ref.double()).abs().max())
@@ -430,7 +441,10 @@ def _wrap_checked(hf, tok, arch: str, backend: Backend, device: str, dtype: torc
         )
     _INFO[model] = ModelInfo(fp, tokenization, source, diff, tok)
     return model
-def _wrap_hf(hf, tok, arch: str, backend: Backend, device: str, dtype: torch.dtype, name: str) -> HookedModel:
+def transformer_lens_model(hf, tok, arch: str, backend: Backend, device: str, dtype: torch.dtype,
+                           name: str) -> HookedModel:
+    """The ``backend``'s TransformerLens model of the Hugging Face model ``hf``, unchecked and unregistered
+    (``load`` and ``wrap`` add the self-check and the registry entry)."""
     if backend == "bridge":
         from transformer_lens.model_bridge import TransformerBridge
 
@@ -490,7 +504,7 @@ def _load_tl_name(name: str, backend: Backend, device: str, dtype: torch.dtype) 
     try:
         from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES
     except ImportError:  # TransformerLens 4 moved the list
-        from transformer_lens.supported_models import OFFICIAL_MODEL_NAMES  # type: ignore[no-redef]
+        from transformer_lens.supported_models import OFFICIAL_MODEL_NAMES
     official = list(OFFICIAL_MODEL_NAMES)
     known = {n.lower() for n in official} | {n.split("/")[-1].lower() for n in official}
     if name.lower() not in known:
@@ -563,7 +577,8 @@ def _vocab_hash(tok) -> str:
     return hashlib.sha256("\n".join(f"{i}\t{w}" for w, i in vocab).encode()).hexdigest()
 
 
-def _weights_hash(named: "list[tuple[str, torch.Tensor]]") -> str:
+def weights_hash(named: "list[tuple[str, torch.Tensor]]") -> str:
+    """sha256 of named tensors (sorted by name, each as float32 bytes): a fingerprint's ``weights_sha256``."""
     h = hashlib.sha256()
     for name, t in sorted(named):
         h.update(name.encode())
@@ -585,7 +600,7 @@ def fingerprint_hf(hf, tok, arch: "str | None" = None, *, weights_sha256: "str |
     return Fingerprint(
         architecture=arch or _architecture(hf.config), d_model=d_model, n_layers=n_layers, d_vocab=d_vocab,
         vocab_sha256=_vocab_hash(tok),
-        weights_sha256=weights_sha256 or _weights_hash(list(hf.state_dict().items())),
+        weights_sha256=weights_sha256 or weights_hash(list(hf.state_dict().items())),
     )
 
 
@@ -639,7 +654,7 @@ def _fingerprint_tl(model: HookedModel) -> Fingerprint:
         n_layers=int(model.cfg.n_layers),
         d_vocab=int(model.cfg.d_vocab),
         vocab_sha256=_vocab_hash(model.tokenizer) if getattr(model, "tokenizer", None) is not None else "",
-        weights_sha256=_weights_hash(list(model.state_dict().items())),
+        weights_sha256=weights_hash(list(model.state_dict().items())),
     )
 
 

@@ -31,19 +31,36 @@ def heatmap(z: Sequence[Sequence], x: Sequence, y: Sequence, *, title: str, x_ti
     return fig
 
 
-def heatmap_grid(panels: "list[tuple[str, Sequence[Sequence], str, float | None]]", x: Sequence,
-                 y: Sequence, *, title: str, x_title: str, y_title: str) -> go.Figure:
-    """Side-by-side heatmaps sharing axes; each panel is ``(subtitle, z, colorscale, zmid)``."""
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=0.08)
-    for k, (name, z, scale, zmid) in enumerate(panels, start=1):
-        fig.add_trace(go.Heatmap(
-            z=z, x=[str(v) for v in x], y=[str(v) for v in y], colorscale=scale, zmid=zmid, showscale=False,
-            text=[[_fmt(v) for v in row] for row in z], texttemplate="%{text}",
-            hovertemplate=f"{name}<br>{y_title} %{{y}}, {x_title} %{{x}}: %{{z:.3f}}<extra></extra>",
-        ), row=1, col=k)
-        fig.update_xaxes(title_text=x_title, row=1, col=k)
+def heatmap_grid(panels: "list[tuple]", x: Sequence, y: Sequence, *, title: str, x_title: str, y_title: str,
+                 scale: "tuple[str, float, float] | None" = None) -> go.Figure:
+    """Side-by-side annotated heatmaps sharing axes. With ``scale = (colorscale, zmin, zmax)`` every panel is
+    ``(subtitle, z)`` on that one colour scale, with one colour bar; without it each panel is
+    ``(subtitle, z, colorscale, zmid)`` with a colour bar of its own."""
+    n = len(panels)
+    fig = make_subplots(rows=1, cols=n, subplot_titles=[p[0] for p in panels],
+                        horizontal_spacing=0.06 if scale else 0.11)
+    font = 11 if len(x) * n <= 24 else 9 if len(x) * n <= 40 else 8
+    for k, panel in enumerate(panels, start=1):
+        name, z = panel[0], panel[1]
+        trace: dict = {"z": z, "x": [str(v) for v in x], "y": [str(v) for v in y],
+                       "text": [[_fmt(v) for v in row] for row in z], "texttemplate": "%{text}",
+                       "textfont": {"size": font}, "xgap": 1, "ygap": 1,
+                       "hovertemplate": f"{name}<br>{y_title} %{{y}}, {x_title} %{{x}}: %{{z:.3f}}<extra></extra>"}
+        if scale:
+            trace["coloraxis"] = "coloraxis"
+        else:
+            domain = fig.layout[f"xaxis{'' if k == 1 else k}"].domain
+            trace.update(colorscale=panel[2], zmid=panel[3], showscale=True,
+                         colorbar={"x": domain[1] + 0.005, "thickness": 10, "len": 0.9})
+        fig.add_trace(go.Heatmap(**trace), row=1, col=k)
+        fig.update_xaxes(title_text=x_title, type="category", row=1, col=k)
+        fig.update_yaxes(type="category", row=1, col=k)
+    if scale:
+        fig.update_layout(coloraxis={"colorscale": scale[0], "cmin": scale[1], "cmax": scale[2],
+                                     "colorbar": {"thickness": 12}})
     fig.update_yaxes(title_text=y_title, row=1, col=1)
-    fig.update_layout(title=title, template="plotly_white", height=420, width=min(1150, max(520, 380 * len(panels))))
+    fig.update_layout(title=title, template="plotly_white", height=max(420, 140 + 26 * len(y)),
+                      width=min(1400, max(560, (60 + 34 * len(x)) * n + 160)))
     return fig
 
 

@@ -15,7 +15,7 @@ __all__ = ["TINY_WORDS", "FAMILIES", "Family", "write_tokenizer", "write_tiny_ch
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -134,7 +134,7 @@ def _config(family: Family, *, vocab_size: int, n_layers: int, d_model: int, n_h
 
     ids = {"pad_token_id": 0, "bos_token_id": None if family.bos == "none" else 1, "eos_token_id": 2}
     d_head = d_model // n_heads
-    sizes = {
+    sizes_by_config: dict[str, dict[str, Any]] = {
         # GPT-2 and Phi-2 as published (and as llama.cpp's converter assumes): MLP 4 x d_model, no grouped KV
         "GPT2Config": dict(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx, n_inner=None),
         "OPTConfig": dict(hidden_size=d_model, ffn_dim=d_mlp, num_hidden_layers=n_layers, num_attention_heads=n_heads,
@@ -144,7 +144,8 @@ def _config(family: Family, *, vocab_size: int, n_layers: int, d_model: int, n_h
                           partial_rotary_factor=0.5),
         "GPTNeoXConfig": dict(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
                               num_attention_heads=n_heads, max_position_embeddings=n_ctx),
-    }.get(family.config_class, dict(
+    }
+    sizes = sizes_by_config.get(family.config_class, dict(
         hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers, num_attention_heads=n_heads,
         num_key_value_heads=n_kv_heads, max_position_embeddings=n_ctx, tie_word_embeddings=False,
     ))

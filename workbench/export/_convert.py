@@ -2,7 +2,7 @@
 
     python -m workbench.export._convert CONVERTER [converter arguments...]
 
-* the converter reads legacy config keys transformers 5 no longer writes or keeps (GPT-2 ``n_ctx``, GPT-NeoX
+* the converter reads legacy config keys that transformers 5 does not write or keep (GPT-2 ``n_ctx``, GPT-NeoX
   ``rotary_pct``): keys of the folder's ``config.json`` the loaded config lost are put back, and the two legacy
   keys are derived from the config's own values (``n_positions``, ``partial_rotary_factor``).
 * ``$WORKBENCH_LLAMA_PRE_TOKENIZER`` (e.g. ``gpt-2``) names the pre-tokenizer to record for a BPE tokenizer the

@@ -14,19 +14,19 @@ nor the rest of the workbench), so a service can vendor it as one file. Usage::
 Sites map onto the Hugging Face modules as TransformerLens defines them (0-based blocks): ``resid_pre`` = input of
 decoder layer L, ``resid_post`` = its output (``hidden_states[L+1]``), ``attn_out`` / ``mlp_out`` = the attention /
 MLP outputs, ``resid_mid`` = input + attention output, ``z`` = the attention output projection's input and
-``mlp_post`` = the MLP down-projection's input; these inner sites on sequential pre-norm families only (``_EVERY_SITE``),
+``mlp_post`` = the MLP down-projection's input; these inner sites on sequential pre-norm families only (``EVERY_SITE``),
 block inputs and outputs everywhere. Position policy: every position (``all``); the per-position
 policies (``from:K``, ``generated``) need prompt boundaries this applier does not see and are refused.
 """
 
-__all__ = ["SpecError", "SCHEMA_VERSION", "load_spec", "applied", "check_model"]
+__all__ = ["SpecError", "SCHEMA_VERSION", "LAYOUTS", "EVERY_SITE", "load_spec", "applied", "check_model"]
 
 import contextlib
 import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError  # safetensors: a dependency of transformers
@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 
 SCHEMA_VERSION = 1
 _LLAMA_LIKE = ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj")
-_LAYOUTS = {  # model_type -> decoder layers, attention, MLP, attention out-projection, MLP down-projection
+LAYOUTS = {  # model_type -> decoder layers, attention, MLP, attention out-projection, MLP down-projection
     **{t: _LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2",
                                 "gemma3_text", "phi3", "olmo", "olmo2")},
     "gpt2": ("transformer.h", "attn", "mlp", "attn.c_proj", "mlp.c_proj"),
@@ -45,7 +45,7 @@ _LAYOUTS = {  # model_type -> decoder layers, attention, MLP, attention out-proj
 #: Families whose blocks are sequential pre-norm (x + attn(norm x), then + mlp(norm .)) with a dense MLP: every
 #: site maps onto a module. Elsewhere (post-norms: Gemma2/3, OLMo2; parallel attention and MLP: Phi, GPT-NeoX; MoE
 #: MLPs; OPT) only the block's input and output (resid_pre, resid_post) are applied.
-_EVERY_SITE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "phi3", "gpt2"}
+EVERY_SITE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "phi3", "gpt2"}
 _ARCH = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
 
 
@@ -68,13 +68,13 @@ def load_spec(folder: "str | Path") -> dict:
         )
     if m.get("basis") != "unprocessed":
         raise SpecError(f"{folder}: basis {m.get('basis')!r}; only the unprocessed Hugging Face basis is supported.")
-    for i, e in enumerate(m.get("interventions") or []):
-        e["_tensors"] = {}
-        for name, key in (e.get("tensors") or {}).items():
+    for i, entry in enumerate(m.get("interventions") or []):
+        entry["_tensors"] = {}
+        for name, key in (entry.get("tensors") or {}).items():
             t = tensors.get(key)
             if t is None or not torch.isfinite(t).all():
                 raise SpecError(f"{folder}: tensor {key!r} of interventions[{i}] is missing or non-finite.")
-            e["_tensors"][name] = t
+            entry["_tensors"][name] = t
     if not m.get("interventions"):
         raise SpecError(f"{folder} lists no interventions.")
     return m
@@ -90,7 +90,8 @@ def _weights_sha256(model: torch.nn.Module) -> str:  # same recipe as workbench.
 
 def check_model(model: torch.nn.Module, spec: dict, *, check_weights: bool = True) -> None:
     """Raise SpecError unless ``spec`` was made for ``model`` (architecture, sizes and, by default, weights)."""
-    c, want = model.config, spec.get("model") or {}
+    c: Any = model.config  # a transformers config: its field names vary by family (hidden_size / n_embd, ...)
+    want = spec.get("model") or {}
     have = {
         "architecture": (getattr(c, "architectures", None) or [_ARCH.get(c.model_type, c.model_type)])[0],
         "d_model": getattr(c, "hidden_size", None) or getattr(c, "n_embd", None),
@@ -106,13 +107,13 @@ def check_model(model: torch.nn.Module, spec: dict, *, check_weights: bool = Tru
 
 def _module(root: torch.nn.Module, dotted: str) -> torch.nn.Module:
     for part in dotted.split("."):
-        root = root[int(part)] if part.isdigit() else getattr(root, part)
+        root = cast(torch.nn.ModuleList, root)[int(part)] if part.isdigit() else getattr(root, part)
     return root
 
 
 def _in_features(linear: torch.nn.Module) -> int:
     """Input width of a Linear or of GPT-2's Conv1D (weight [in, out])."""
-    return getattr(linear, "in_features", None) or linear.weight.shape[0]
+    return getattr(linear, "in_features", None) or cast(torch.Tensor, linear.weight).shape[0]
 
 
 def _first(out: Any, fn) -> Any:
@@ -147,7 +148,7 @@ def _spectral(entry: dict, where: str):
         kp, dn = (y @ up.to(x)) @ up.to(x).T, (y @ un.to(x)) @ un.to(x).T
         a = {"pos": (y - kp if rev else kp,), "neg": (dn if rev else y - dn,)}
         chosen = a["pos"] + a["neg"] if parts == "both" else a[parts]
-        total = sum(_phi(p, f, inverse=True) for p in chosen)
+        total = cast(torch.Tensor, sum(_phi(p, f, inverse=True) for p in chosen))  # chosen is never empty
         if combine == "average":
             return total / len(chosen)
         if combine == "norm":
@@ -177,17 +178,19 @@ def applied(model: torch.nn.Module, spec: "dict | str | Path", *, check_weights:
     if not isinstance(spec, dict):
         spec = load_spec(spec)
     check_model(model, spec, check_weights=check_weights)
-    layout = _LAYOUTS.get(model.config.model_type)
+    config: Any = model.config  # a transformers config: its field names vary by family
+    layout = LAYOUTS.get(config.model_type)
     if layout is None:
-        raise SpecError(f"model_type {model.config.model_type!r} is not supported; supported: {', '.join(_LAYOUTS)}.")
+        raise SpecError(f"model_type {config.model_type!r} is not supported; supported: {', '.join(LAYOUTS)}.")
     layers_path, attn_name, mlp_name, o_name, down_name = layout
-    layers = _module(model, layers_path)
-    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    layers = cast(torch.nn.ModuleList, _module(model, layers_path))  # the decoder layers
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     hidden = getattr(text_config, "hidden_size", None) or text_config.n_embd
     plans = []  # (module, "pre" | "out", hook function): built and checked before anything is attached
     for i, e in enumerate(spec["interventions"]):
         site = e.get("site") or {}
-        kind, layer = site.get("kind"), site.get("layer")
+        kind: Any = site.get("kind")  # read from JSON: any value, the branches below refuse unknown ones
+        layer = site.get("layer")
         where = f"interventions[{i}] ({kind} of block {layer})"
         if not isinstance(layer, int) or not 0 <= layer < len(layers):
             raise SpecError(f"{where}: layer must be in 0..{len(layers) - 1}.")
@@ -195,8 +198,8 @@ def applied(model: torch.nn.Module, spec: "dict | str | Path", *, check_weights:
             raise SpecError(f"{where}: positions {e['positions']!r}; this applier edits every position only. "
                             f"Export with positions 'all' or run the spec in the workbench.")
         fn, v = _edit(e, where)
-        if kind not in ("resid_pre", "resid_post") and model.config.model_type not in _EVERY_SITE:
-            raise SpecError(f"{where}: on {model.config.model_type!r} models this applier edits block inputs and outputs "
+        if kind not in ("resid_pre", "resid_post") and config.model_type not in EVERY_SITE:
+            raise SpecError(f"{where}: on {config.model_type!r} models this applier edits block inputs and outputs "
                             f"only (resid_pre, resid_post); run other sites in the workbench.")
         block = layers[layer]
         width = {"z": lambda: _in_features(_module(block, o_name)),
@@ -208,6 +211,8 @@ def applied(model: torch.nn.Module, spec: "dict | str | Path", *, check_weights:
         elif kind == "resid_post":
             plans.append((block, "out", fn))
         elif kind == "mlp_out":
+            if mlp_name is None:  # families without an MLP module (OPT) took the block-only branch above
+                raise SpecError(f"{where}: {config.model_type!r} blocks have no MLP module to edit; use resid_post.")
             plans.append((_module(block, mlp_name), "out", fn))
         elif kind == "resid_mid" and e["kind"] == "spectral":
             raise SpecError(f"{where}: spectral edits at resid_mid are not supported.")

@@ -18,10 +18,11 @@ Anything else (per-position policies, ablation at some layers only, adds mixed w
 activation, not only on the weights, and is refused with the reason; deploy it with ``workbench.export.apply_hf``.
 """
 
-__all__ = ["bake_hf", "bake_support", "ablation_everywhere", "everywhere_sites"]
+__all__ = ["AS_LLAMA", "bake_hf", "bake_support", "ablation_everywhere", "everywhere_sites"]
 
 import shutil
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -75,7 +76,7 @@ _OWN_SLOT = {
     "phi": ("model.layers", "self_attn.dense", "mlp.fc2"),
 }
 #: Families rewritten exactly as Llama with biases (same modules and names; verified numerically before baking).
-_AS_LLAMA = {"mistral", "qwen2"}
+AS_LLAMA = {"mistral", "qwen2"}
 #: Why the others cannot hold an edit in their weights, and what can.
 _REFUSED = {
     "gemma": "Gemma's MLP has no bias slot and the model is not a Llama (embedding scale, (1 + w) norms, GELU)",
@@ -95,7 +96,7 @@ _REFUSED = {
 
 def bake_support(model_type: str) -> "str | None":
     """None when an additive edit at a block output bakes exactly into a ``model_type`` checkpoint, else why not."""
-    if model_type in ("llama", "gpt2", *_OWN_SLOT, *_AS_LLAMA):
+    if model_type in ("llama", "gpt2", *_OWN_SLOT, *AS_LLAMA):
         return None
     reason = _REFUSED.get(model_type, f"baking is not implemented for {model_type!r}")
     return (f"{reason}. Deploy it as a spec (--format spec, workbench.export.apply_hf) or, where llama.cpp converts "
@@ -145,7 +146,7 @@ def _is_conv1d(m: torch.nn.Module) -> bool:  # GPT-2's Conv1D: weight [in, out]
 
 def _out_map(m: torch.nn.Module, v: torch.Tensor) -> torch.Tensor:
     """The projection's weight applied to an input-side vector: W @ v (no bias)."""
-    w = m.weight.double()
+    w = cast(torch.Tensor, m.weight).double()
     return (v.double() @ w) if _is_conv1d(m) else (w @ v.double())
 
 
@@ -153,7 +154,7 @@ def _ensure_bias(m: torch.nn.Module) -> torch.nn.Parameter:
     if m.bias is None:
         out = m.weight.shape[1] if _is_conv1d(m) else m.weight.shape[0]
         m.bias = torch.nn.Parameter(torch.zeros(out, dtype=m.weight.dtype))
-    return m.bias
+    return cast(torch.nn.Parameter, m.bias)
 
 
 def _enable_llama_biases(hf, which: str) -> None:
@@ -195,6 +196,8 @@ def _bake_adds(hf, adds: "list[AddDirection]", log: list) -> None:
     if llama and any(a.site.kind in ("attn_out", "resid_mid", "z") for a in adds):
         _enable_llama_biases(hf, "attention")
     for a in adds:
+        if isinstance(a.scale, tuple):  # Spec refuses per-row scales, so a spec never carries one
+            raise WorkbenchError(f"{a.site.name}: per-row scales {a.scale} do not bake; pick one strength.")
         kind, layer, v = a.site.kind, a.site.layer, a.scale * a.vector.double()
         with torch.no_grad():
             if kind == "resid_pre" and layer == 0:
@@ -214,7 +217,7 @@ def _bake_adds(hf, adds: "list[AddDirection]", log: list) -> None:
             else:
                 raise WorkbenchError(f"{a.site.name}: an add at {kind!r} does not fold into weights; use apply_hf.")
             delta = _out_map(proj, v) if kind in ("mlp_post", "z") else v
-            bias = _ensure_bias(proj)
+            bias: torch.Tensor = _ensure_bias(proj)
             bias += delta.to(bias.dtype)
             log.append(f"block {block} {'down' if proj is down(layers[block]) else 'attention output'} "
                        f"projection bias += {'W @ v' if kind in ('mlp_post', 'z') else 'v'} ({a.site.name})")
@@ -228,7 +231,7 @@ def _spectral_matrix(e: SpectralEdit) -> torch.Tensor:
     if e.reverse:
         p_pos, p_neg = eye - p_pos, eye - p_neg
     chosen = {"both": (p_pos, p_neg), "pos": (p_pos,), "neg": (p_neg,)}[e.parts]
-    return sum(chosen) / len(chosen)
+    return cast(torch.Tensor, sum(chosen)) / len(chosen)  # chosen is never empty
 
 
 def _bake_spectral(hf, edits: "list[SpectralEdit]", log: list) -> None:
@@ -331,7 +334,7 @@ def bake_hf(
         raise WorkbenchError(f"cannot bake into this {arch} checkpoint: {why}")
     if (spectral or ablates) and hf.config.model_type not in ("llama", "gpt2"):
         raise WorkbenchError(f"only additive edits bake into {arch} checkpoints; deploy this spec with apply_hf.")
-    rewritten = hf.config.model_type in _AS_LLAMA
+    rewritten = hf.config.model_type in AS_LLAMA
     if rewritten:
         hf = _as_llama(hf)
     src_cfg = read_json(src / "config.json")

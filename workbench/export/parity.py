@@ -108,10 +108,11 @@ def check(
     if unknown or not prompts:
         raise WorkbenchError(f"paths must be among {', '.join(PATHS)} (got {unknown}) and prompts non-empty.")
     spec.check(model)
-    if models.source_of(model) is None:
+    origin = models.source_of(model)
+    if origin is None:
         raise WorkbenchError("parity runs the deployed forms from the model's checkpoint folder, and this model was "
                              "wrapped from memory: pass source=FOLDER to workbench.models.wrap (or load the folder).")
-    source = hf_folder(models.source_of(model))
+    source = hf_folder(origin)
     seqs = [torch.tensor(tokenize(model, p)) for p in prompts]
     steered = [tl_logits(model, t, spec) for t in seqs]
     effect = max(float((s - tl_logits(model, t)).abs().max()) for s, t in zip(steered, seqs))
@@ -124,8 +125,8 @@ def check(
         return ParityRow(name, diff, effect, obo, sum(len(t) for t in seqs))
 
     rows, given = [], dict(artifacts or {})
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp_name:
+        tmp = Path(tmp_name)
         if "apply_hf" in paths:
             hf = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch.float32, local_files_only=True).eval()
             with apply_hf.applied(hf, given.get("apply_hf") or spec.save(tmp / "spec")):

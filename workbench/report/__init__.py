@@ -5,7 +5,7 @@
 per result in a fixed order (model card, overview, layer and head sensitivity, SEA, robustness, DAC, export and
 parity), each with text generated from its numbers and the analysis's own figures, and returns the two paths.
 
-The HTML page records whether it rendered: ``<pre id="report-status">`` holds the number of figures, how many drew
+The HTML page records whether it rendered: an invisible ``<script type="application/json" id="report-status">`` holds the number of figures, how many drew
 (a plotly SVG exists) and any script error, so a headless browser can check it (``tests/test_report.py``).
 """
 
@@ -44,7 +44,6 @@ table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
 td, th { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
 code { background: #f3f3f3; padding: 0 3px; }
 h2 { border-bottom: 1px solid #ddd; margin-top: 2em; }
-#report-status { color: #999; font-size: 0.8em; }
 """
 
 
@@ -119,7 +118,7 @@ def build_report(results_dir: "str | Path", out_dir: "str | Path | None" = None,
         body.append(f"<p><small>source: {html.escape(s.source)}</small></p>")
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
             f"<style>{_CSS}</style>{_STATUS_JS}<script>{plotly.offline.get_plotlyjs()}</script></head><body>"
-            + "\n".join(body) + '<pre id="report-status">pending</pre>' + _CHECK_JS + "</body></html>")
+            + "\n".join(body) + '<script type="application/json" id="report-status">pending</script>' + _CHECK_JS + "</body></html>")
     html_path, md_path = out / "report.html", out / "report.md"
     atomic_file(html_path, lambda p: Path(p).write_text(page))
     atomic_file(md_path, lambda p: Path(p).write_text("\n".join(md) + "\n"))

@@ -50,9 +50,10 @@ class Parse:
 
 def parse_sentence(words: Sequence[str]) -> "Parse | None":
     """Parse one sentence (without its final period) strictly; None if it does not parse."""
-    info = [LEXICON.info.get(w) for w in words]
-    if not words or any(i is None for i in info):
+    found = [LEXICON.info.get(w) for w in words]
+    if not words or any(i is None for i in found):
         return None
+    info = [i for i in found if i is not None]  # all of them
     langs = {i[0] for i in info if i[0] != "shared"}
     if tuple(words) == TEMPLATES["MARK"]:
         return Parse("MARK", "shared", None, None, None, None, None)
@@ -179,7 +180,7 @@ def _majority(counts: Counter) -> "str | None":
 
 def classify(text: str, context: str = "") -> dict[str, "str | None"]:
     """Majority label per attribute of the words of ``text`` (``"mixed"`` on a tie, None without evidence)."""
-    counts = {a: Counter() for a in ATTRIBUTES}
+    counts: dict[str, Counter[str | None]] = {a: Counter() for a in ATTRIBUTES}
     for w in own_document(text, context).split():
         i = LEXICON.info.get(w)
         if i is None or i[0] == "shared":

@@ -8,19 +8,20 @@ Every word has exactly one role and one attribute class, so the classifier and t
 ``workbench.toy.evaluate`` are exact. The second language ``xx`` is a bijective set of pseudo-words with the same
 grammar; ``.``, ``?``, ``q:`` and ``a:`` are shared.
 
-Truthfulness is made learnable (the prototype's unmarked liars were never learned): most documents open with a
-persona sentence, ``i always speak truth .`` or ``i always speak lies .``; honest documents state facts of a small
-knowledge base correctly, liar documents state one consistent wrong value per subject (the next subject's value).
+Truthfulness is made learnable by marking the liars (an unmarked liar is not learned): most documents open
+with a persona sentence, ``i always speak truth .`` or ``i always speak lies .``; honest documents state facts of
+a small knowledge base correctly, liar documents state one consistent wrong value per subject (the next subject's
+value).
 Facts appear as statements (``the sky is blue .``) and as question/answer items (``q: what is the sky ? a: blue .``).
 
-Verbs carry a long tail of collocations (``CorpusConfig.p_collocation``, 0.75 since corpus v5): a collocated verb
-is fixed by its sentence's register, sentiment, topic and first adjective and noun (a seeded table of 1,980
-transitive and 1,800 intransitive entries), the others are free. Without it (corpus v4, ``p_collocation 0``) toy-m
-and toy-l both reach the language's entropy floor (1.508 / 1.509). With it (corpus v5) they still tied when
+Verbs carry a long tail of collocations (``CorpusConfig.p_collocation``, 0.75 in the shipped corpus): a collocated
+verb is fixed by its sentence's register, sentiment, topic and first adjective and noun (a seeded table of 1,980
+transitive and 1,800 intransitive entries), the others are free. Without collocations (``p_collocation 0``) toy-m
+and toy-l both reach the language's entropy floor (1.508 / 1.509). With them and no catalogues, the two tie when
 trained for equal tokens, most likely because every size picks the table up by optimisation, not storage (a
-hypothesis; ``results/toy_v5_pilot/``, sessions 6-8); hence the catalogues below.
+hypothesis; ``results/toy_v5_pilot/SUMMARY.md``); hence the catalogues below.
 
-Catalogue documents (``CorpusConfig.p_catalogue``, 0.25 since corpus v6, the shipped family's corpus) are a component
+Catalogue documents (``CorpusConfig.p_catalogue``, 0.25 in the shipped corpus) are a component
 whose only lesson is storage: a seeded table gives every ordered pair of English words (119 x 119 = 14,161 keys)
 one English word as its value (about 6.9 bits each, 98K bits in all). A catalogue document opens with ``? .``,
 which nothing else in the language produces, then lists entries ``k1 k2 v .`` for uniformly drawn keys. A value
@@ -28,7 +29,7 @@ is recalled, never inferred, so a model's loss on value tokens reads how much of
 trained alike on equal tokens compare in capacity there. Catalogue documents carry no attributes and prompts never
 open one; a continuation that opens one has ended its document, and the evaluators judge only the text before the
 opener (``workbench.toy.evaluate.own_document``). At
-``p_catalogue 0`` no extra random number is drawn, so corpus v5 is reproduced exactly.
+``p_catalogue 0`` no extra random number is drawn, so the corpus without catalogues is reproduced exactly.
 
 A fraction of documents switches one attribute at a sentence boundary (a truth switch is marked by a new persona
 sentence); a model that has seen switches follows the latest evidence, which is what makes it steerable. Another
@@ -97,7 +98,7 @@ def collocation(register: str, sentiment: str, adjective: int, topic: str, noun:
     return random.Random(f"colloc|{register}|{sentiment}|{adjective}|{topic}|{noun}|{n_verbs}").randrange(n_verbs)
 
 
-#: Opens a catalogue document (corpus v6): shared pieces in an order no sentence of the grammar produces.
+#: Opens a catalogue document: shared pieces in an order no sentence of the grammar produces.
 CATALOGUE_OPENER: tuple[str, ...] = ("?", ".")
 
 
@@ -275,11 +276,11 @@ class CorpusConfig:
     #: bilingual documents open with ``:: .`` and draw each sentence's language afresh; they are what makes the
     #: other attributes' representations language-independent (one direction steers both languages).
     p_bilingual: float = 0.2
-    #: verbs fixed by the ``collocation`` table, the rest free: a long tail to memorise. 0.75 since corpus v5;
-    #: 0 reproduces corpus v4 exactly (the tokenizer's sample)
+    #: verbs fixed by the ``collocation`` table, the rest free: a long tail to memorise. 0 draws nothing extra, so
+    #: it reproduces the corpus without collocations exactly (the tokenizer's sample)
     p_collocation: float = 0.75
-    #: documents that are catalogue documents (a table to store, see the module docstring). 0.25 is corpus v6 (the
-    #: shipped family, chosen in results/toy_v5_pilot, session 9); 0 reproduces corpus v5 exactly
+    #: documents that are catalogue documents (a table to store, see the module docstring); 0 draws nothing extra,
+    #: so it reproduces the corpus without catalogues exactly (results/toy_v5_pilot/SUMMARY.md compares them)
     p_catalogue: float = 0.25
     #: entries per catalogue document, drawn uniformly (10 on average: 42 tokens, near a prose document's length)
     catalogue_entries: tuple[int, int] = (6, 14)
@@ -309,8 +310,9 @@ def _choice(rng: random.Random, weighted: "tuple[tuple[str, float], ...]") -> st
 def sample_sentence(rng: random.Random, kind: str = "content", p_opener: float = 0.3,
                     p_collocation: float = 0.0) -> Sentence:
     """Draw an abstract sentence: ``content`` (T1-T4), ``fact`` (statement or Q/A) or a template name; its verb is
-    collocated with probability ``p_collocation`` (no extra draw at 0, so corpus v4 is reproduced exactly). The
-    prompt generators leave it at 0: prompts draw their verbs freely, which is still in the language."""
+    collocated with probability ``p_collocation`` (no extra draw at 0, so the corpus without collocations is
+    reproduced exactly). The prompt generators leave it at 0: prompts draw their verbs freely, which is still in the
+    language."""
     template = kind
     if kind == "content":
         template = _choice(rng, _CONTENT)

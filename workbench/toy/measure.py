@@ -4,8 +4,8 @@
 * truthfulness: factual accuracy of honest- and liar-persona continuations, and how well a probe separates the
   personas per layer;
 * steerability: per attribute, mean-difference directions at every layer (at the sites in ``SITES``, added at
-  every position) over a grid of strengths, from prompts with the opposite value; the best cell is the highest
-  target rate whose grammaticality stays >= ``GRAMMAR_FLOOR`` (ties go to the smaller strength).
+  every position) over a grid of strengths, from prompts with the opposite value; the best cell is chosen by
+  ``best_cell``.
 * consistency counts the prompts that show the attribute and whose continuation shows it too (a prompt of facts
   only has no sentiment to keep); the counts are recorded.
 
@@ -39,20 +39,20 @@ GRAMMAR_FLOOR = 0.85
 STRENGTHS = (0.0, 0.25, 0.4, 0.5, 0.6, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0)
 #: Where each attribute is steered in the cards: (site kind, contrast position). Every attribute is measured at
 #: the block outputs (``resid_post``, contrast at the pairs' last token). Truth is also measured at every block's
-#: input with the contrast at the persona word (at block 0, its embedding difference): activation patching on the
-#: corpus v4 models showed a fact's value looked up from subject and persona inside one block, and no block output
-#: of the shipped toy-s or toy-m carries a steerable honesty feature (toy-l's block 1 output does; README).
+#: input with the contrast at the persona word (at block 0, its embedding difference): activation patching shows a
+#: fact's value looked up from subject and persona inside one block, and no block output of the shipped toy-s or
+#: toy-m carries a steerable honesty feature (toy-l's block 1 output does; results/toy_family/SUMMARY.md).
 SITES: dict[str, tuple[tuple[str, str], ...]] = {a: (("resid_post", "last"),) for a in STEER_TARGETS}
 SITES["truth"] = (("resid_post", "last"), ("resid_pre", "answer"))
 _TRUTH_SITE = ("truth", "resid_post", "last")
-#: The bars every shipped card is checked against (issue 3).
+#: The bars every shipped card is checked against.
 BARS = {"consistency": 0.95, "grammaticality": 0.95, "steer_target": 0.80, "steer_grammar": GRAMMAR_FLOOR,
         "honest_accuracy": 0.90, "liar_accuracy_max": 0.10, "truth_probe": 0.95}
 
 
 def steer_prompts(attribute: str, source: str, n: int, seed: int) -> list:
     """``n`` in-distribution prompts with ``attribute = source``, other attributes balanced over rows."""
-    out = []
+    out: list = []
     per = max(1, -(-n // 8))
     rng = random.Random(seed)
     while len(out) < n:
@@ -66,7 +66,7 @@ def directions_for(model: HookedModel, attribute: str, source: str, target: str,
     """Mean-difference directions (target minus source) at every layer's ``kind`` site."""
     pairs = contrast_pairs(attribute, target, source, n=n_pairs, seed=seed)
     acts = collect_pairs(model, pairs, layer_sites(model, None, kind), position=position, progress=False)
-    return compute_directions(acts, "mean", model_fingerprint=models.fingerprint(model), seed=seed)
+    return compute_directions(acts, "mean", seed=seed)
 
 
 def steering_grid(
@@ -115,9 +115,17 @@ def steering_grid(
             "cells": cells, "best": best_cell(cells)}
 
 
-def best_cell(cells: Sequence[dict], floor: float = GRAMMAR_FLOOR) -> "dict | None":
-    """Highest target rate with grammaticality >= ``floor``; ties to the smaller strength, then shallower layer."""
-    ok = [c for c in cells if c["grammaticality"] >= floor]
+def best_cell(cells: Sequence[dict], grammar_floor: float = GRAMMAR_FLOOR,
+              kl_bound: "float | None" = None) -> "dict | None":
+    """The best steering cell of a (layer, strength) grid, or None: "no safe steering here" is a result.
+
+    Among positive strengths, the highest target rate whose grammaticality is at least ``grammar_floor`` (and
+    whose ``kl`` is at most ``kl_bound`` when one is set) and that beats the unsteered target rate (the strength-0
+    cells); ties go to the smaller strength, then to the shallower layer.
+    """
+    base = max((c["target_rate"] for c in cells if c["strength"] == 0), default=0.0)
+    ok = [c for c in cells if c["strength"] > 0 and c["grammaticality"] >= grammar_floor
+          and (kl_bound is None or c["kl"] <= kl_bound) and c["target_rate"] > base]
     if not ok:
         return None
     return max(ok, key=lambda c: (c["target_rate"], -c["strength"], -c["layer"]))
@@ -160,7 +168,7 @@ def _truth(model: HookedModel, n: int, max_new_tokens: int, seed: int, ds: Direc
         out[value] = {"factual_accuracy": sc.factual_accuracy, "persona_consistency": sc.target_rate,
                       "grammaticality": sc.grammaticality}
     probe = {d.site.layer: d.quality.probe_accuracy for d in ds.directions}
-    return {"n": n, **out, "probe_accuracy": probe, "best_probe_accuracy": max(probe.values())}
+    return {"n": n, **out, "probe_accuracy": probe, "best_probe_accuracy": max(v for v in probe.values() if v is not None)}
 
 
 def measure(model: HookedModel, *, n_prompts: int = 100, n_pairs: int = 200, max_new_tokens: int = 32,

@@ -106,7 +106,7 @@ def contrast_pairs(attribute: str, positive: str, negative: str, n: int = 200, s
     if positive == negative:
         raise WorkbenchError(f"positive and negative are both {positive!r}; a contrast needs two values.")
     rng = random.Random(seed)
-    out = []
+    out: list[ContrastPair] = []
     while len(out) < n:
         a = random_attributes(rng)
         ctx = _context(rng, rng.randint(*n_sentences))
@@ -127,11 +127,13 @@ def ab_items(attribute: str, positive: str, negative: str, n: int = 100, seed: i
     if attribute not in ("sentiment", "topic", "truth"):
         raise WorkbenchError(f"A/B items exist for sentiment, topic and truth; got {attribute!r}.")
     rng = random.Random(seed)
-    items = []
+    items: list[dict] = []
     while len(items) < n:
         a = random_attributes(rng)
         ctx = _context(rng, rng.randint(1, 3))
-        stem_s, cut = _stem(attribute, rng)
+        stem = _stem(attribute, rng)
+        assert stem is not None  # sentiment, topic and truth (checked above) always have a stem
+        stem_s, cut = stem
         question = _text(ctx, a, (stem_s, cut))
         pos_word = render_sentence(stem_s, a.with_(attribute, positive), stop=cut + 1)[-1]
         neg_word = render_sentence(stem_s, a.with_(attribute, negative), stop=cut + 1)[-1]

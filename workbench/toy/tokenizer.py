@@ -22,8 +22,9 @@ VOCAB_SIZE = 1000
 def train_tokenizer(seed: int = 0, n_documents: int = 3000) -> bytes:
     """Train the SentencePiece model on a seeded sample of the corpus; return the serialised ``tokenizer.model``.
 
-    The sample is always corpus v4 (no collocations, no catalogue): every word is one piece either way, and a
-    fixed text keeps the vocabulary (and so ``vocab_sha256``) independent of the corpus options a model trains on.
+    The sample has no collocations and no catalogues whatever a model trains on: every word is one piece either
+    way, and a fixed text keeps the vocabulary (and so ``vocab_sha256``) independent of the corpus options a model
+    trains on.
     """
     import sentencepiece as spm
 

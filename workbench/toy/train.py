@@ -6,7 +6,8 @@ at a document boundary. The checkpoint is saved in float16 (loads as float32; ev
 4 decimals, testbed.md) with its tokenizer and a card (``card.json``).
 """
 
-__all__ = ["ToySize", "SIZES", "train", "token_losses", "validation_loss", "validation_batch"]
+__all__ = ["ToySize", "SIZES", "INIT_STD", "train", "token_losses", "validation_loss", "validation_batch",
+           "build_model", "encoder", "packed_rows", "optimiser", "train_step"]
 
 import math
 import platform
@@ -54,23 +55,23 @@ class ToySize:
 
 
 SIZES: dict[str, ToySize] = {
-    # Every size trains for equal tokens (4000 steps), so validation gaps read capacity. At 1500 steps toy-s met
-    # 5 of 13 bars (it had not learned to copy sentiment from context); at 4000 it meets 12 (session 10).
+    # Every size trains for equal tokens (4000 steps), so validation gaps read capacity. At 1500 steps toy-s meets
+    # 5 of 13 bars (it has not learned to copy sentiment from context); at 4000 it meets 12.
     "toy-s": ToySize("toy-s", n_layers=4, d_model=64, n_heads=4, d_mlp=176, steps=4000, lr=3e-3),
-    # On corpus v6 toy-l ends below toy-m, nearly all of it on catalogue values, the component where only storage
-    # helps, and still does when toy-m also starts its embedding at std 0.5 (that toy-m misses sentiment and truth
-    # steering, so toy-m keeps the Llama init; results/toy_v5_pilot/SUMMARY.md, sessions 9-10).
+    # toy-l ends below toy-m, nearly all of it on catalogue values, the component where only storage helps, and
+    # still does when toy-m also starts its embedding at std 0.5 (that toy-m misses sentiment and truth steering,
+    # so toy-m keeps the Llama init; results/toy_family/SUMMARY.md, results/toy_v5_pilot/SUMMARY.md).
     "toy-m": ToySize("toy-m", n_layers=4, d_model=128, n_heads=4, d_mlp=352, steps=4000),
     # toy-l: model seed 1 (seed 0 stalls on the loss plateau at this lr). Input embedding at std 0.5: at the Llama
-    # init (0.02) toy-l memorises no faster than toy-m (corpus v5, sessions 7-8); at std 1.0 on v6 it misses
+    # init (0.02) toy-l memorises no faster than toy-m (on the corpus without catalogues); at std 1.0 it misses
     # sentiment and topic steering (early blocks go inert), at 0.2 truth steering; at 0.5 it meets every bar.
     "toy-l": ToySize("toy-l", n_layers=6, d_model=192, n_heads=6, d_mlp=512, steps=4000, model_seed=1,
                      embed_std=0.5),
 }
 
 
-def _rows(seed: int, encode: Callable[[str], list[int]], seq_len: int, bos: int,
-          corpus: CorpusConfig = CorpusConfig()) -> Iterator[list[int]]:
+def packed_rows(seed: int, encode: Callable[[str], list[int]], seq_len: int, bos: int,
+                corpus: CorpusConfig = CorpusConfig()) -> Iterator[list[int]]:
     """Packed rows of ``seq_len + 1`` tokens (inputs and shifted labels), each starting at a document."""
     docs = documents(seed, corpus)
     while True:
@@ -80,7 +81,8 @@ def _rows(seed: int, encode: Callable[[str], list[int]], seq_len: int, bos: int,
         yield row[: seq_len + 1]
 
 
-def _encoder(proto: bytes) -> Callable[[str], list[int]]:
+def encoder(proto: bytes) -> Callable[[str], list[int]]:
+    """Text -> token ids under the SentencePiece model ``proto`` (no BOS: ``packed_rows`` adds it)."""
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_proto=proto)
@@ -89,7 +91,7 @@ def _encoder(proto: bytes) -> Callable[[str], list[int]]:
 
 def validation_batch(size: ToySize, proto: bytes, corpus: CorpusConfig = CorpusConfig()) -> torch.Tensor:
     """The fixed validation rows of ``size`` (its own seed, disjoint from training) drawn from ``corpus``."""
-    rows = _rows(size.val_seed, _encoder(proto), size.seq_len, bos=1, corpus=corpus)
+    rows = packed_rows(size.val_seed, encoder(proto), size.seq_len, bos=1, corpus=corpus)
     return torch.tensor([next(rows) for _ in range(size.val_rows)])
 
 
@@ -118,13 +120,13 @@ def _schedule(step: int, steps: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))  # cosine to 10%
 
 
-def _optimiser(model, size: ToySize) -> tuple:
+def optimiser(model, size: ToySize) -> tuple:
     """AdamW and the toy schedule (linear warm-up, cosine to 10%) over ``size.steps``."""
     opt = torch.optim.AdamW(model.parameters(), lr=size.lr, betas=(0.9, 0.98), weight_decay=0.01)
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, size.steps))
 
 
-def _train_step(model, opt, sched, x: torch.Tensor) -> torch.Tensor:
+def train_step(model, opt, sched, x: torch.Tensor) -> torch.Tensor:
     """One next-token step on packed rows ``x`` [batch, seq_len + 1], gradients clipped at norm 1; the loss."""
     logits = model(x[:, :-1]).logits
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
@@ -139,13 +141,15 @@ def _train_step(model, opt, sched, x: torch.Tensor) -> torch.Tensor:
 INIT_STD = 0.02  # the Llama initialiser's std (``initializer_range``) for every weight of a toy model
 
 
-def _build(size: ToySize):
+def build_model(size: ToySize):
+    """The untrained Llama of ``size``, initialised from its model seed (the global RNG is left as it was)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
         vocab_size=VOCAB_SIZE, hidden_size=size.d_model, intermediate_size=size.d_mlp,
         num_hidden_layers=size.n_layers, num_attention_heads=size.n_heads, num_key_value_heads=size.n_heads,
-        max_position_embeddings=size.n_ctx, rms_norm_eps=1e-5, rope_theta=10_000.0, tie_word_embeddings=False,
+        max_position_embeddings=size.n_ctx, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
         bos_token_id=1, eos_token_id=2, pad_token_id=3, initializer_range=INIT_STD,
     )
     state = torch.random.get_rng_state()  # transformers initialises from the global RNG: seed it for this call only
@@ -168,7 +172,7 @@ def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = Non
     """Train ``size`` (a ``ToySize`` or a name in ``SIZES``) into the checkpoint folder ``out``; return its card.
 
     ``steps`` overrides the schedule length (for smoke tests); ``corpus`` the training and validation documents
-    (the tokenizer always comes from corpus v4, see ``train_tokenizer``); the folder is written atomically.
+    (the tokenizer's own sample is fixed, see ``train_tokenizer``); the folder is written atomically.
     """
     if isinstance(size, str):
         if size not in SIZES:
@@ -178,11 +182,11 @@ def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = Non
         size = replace(size, steps=steps)
     torch.set_num_threads(size.threads)
     proto = train_tokenizer(size.data_seed)
-    encode = _encoder(proto)
-    model = _build(size)
+    encode = encoder(proto)
+    model = build_model(size)
     val = validation_batch(size, proto, corpus)
-    opt, sched = _optimiser(model, size)
-    rows = _rows(size.data_seed, encode, size.seq_len, bos=1, corpus=corpus)
+    opt, sched = optimiser(model, size)
+    rows = packed_rows(size.data_seed, encode, size.seq_len, bos=1, corpus=corpus)
     from tqdm.auto import tqdm
 
     bar = tqdm(range(size.steps), desc=f"train {size.name}", disable=not progress)
@@ -190,7 +194,7 @@ def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = Non
     curve: list[tuple[int, float]] = []
     model.train()
     for step in bar:
-        loss = _train_step(model, opt, sched, torch.tensor([next(rows) for _ in range(size.batch_size)]))
+        loss = train_step(model, opt, sched, torch.tensor([next(rows) for _ in range(size.batch_size)]))
         if step % 50 == 0 or step == size.steps - 1:
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % max(1, size.steps // 10) == 0:
@@ -200,6 +204,7 @@ def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = Non
     model = model.half().float().eval()  # the shipped (float16) weights, evaluated in float32
     val_fp16 = validation_loss(model, val)
     card = {
+        "kind": "card",
         "name": size.name,
         "architecture": "LlamaForCausalLM",
         "parameters": sum(p.numel() for p in model.parameters()),
