@@ -12,8 +12,9 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.i
 def _execute(nb, cwd: Path) -> None:
     """Run ``nb`` in place; fail on an error or on anything written to stderr (warnings, progress bars)."""
     nbclient = pytest.importorskip("nbclient")
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    ).execute()
     outputs = [(i, o) for i, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for _, o in outputs if o.output_type == "error"]
     assert not [(i, o.text) for i, o in outputs if o.output_type == "stream" and o.name == "stderr"]
@@ -37,15 +38,20 @@ def test_probe_notebook_runs_on_your_checkpoint_and_pairs(tmp_path):
 
     folder = write_tiny_checkpoint(tmp_path / "your-model", "llama", n_layers=3, d_model=32)
     pairs = tmp_path / "pairs.jsonl"
-    rows = [("the cat is", "good", "bad"), ("the dog is very", "happy", "sad"), ("this house is", "good", "bad"),
-            ("we like the", "happy dog", "sad dog")]
+    rows = [
+        ("the cat is", "good", "bad"),
+        ("the dog is very", "happy", "sad"),
+        ("this house is", "good", "bad"),
+        ("we like the", "happy dog", "sad dog"),
+    ]
     pairs.write_text("".join(json.dumps({"prompt": p, "positive": a, "negative": b}) + "\n" for p, a, b in rows))
     nb = nbformat.read(str(NOTEBOOKS[0]), as_version=4)
     assert NOTEBOOKS[0].stem == "01_probe_layers"
     first = nb.cells[1]
     assert first.source.startswith("MODEL = None") and "\nPAIRS = None" in first.source
     first.source = first.source.replace("MODEL = None", f"MODEL = {str(folder)!r}", 1).replace(
-        "PAIRS = None", f"PAIRS = {str(pairs)!r}", 1)
+        "PAIRS = None", f"PAIRS = {str(pairs)!r}", 1
+    )
     _execute(nb, tmp_path)
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert f"4 pairs from {pairs}" in printed and "LlamaForCausalLM, 3 layers" in printed
