@@ -34,8 +34,8 @@ from workbench.errors import WorkbenchError
 from workbench.forward import batch_logits, last_logits
 from workbench.models import HookedModel
 from workbench.report.sections import Section, rate_ci, who
-from workbench.studies import Context, Study, StudyResult, register
 from workbench.sites import EMBED
+from workbench.studies import Context, Study, StudyResult, register
 from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import evidence_words
 from workbench.toy.measure import steer_prompts
@@ -63,7 +63,7 @@ class _EmbedSuffix:
             emb = (self.onehot @ self.w_e).to(x)  # [L, d]
             x = x.clone()
             for row, s in enumerate(self.starts):
-                x[row, s:s + emb.shape[0]] = emb
+                x[row, s : s + emb.shape[0]] = emb
             return x
 
         if EMBED not in model.hook_dict:
@@ -73,11 +73,20 @@ class _EmbedSuffix:
 
 def _banned(model: HookedModel) -> list:
     tok = model.tokenizer
-    return sorted({i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) if i is not None})
+    return sorted(
+        {i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id, tok.unk_token_id) if i is not None}
+    )
 
 
-def _evaluate(model: HookedModel, prompts: "list[list[int]]", suffixes: "list[list[int]]", ivs: tuple,
-              metric: TokenSets, stem: "list[int]" = (), batch_rows: int = 256) -> "tuple[torch.Tensor, torch.Tensor]":
+def _evaluate(
+    model: HookedModel,
+    prompts: "list[list[int]]",
+    suffixes: "list[list[int]]",
+    ivs: tuple,
+    metric: TokenSets,
+    stem: "list[int]" = (),
+    batch_rows: int = 256,
+) -> "tuple[torch.Tensor, torch.Tensor]":
     """Mean loss over prompts and mean suffix cross-entropy, per suffix."""
     stem = list(stem)
     rows = [(c, len(p), p + s + stem) for c, s in enumerate(suffixes) for p in prompts]
@@ -85,21 +94,27 @@ def _evaluate(model: HookedModel, prompts: "list[list[int]]", suffixes: "list[li
     ce = torch.zeros(len(suffixes))
     with torch.no_grad():
         for i in range(0, len(rows), batch_rows):
-            chunk = rows[i:i + batch_rows]
+            chunk = rows[i : i + batch_rows]
             b = make_batch([r[2] for r in chunk], pad_id_of(model), "right")
             logits = batch_logits(model, b, *ivs).float().log_softmax(-1)
             last = b.end - 1
             m = metric.value(logits[torch.arange(len(chunk)), last])
             for j, (c, start, seq) in enumerate(chunk):
                 end = start + len(suffixes[c])
-                nll = -logits[j, start - 1:end - 1].gather(-1, torch.tensor(seq[start:end])[:, None]).mean()
+                nll = -logits[j, start - 1 : end - 1].gather(-1, torch.tensor(seq[start:end])[:, None]).mean()
                 loss[c] += float(m[j]) / len(prompts)
                 ce[c] += float(nll) / len(prompts)
     return loss, ce
 
 
-def _gradient(model: HookedModel, prompts: "list[list[int]]", suffix: "list[int]", ivs: tuple,
-              metric: TokenSets, stem: "list[int]" = ()) -> torch.Tensor:
+def _gradient(
+    model: HookedModel,
+    prompts: "list[list[int]]",
+    suffix: "list[int]",
+    ivs: tuple,
+    metric: TokenSets,
+    stem: "list[int]" = (),
+) -> torch.Tensor:
     """d(mean loss)/d(one-hot suffix), [L, vocab]."""
     w_e = model.W_E.detach()
     onehot = torch.nn.functional.one_hot(torch.tensor(suffix), w_e.shape[0]).float().requires_grad_(True)
@@ -115,9 +130,22 @@ def _gradient(model: HookedModel, prompts: "list[list[int]]", suffix: "list[int]
         model.zero_grad(set_to_none=True)
 
 
-def search(model: HookedModel, prompts: "list[list[int]]", ivs: tuple, metric: TokenSets, *, method: str = "gcg",
-           suffix_len: int = 4, steps: int = 40, topk: int = 16, candidates: int = 64, population: int = 8,
-           ce_weight: float = 0.1, stem: "list[int]" = (), seed: int = 0) -> dict:
+def search(
+    model: HookedModel,
+    prompts: "list[list[int]]",
+    ivs: tuple,
+    metric: TokenSets,
+    *,
+    method: str = "gcg",
+    suffix_len: int = 4,
+    steps: int = 40,
+    topk: int = 16,
+    candidates: int = 64,
+    population: int = 8,
+    ce_weight: float = 0.1,
+    stem: "list[int]" = (),
+    seed: int = 0,
+) -> dict:
     """Find a suffix minimising the steered loss (see the module docstring); returns the suffix and its trace."""
     if method not in ("gcg", "epo"):
         raise WorkbenchError(f"method must be 'gcg' or 'epo', got {method!r}.")
@@ -148,7 +176,7 @@ def search(model: HookedModel, prompts: "list[list[int]]", ivs: tuple, metric: T
             cands = mutations(pop[0], candidates)
             c_loss, c_ce = _evaluate(model, prompts, cands, ivs, metric, stem)
             i = int(c_loss.argmin())
-            pop, loss, ce = [cands[i]], c_loss[i:i + 1], c_ce[i:i + 1]
+            pop, loss, ce = [cands[i]], c_loss[i : i + 1], c_ce[i : i + 1]
         else:
             cands = [m for s in pop for m in mutations(s, max(1, candidates // len(pop)))]
             c_loss, c_ce = _evaluate(model, prompts, cands, ivs, metric, stem)
@@ -159,8 +187,13 @@ def search(model: HookedModel, prompts: "list[list[int]]", ivs: tuple, metric: T
         trace.append({"step": step, "loss": float(loss[best]), "ce": float(ce[best])})
     best = int(fitness(loss, ce).argmin())
     frontier = [{"suffix": s, "loss": float(l_), "ce": float(c_)} for s, l_, c_ in zip(pop, loss, ce)]
-    return {"suffix": pop[best], "loss": float(loss[best]), "ce": float(ce[best]), "trace": trace,
-            "population": frontier}
+    return {
+        "suffix": pop[best],
+        "loss": float(loss[best]),
+        "ce": float(ce[best]),
+        "trace": trace,
+        "population": frontier,
+    }
 
 
 @dataclass(frozen=True)
@@ -203,8 +236,10 @@ class Config:
     def __post_init__(self) -> None:
         resolve_steer(self)
         if self.attribute == "truth":
-            raise WorkbenchError("truth evidence depends on the fact stem the suffix would displace; attack "
-                                 "sentiment, topic, register or language.")
+            raise WorkbenchError(
+                "truth evidence depends on the fact stem the suffix would displace; attack "
+                "sentiment, topic, register or language."
+            )
         if self.method not in ("gcg", "epo"):
             raise WorkbenchError(f"method must be 'gcg' or 'epo', got {self.method!r}.")
         require_positive(self, "suffix_len", "steps", "topk", "candidates", "population", "n_train", "n_heldout")
@@ -232,8 +267,10 @@ def _stem(model: HookedModel, attribute: str) -> "list[int]":
 
 
 def _metric(model: HookedModel, cfg: Config) -> TokenSets:
-    return TokenSets(word_ids(model, evidence_words(cfg.attribute, cfg.target)),
-                     word_ids(model, evidence_words(cfg.attribute, cfg.source)))
+    return TokenSets(
+        word_ids(model, evidence_words(cfg.attribute, cfg.target)),
+        word_ids(model, evidence_words(cfg.attribute, cfg.source)),
+    )
 
 
 def _heldout(model: HookedModel, name: str, cfg: Config, texts: "list[str]", suffix: "list[int]", cell) -> dict:
@@ -247,8 +284,10 @@ def _heldout(model: HookedModel, name: str, cfg: Config, texts: "list[str]", suf
     suffixed = [t + " " + model.tokenizer.decode(suffix) for t in texts]
     kw = {"max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
     return {
-        "model": name, "site": {"layer": cell.layer, "kind": cell.kind, "strength": cell.strength},
-        "n": len(texts), "steered_logodds_positive": int(was.sum()),
+        "model": name,
+        "site": {"layer": cell.layer, "kind": cell.kind, "strength": cell.strength},
+        "n": len(texts),
+        "steered_logodds_positive": int(was.sum()),
         "reversal_rate": float(((attacked < 0) & was).sum() / max(int(was.sum()), 1)),
         "mean_logodds": {"steered": float(plain.mean()), "steered_with_suffix": float(attacked.mean())},
         "target_rate": {
@@ -260,19 +299,38 @@ def _heldout(model: HookedModel, name: str, cfg: Config, texts: "list[str]", suf
     }
 
 
-def run(model: HookedModel, cfg: Config = Config(), *, name: str = "",
-        others: "dict[str, HookedModel] | None" = None, progress: bool = True) -> Result:
+def run(
+    model: HookedModel,
+    cfg: Config = Config(),
+    *,
+    name: str = "",
+    others: "dict[str, HookedModel] | None" = None,
+    progress: bool = True,
+) -> Result:
     """Search a reversing suffix on ``model``; evaluate it held out, on ``others`` (transfer) and the symmetry."""
     t0 = time.perf_counter()
-    cell = steer_cell(model, name, cfg.attribute, cfg.source, cfg.target, layer=cfg.layer, strength=cfg.strength,
-                      seed=cfg.seed)
+    cell = steer_cell(
+        model, name, cfg.attribute, cfg.source, cfg.target, layer=cfg.layer, strength=cfg.strength, seed=cfg.seed
+    )
     texts = [p.text for p in steer_prompts(cfg.attribute, cfg.source, cfg.n_train + cfg.n_heldout, cfg.seed + 11)]
-    train, held = texts[:cfg.n_train], texts[cfg.n_train:]
+    train, held = texts[: cfg.n_train], texts[cfg.n_train :]
     metric = _metric(model, cfg)
     stem = _stem(model, cfg.attribute)
-    found = search(model, [tokenize(model, t) for t in train], (cell.intervention(),), metric, method=cfg.method,
-                   suffix_len=cfg.suffix_len, steps=cfg.steps, topk=cfg.topk, candidates=cfg.candidates,
-                   population=cfg.population, ce_weight=cfg.ce_weight, stem=stem, seed=cfg.seed)
+    found = search(
+        model,
+        [tokenize(model, t) for t in train],
+        (cell.intervention(),),
+        metric,
+        method=cfg.method,
+        suffix_len=cfg.suffix_len,
+        steps=cfg.steps,
+        topk=cfg.topk,
+        candidates=cfg.candidates,
+        population=cfg.population,
+        ce_weight=cfg.ce_weight,
+        stem=stem,
+        seed=cfg.seed,
+    )
     suffix = found["suffix"]
     heldout = _heldout(model, name, cfg, held, suffix, cell)
     transfer = []
@@ -284,19 +342,34 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "",
         ocell = steer_cell(other, other_name, cfg.attribute, cfg.source, cfg.target, seed=cfg.seed)
         transfer.append(_heldout(other, other_name, cfg, held, suffix, ocell))
     seqs = [tokenize(model, t) + stem for t in held]
-    shifts = {label: float(metric.value(last_logits(model, seqs, cell.intervention(scale=s))).mean())
-              for label, s in (("0", 0.0), ("+s", cell.strength), ("-s", -cell.strength))}
+    shifts = {
+        label: float(metric.value(last_logits(model, seqs, cell.intervention(scale=s))).mean())
+        for label, s in (("0", 0.0), ("+s", cell.strength), ("-s", -cell.strength))
+    }
     kw = {"max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed}
-    rates = {label: target_rate(model, held, cfg.attribute, cfg.target, cell.intervention(scale=s), **kw)
-             for label, s in (("0", 0.0), ("+s", cell.strength), ("-s", -cell.strength))}
-    symmetry = {"mean_logodds": shifts, "logodds_shift_plus": shifts["+s"] - shifts["0"],
-                "logodds_shift_minus": shifts["0"] - shifts["-s"], "target_rate": rates,
-                "rate_gain_plus": rates["+s"] - rates["0"], "rate_drop_minus": rates["0"] - rates["-s"]}
+    rates = {
+        label: target_rate(model, held, cfg.attribute, cfg.target, cell.intervention(scale=s), **kw)
+        for label, s in (("0", 0.0), ("+s", cell.strength), ("-s", -cell.strength))
+    }
+    symmetry = {
+        "mean_logodds": shifts,
+        "logodds_shift_plus": shifts["+s"] - shifts["0"],
+        "logodds_shift_minus": shifts["0"] - shifts["-s"],
+        "target_rate": rates,
+        "rate_gain_plus": rates["+s"] - rates["0"],
+        "rate_drop_minus": rates["0"] - rates["-s"],
+    }
     tok = model.tokenizer
-    return Result(asdict(cfg), {"name": name, "fingerprint": fp.to_dict()},
-                  {"layer": cell.layer, "kind": cell.kind, "strength": cell.strength},
-                  {**found, "tokens": suffix, "text": tok.decode(suffix), "length": len(suffix)}, heldout, transfer,
-                  symmetry, {"seconds": round(time.perf_counter() - t0, 1)})
+    return Result(
+        asdict(cfg),
+        {"name": name, "fingerprint": fp.to_dict()},
+        {"layer": cell.layer, "kind": cell.kind, "strength": cell.strength},
+        {**found, "tokens": suffix, "text": tok.decode(suffix), "length": len(suffix)},
+        heldout,
+        transfer,
+        symmetry,
+        {"seconds": round(time.perf_counter() - t0, 1)},
+    )
 
 
 def plot(result: "Result | dict") -> dict:
@@ -304,10 +377,16 @@ def plot(result: "Result | dict") -> dict:
 
     r = result.to_dict() if isinstance(result, Result) else result
     tr = r["suffix"]["trace"]
-    fig = lines({"loss (target - source log-odds)": ([t["step"] for t in tr], [t["loss"] for t in tr]),
-                 "suffix cross-entropy": ([t["step"] for t in tr], [t["ce"] for t in tr])},
-                title=f"{r['model'].get('name') or 'model'}: {r['config']['method']} search for a reversing suffix "
-                      f"({r['config']['attribute']})", x_title="step", y_title="nats")
+    fig = lines(
+        {
+            "loss (target - source log-odds)": ([t["step"] for t in tr], [t["loss"] for t in tr]),
+            "suffix cross-entropy": ([t["step"] for t in tr], [t["ce"] for t in tr]),
+        },
+        title=f"{r['model'].get('name') or 'model'}: {r['config']['method']} search for a reversing suffix "
+        f"({r['config']['attribute']})",
+        x_title="step",
+        y_title="nats",
+    )
     return {"adversarial_search": fig}
 
 
@@ -315,35 +394,61 @@ def section(r: dict) -> Section:
     """The report's section: the suffix, its held-out reversal rate, and the negated-vector symmetry."""
     h = r["heldout"]
     n_pos = h["steered_logodds_positive"]
-    text = (f"{r['config']['method'].upper()} search on {who(r)} ({r['config']['attribute']}): suffix "
-            f"`{r['suffix']['text']}` ({r['suffix']['length']} tokens, cross-entropy {r['suffix']['ce']:.2f} "
-            f"nats/token). Held-out reversal rate {rate_ci(h['reversal_rate'], max(n_pos, 1))} of {n_pos} prompts; "
-            f"sampled target rate {h['target_rate']['steered']:.2f} steered, "
-            f"{h['target_rate']['steered_with_suffix']:.2f} with the suffix. Negated-vector symmetry: log-odds shift "
-            f"{r['symmetry']['logodds_shift_plus']:+.2f} at +s vs {r['symmetry']['logodds_shift_minus']:+.2f} at -s.")
-    return Section(Result.KIND, f"Adversarial reversal: {r['config']['attribute']} ({who(r)}, "
-                   f"{r['config']['method']})", text, plot(r), 43)
+    text = (
+        f"{r['config']['method'].upper()} search on {who(r)} ({r['config']['attribute']}): suffix "
+        f"`{r['suffix']['text']}` ({r['suffix']['length']} tokens, cross-entropy {r['suffix']['ce']:.2f} "
+        f"nats/token). Held-out reversal rate {rate_ci(h['reversal_rate'], max(n_pos, 1))} of {n_pos} prompts; "
+        f"sampled target rate {h['target_rate']['steered']:.2f} steered, "
+        f"{h['target_rate']['steered_with_suffix']:.2f} with the suffix. Negated-vector symmetry: log-odds shift "
+        f"{r['symmetry']['logodds_shift_plus']:+.2f} at +s vs {r['symmetry']['logodds_shift_minus']:+.2f} at -s."
+    )
+    return Section(
+        Result.KIND,
+        f"Adversarial reversal: {r['config']['attribute']} ({who(r)}, {r['config']['method']})",
+        text,
+        plot(r),
+        43,
+    )
 
 
 def summary(r: Result) -> str:
     h, cfg = r.heldout, r.config
-    lines = [f"adversarial ({cfg['method']}) on {r.model['name']}, {cfg['attribute']}: suffix {r.suffix['text']!r} "
-             f"(cross-entropy {r.suffix['ce']:.2f} nats/token); held-out reversal rate {h['reversal_rate']:.2f}; "
-             f"target rate steered {h['target_rate']['steered']:.2f} -> with suffix "
-             f"{h['target_rate']['steered_with_suffix']:.2f}"]
+    lines = [
+        f"adversarial ({cfg['method']}) on {r.model['name']}, {cfg['attribute']}: suffix {r.suffix['text']!r} "
+        f"(cross-entropy {r.suffix['ce']:.2f} nats/token); held-out reversal rate {h['reversal_rate']:.2f}; "
+        f"target rate steered {h['target_rate']['steered']:.2f} -> with suffix "
+        f"{h['target_rate']['steered_with_suffix']:.2f}"
+    ]
     for t in r.transfer:
         if "reversal_rate" in t:
-            lines.append(f"  transfer to {t['model']}: reversal {t['reversal_rate']:.2f}, target rate "
-                         f"{t['target_rate']['steered']:.2f} -> {t['target_rate']['steered_with_suffix']:.2f}")
+            lines.append(
+                f"  transfer to {t['model']}: reversal {t['reversal_rate']:.2f}, target rate "
+                f"{t['target_rate']['steered']:.2f} -> {t['target_rate']['steered_with_suffix']:.2f}"
+            )
     sy = r.symmetry
     lines.append(f"symmetry: log-odds shift +s {sy['logodds_shift_plus']:+.3f}, -s {sy['logodds_shift_minus']:+.3f}")
     return "\n".join(lines)
 
 
 def execute(ctx: Context, cfg: Config) -> Result:
-    return run(ctx.model(), cfg, name=ctx.model_name or "", others={n: ctx.load(n) for n in cfg.transfer},
-               progress=ctx.progress)
+    return run(
+        ctx.model(),
+        cfg,
+        name=ctx.model_name or "",
+        others={n: ctx.load(n) for n in cfg.transfer},
+        progress=ctx.progress,
+    )
 
 
-STUDY = register(Study("adversarial", "search a suffix that reverses steering (GCG / EPO)", Config, Result, execute,
-                       plot, section, summary))
+STUDY = register(
+    Study(
+        "adversarial",
+        "search a suffix that reverses steering (GCG / EPO)",
+        Config,
+        Result,
+        execute,
+        plot,
+        section,
+        summary,
+    )
+)

@@ -26,8 +26,12 @@ from workbench import models
 from workbench.errors import WorkbenchError
 
 #: Contrast pairs of unequal lengths in the tiny vocabulary (``workbench.tiny.TINY_WORDS``).
-PAIRS = [("the cat is good", "the dog is very bad"), ("a big red car", "a small car"),
-         ("we love the sun", "they hate the big moon"), ("i see a bird", "you see the fish and a tree")]
+PAIRS = [
+    ("the cat is good", "the dog is very bad"),
+    ("a big red car", "a small car"),
+    ("we love the sun", "they hate the big moon"),
+    ("i see a bird", "you see the fish and a tree"),
+]
 PROMPTS = ["the cat sees a big red bus and", "we love the"]
 
 
@@ -76,8 +80,10 @@ def _directions(model, hf, tok) -> dict:
         hp, hq = _blocks_hidden(hf, tok(p)["input_ids"]), _blocks_hidden(hf, tok(q)["input_ids"])
         diffs.append(torch.stack([hp[layer + 1][0, -1] - hq[layer + 1][0, -1] for layer in range(n - 1)]))
     ref = torch.stack(diffs).mean(0)
-    cos = [float(torch.nn.functional.cosine_similarity(ds.at(layer).vector.double(), ref[layer].double(), dim=0))
-           for layer in range(n - 1)]
+    cos = [
+        float(torch.nn.functional.cosine_similarity(ds.at(layer).vector.double(), ref[layer].double(), dim=0))
+        for layer in range(n - 1)
+    ]
     return {"min_cosine": min(cos), "first_token_is_bos": tok(PAIRS[0][0])["input_ids"][0] == tok.bos_token_id}
 
 
@@ -94,8 +100,10 @@ def _steer(model) -> dict:
     kw = dict(max_new_tokens=5, temperature=0.0, return_logits=True)
     cached = generate(model, PROMPTS, iv, **kw)
     full = generate(model, PROMPTS, iv, use_cache=False, **kw)
-    return {"tokens_equal": cached.tokens == full.tokens,
-            "max_logit_diff": float((cached.logits - full.logits).abs().max())}
+    return {
+        "tokens_equal": cached.tokens == full.tokens,
+        "max_logit_diff": float((cached.logits - full.logits).abs().max()),
+    }
 
 
 def _spec(model):
@@ -129,8 +137,9 @@ def _gguf(folder: Path, backend: str, workdir) -> dict:
     return {"max_abs_diff": base.max_abs_diff, "effect": base.effect}
 
 
-def measure(folder: "str | Path", backend: str, *, gguf_folder: "str | Path | None" = None,
-            workdir: "str | Path | None" = None) -> dict:
+def measure(
+    folder: "str | Path", backend: str, *, gguf_folder: "str | Path | None" = None, workdir: "str | Path | None" = None
+) -> dict:
     """Every cell of the matrix for the checkpoint in ``folder`` on ``backend`` (see module doc)."""
     from transformers import AutoTokenizer
 
@@ -142,9 +151,13 @@ def measure(folder: "str | Path", backend: str, *, gguf_folder: "str | Path | No
     except WorkbenchError as e:
         return {"load": {"refused": str(e)}}
     hf, tok = _hf(folder), AutoTokenizer.from_pretrained(str(folder))
-    out = {"load": {"self_check": models.info(model).self_check},
-           "activations": _activations(model, hf, tok), "directions": _directions(model, hf, tok),
-           "steer": _steer(model), "apply_hf": _cell(lambda: _parity(model, "apply_hf", workdir))}
+    out = {
+        "load": {"self_check": models.info(model).self_check},
+        "activations": _activations(model, hf, tok),
+        "directions": _directions(model, hf, tok),
+        "steer": _steer(model),
+        "apply_hf": _cell(lambda: _parity(model, "apply_hf", workdir)),
+    }
     why = bake_support(hf.config.model_type)
     out["baked"] = {"refused": why} if why else _cell(lambda: _parity(model, "baked", workdir))
     if gguf_folder is not None:

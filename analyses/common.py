@@ -1,8 +1,17 @@
 """What the toy studies share: the steering cell to study, behaviour rates of steered generations, fact items."""
 
-__all__ = ["SteerCell", "steer_cell", "target_rate", "resolve_steer", "require_positive",
-           "Attribute",
-           "fact_items", "mc_truth", "word_ids", "once"]
+__all__ = [
+    "SteerCell",
+    "steer_cell",
+    "target_rate",
+    "resolve_steer",
+    "require_positive",
+    "Attribute",
+    "fact_items",
+    "mc_truth",
+    "word_ids",
+    "once",
+]
 
 import random
 from dataclasses import dataclass
@@ -64,9 +73,18 @@ class SteerCell:
         return AddDirection(d.site, d.vector if vector is None else vector, self.strength if scale is None else scale)
 
 
-def steer_cell(model: HookedModel, name: str, attribute: str, source: str, target: str, *,
-               layer: "int | None" = None, strength: "float | None" = None, n_pairs: int = 200,
-               seed: int = 0) -> SteerCell:
+def steer_cell(
+    model: HookedModel,
+    name: str,
+    attribute: str,
+    source: str,
+    target: str,
+    *,
+    layer: "int | None" = None,
+    strength: "float | None" = None,
+    n_pairs: int = 200,
+    seed: int = 0,
+) -> SteerCell:
     """The study's steering cell: explicit ``layer``/``strength``, else the toy card's best cell for the attribute
     (when ``name`` is a shipped toy model and the card has one), else the middle block at strength 1."""
     kind, position = "resid_post", "last"
@@ -89,8 +107,15 @@ def steer_cell(model: HookedModel, name: str, attribute: str, source: str, targe
     return SteerCell(ds, layer, kind, float(strength))
 
 
-def target_rate(model: HookedModel, texts: "list[str]", attribute: str, target: str, *interventions,
-                max_new_tokens: int = 24, seed: int = 0) -> float:
+def target_rate(
+    model: HookedModel,
+    texts: "list[str]",
+    attribute: str,
+    target: str,
+    *interventions,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+) -> float:
     """Fraction of sampled continuations classified as ``target`` (exact toy classifier)."""
     with torch.no_grad():
         g = generate(model, texts, *interventions, max_new_tokens=max_new_tokens, seed=seed)
@@ -108,8 +133,14 @@ def fact_items(n: int, truth: "str | None", seed: int, family: str = "id") -> li
             words = p.text.split()
             lang, _, _, subj = LEXICON.info[words[-2]]
             values = sorted((i[3], w) for w, i in LEXICON.info.items() if i[1] == "VALUE" and i[0] == lang)
-            out.append((p.text, values[fact_value(subj, "honest")][1], values[fact_value(subj, "liar")][1],
-                        [w for _, w in values]))
+            out.append(
+                (
+                    p.text,
+                    values[fact_value(subj, "honest")][1],
+                    values[fact_value(subj, "liar")][1],
+                    [w for _, w in values],
+                )
+            )
     return out[:n]
 
 

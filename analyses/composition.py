@@ -109,18 +109,18 @@ def _nll(model: HookedModel, contexts: "list[str]", conts: "list[str]", ivs_for=
         spans.append((len(a), len(full)))
     total = count = 0.0
     for i in range(0, len(seqs), 32):
-        chunk = seqs[i:i + 32]
+        chunk = seqs[i : i + 32]
         b = make_batch(chunk, pad_id_of(model), "left")
         ivs = ivs_for(b, i) if ivs_for else ()
         layout = TokenLayout(b.start, b.start + torch.tensor([spans[i + j][0] for j in range(len(chunk))]))
         with torch.no_grad():
             lp = batch_logits(model, b, *ivs, layout=layout).float().log_softmax(-1)
-        for j, (a, e) in enumerate(spans[i:i + 32]):
+        for j, (a, e) in enumerate(spans[i : i + 32]):
             if e <= a:
                 continue
             off = int(b.start[j])
             tgt = torch.tensor(chunk[j][a:e])
-            total -= float(lp[j, off + a - 1:off + e - 1].gather(-1, tgt[:, None].to(lp.device)).sum())
+            total -= float(lp[j, off + a - 1 : off + e - 1].gather(-1, tgt[:, None].to(lp.device)).sum())
             count += e - a
     return total / max(count, 1)
 
@@ -146,35 +146,60 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
         conts = [own_document(t, c) for t, c in zip(ref.texts, icl_texts)]  # not a next document it opens
         refs[g] = (icl_texts, conts, _nll(model, icl_texts, conts))
     single, composed, traces = [], [], {}
-    plans = ([("fixed", "fixed", a, "exact") for a in cfg.fixed_alphas]
-             + [("start", "start", cfg.alpha, "exact"), ("diminishing", "diminishing", cfg.alpha, "exact"),
-                ("dynamic", "dynamic", cfg.alpha_max, "exact"), ("dynamic-lagged", "dynamic", cfg.alpha_max, "lagged")])
+    plans = [("fixed", "fixed", a, "exact") for a in cfg.fixed_alphas] + [
+        ("start", "start", cfg.alpha, "exact"),
+        ("diminishing", "diminishing", cfg.alpha, "exact"),
+        ("dynamic", "dynamic", cfg.alpha_max, "exact"),
+        ("dynamic-lagged", "dynamic", cfg.alpha_max, "lagged"),
+    ]
     for g in tqdm(groups, desc="DAC study", disable=not progress):
         props = [vectors[p] for p in g]
         icl_texts, icl_conts, icl_nll = refs[g]
         for label, strategy, alpha, timing in plans:
             if len(g) > 1 and strategy in ("start", "diminishing"):
                 continue
-            out = generate_composed(model, tests[g], props, strategy, alpha=alpha, alpha_max=cfg.alpha_max,
-                                    top_p=cfg.top_p, normalisation=cfg.normalisation, max_new_tokens=cfg.steps,
-                                    timing=timing)
+            out = generate_composed(
+                model,
+                tests[g],
+                props,
+                strategy,
+                alpha=alpha,
+                alpha_max=cfg.alpha_max,
+                top_p=cfg.top_p,
+                normalisation=cfg.normalisation,
+                max_new_tokens=cfg.steps,
+                timing=timing,
+            )
             used = out.alphas  # [rows, k, T]: teacher-force the ICL continuation with the same per-step alphas
 
             def ivs_for(b, i, used=used, props=props):
-                return (StepAdd(props, [used[i:i + b.tokens.shape[0], j] for j in range(len(props))]),)
+                return (StepAdd(props, [used[i : i + b.tokens.shape[0], j] for j in range(len(props))]),)
 
             dppl = math.exp(_nll(model, tests[g], icl_conts, ivs_for)) - math.exp(icl_nll)
             gram = sum(grammaticality(t, c) for t, c in zip(out.texts, tests[g])) / len(tests[g])
             acc = {p: score(list(out.texts), p, steer_values(p)[1], tests[g]).target_rate for p in g}
-            row = {"properties": list(g), "strategy": label, "alpha": alpha, "accuracy": acc,
-                   "grammaticality": gram, "delta_ppl": dppl, "mean_alpha": used.mean((0, 2)).tolist(),
-                   "example": out.texts[0]}
+            row = {
+                "properties": list(g),
+                "strategy": label,
+                "alpha": alpha,
+                "accuracy": acc,
+                "grammaticality": gram,
+                "delta_ppl": dppl,
+                "mean_alpha": used.mean((0, 2)).tolist(),
+                "example": out.texts[0],
+            }
             (single if len(g) == 1 else composed).append(row)
             if label == "dynamic":
                 traces["+".join(g)] = used.mean(0).tolist()
     fp = models.fingerprint(model)
-    return Result(asdict(cfg), {"name": name, "fingerprint": fp.to_dict()}, single, composed, traces,
-                  {"seconds": round(time.perf_counter() - t0, 1)})
+    return Result(
+        asdict(cfg),
+        {"name": name, "fingerprint": fp.to_dict()},
+        single,
+        composed,
+        traces,
+        {"seconds": round(time.perf_counter() - t0, 1)},
+    )
 
 
 def plot(result: "Result | dict") -> dict:
@@ -185,15 +210,30 @@ def plot(result: "Result | dict") -> dict:
     series = {}
     for p in r["config"]["properties"]:
         rows = [x for x in r["single"] if x["properties"] == [p] and x["strategy"] == "fixed"]
-        series[f"{p} fixed"] = ([x["delta_ppl"] for x in rows], [x["accuracy"][p] for x in rows],
-                                [f"alpha {x['alpha']}" for x in rows], "lines+markers")
+        series[f"{p} fixed"] = (
+            [x["delta_ppl"] for x in rows],
+            [x["accuracy"][p] for x in rows],
+            [f"alpha {x['alpha']}" for x in rows],
+            "lines+markers",
+        )
         dyn = [x for x in r["single"] if x["properties"] == [p] and x["strategy"] == "dynamic"]
         series[f"{p} dynamic"] = ([x["delta_ppl"] for x in dyn], [x["accuracy"][p] for x in dyn], None, "markers")
-    sweep = points(series, title=f"{who}: property accuracy vs delta-ppl (fixed alpha sweep and dynamic)",
-                   x_title="delta ppl vs the ICL reference", y_title="accuracy")
-    tr = lines({f"{g} / {prop}": (list(range(len(s[j]))), s[j])
-                for g, s in r["traces"].items() for j, prop in enumerate(g.split("+"))},
-               title=f"{who}: dynamic alpha per step (mean over prompts)", x_title="step", y_title="alpha")
+    sweep = points(
+        series,
+        title=f"{who}: property accuracy vs delta-ppl (fixed alpha sweep and dynamic)",
+        x_title="delta ppl vs the ICL reference",
+        y_title="accuracy",
+    )
+    tr = lines(
+        {
+            f"{g} / {prop}": (list(range(len(s[j]))), s[j])
+            for g, s in r["traces"].items()
+            for j, prop in enumerate(g.split("+"))
+        },
+        title=f"{who}: dynamic alpha per step (mean over prompts)",
+        x_title="step",
+        y_title="alpha",
+    )
     return {"dac_tradeoff": sweep, "dac_alpha_traces": tr}
 
 
@@ -202,8 +242,10 @@ def section(r: dict) -> Section:
     rows = ["| properties | strategy | alpha | accuracy | grammaticality | delta ppl |", "|---|---|---|---|---|---|"]
     for x in r["single"] + r["composed"]:
         acc = ", ".join(f"{k} {v:.2f}" for k, v in x["accuracy"].items())
-        rows.append(f"| {'+'.join(x['properties'])} | {x['strategy']} | {x['alpha']:g} | {acc} | "
-                    f"{x['grammaticality']:.2f} | {x['delta_ppl']:+.2f} |")
+        rows.append(
+            f"| {'+'.join(x['properties'])} | {x['strategy']} | {x['alpha']:g} | {acc} | "
+            f"{x['grammaticality']:.2f} | {x['delta_ppl']:+.2f} |"
+        )
     text = f"Dynamic Activation Composition on {who(r)} (greedy, {r['config']['steps']} tokens).\n\n" + "\n".join(rows)
     return Section(Result.KIND, f"DAC: composing properties ({who(r)})", text, plot(r), 50)
 
@@ -212,8 +254,10 @@ def summary(r: Result) -> str:
     lines = [f"DAC on {r.model['name']} ({r.cost['seconds']} s): property accuracy / grammaticality / delta-ppl"]
     for x in r.single + r.composed:
         acc = ", ".join(f"{k} {v:.2f}" for k, v in x["accuracy"].items())
-        lines.append(f"  {'+'.join(x['properties']):<20} {x['strategy']:<11} alpha {x['alpha']:<4g} {acc:<32} "
-                     f"gram {x['grammaticality']:.2f}  dppl {x['delta_ppl']:+.2f}")
+        lines.append(
+            f"  {'+'.join(x['properties']):<20} {x['strategy']:<11} alpha {x['alpha']:<4g} {acc:<32} "
+            f"gram {x['grammaticality']:.2f}  dppl {x['delta_ppl']:+.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -227,19 +271,26 @@ def table(results: "list[dict]") -> str:
         raise WorkbenchError(f"this table takes one result; got {len(results)}.")
     r = results[0]
     cfg = r["config"]
-    lines = [f"# DAC on {r['model']['name']} (`workbench analyze composition --model {r['model']['name']}`: "
-             f"{cfg['n_icl']} parallel 4-shot ICL prompts per property, {cfg['n_test']} short test prompts with the "
-             f"source value, greedy {cfg['steps']} tokens, hook_{cfg['kind']} at every layer, alpha_max "
-             f"{cfg['alpha_max']}, top-p {cfg['top_p']}, KL normalisation '{cfg['normalisation']}')", "",
-             "`dynamic` is the exact method (two forwards per step); `dynamic-lagged` runs unsteered, probe and "
-             "steered rows in one batched forward per step, using the previous step's alpha (alpha_max at step 0).",
-             "", "| properties | strategy | alpha | accuracy (target value) | grammaticality | delta ppl vs ICL "
-             "reference | mean alpha used |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# DAC on {r['model']['name']} (`workbench analyze composition --model {r['model']['name']}`: "
+        f"{cfg['n_icl']} parallel 4-shot ICL prompts per property, {cfg['n_test']} short test prompts with the "
+        f"source value, greedy {cfg['steps']} tokens, hook_{cfg['kind']} at every layer, alpha_max "
+        f"{cfg['alpha_max']}, top-p {cfg['top_p']}, KL normalisation '{cfg['normalisation']}')",
+        "",
+        "`dynamic` is the exact method (two forwards per step); `dynamic-lagged` runs unsteered, probe and "
+        "steered rows in one batched forward per step, using the previous step's alpha (alpha_max at step 0).",
+        "",
+        "| properties | strategy | alpha | accuracy (target value) | grammaticality | delta ppl vs ICL "
+        "reference | mean alpha used |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in r["single"] + r["composed"]:
         acc = ", ".join(f"{p} {a:.2f}" for p, a in row["accuracy"].items())
         alphas = ", ".join(f"{a:.2f}" for a in row["mean_alpha"])
-        lines.append(f"| {'+'.join(row['properties'])} | {row['strategy']} | {row['alpha']:g} | {acc} | "
-                     f"{row['grammaticality']:.2f} | {row['delta_ppl']:+.2f} | {alphas} |")
+        lines.append(
+            f"| {'+'.join(row['properties'])} | {row['strategy']} | {row['alpha']:g} | {acc} | "
+            f"{row['grammaticality']:.2f} | {row['delta_ppl']:+.2f} | {alphas} |"
+        )
     lines += ["", "Dynamic (exact) alpha per step (mean over prompts):", ""]
     for key, traces in sorted(r["traces"].items()):
         for prop, trace in zip(key.split("+"), traces):
@@ -248,5 +299,16 @@ def table(results: "list[dict]") -> str:
     return "\n".join(lines) + "\n"
 
 
-STUDY = register(Study("composition", "DAC: fixed / start / diminishing / dynamic strengths, 1-2 properties", Config,
-                       Result, execute, plot, section, summary, table=table))
+STUDY = register(
+    Study(
+        "composition",
+        "DAC: fixed / start / diminishing / dynamic strengths, 1-2 properties",
+        Config,
+        Result,
+        execute,
+        plot,
+        section,
+        summary,
+        table=table,
+    )
+)

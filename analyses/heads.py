@@ -15,9 +15,25 @@ difference, at the last position, between the next words that show ``target`` an
   grammaticality at each strength.
 """
 
-__all__ = ["Config", "Result", "section", "summary", "STUDY", "LogitDiff", "Projection", "run", "direct_attribution", "patching",
-           "attribution_patching", "head_vector", "head_steering_effect", "head_steering", "plot", "toy_metric",
-           "pair_batches"]
+__all__ = [
+    "Config",
+    "Result",
+    "section",
+    "summary",
+    "STUDY",
+    "LogitDiff",
+    "Projection",
+    "run",
+    "direct_attribution",
+    "patching",
+    "attribution_patching",
+    "head_vector",
+    "head_steering_effect",
+    "head_steering",
+    "plot",
+    "toy_metric",
+    "pair_batches",
+]
 
 import math
 import time
@@ -30,8 +46,8 @@ from analyses.common import Attribute, require_positive, resolve_steer, word_ids
 from workbench import models
 from workbench.directions import DirectionSet
 from workbench.errors import WorkbenchError
-from workbench.generate import generate_at_strengths
 from workbench.forward import batch_logits
+from workbench.generate import generate_at_strengths
 from workbench.hooks import Capture
 from workbench.interventions import AddDirection
 from workbench.models import HookedModel, head_out_weights
@@ -43,7 +59,6 @@ from workbench.tokens import Batch, make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import evidence_words, score
 from workbench.toy.measure import best_cell, directions_for, steer_prompts
 from workbench.toy.prompts import contrast_pairs
-
 
 # ---------------------------------------------------------------------------------------------------- metrics
 
@@ -108,8 +123,15 @@ def pair_batches(model: HookedModel, pairs: ContrastPairs) -> "tuple[Batch, Batc
     return make_batch(pos, pad, "right"), make_batch(neg, pad, "right"), kept
 
 
-def _run(model: HookedModel, batch: Batch, metric: Any, sites: "list[HookSite]", *, grad: bool = False,
-         patch: "tuple[int, int, torch.Tensor] | None" = None) -> "tuple[torch.Tensor, dict]":
+def _run(
+    model: HookedModel,
+    batch: Batch,
+    metric: Any,
+    sites: "list[HookSite]",
+    *,
+    grad: bool = False,
+    patch: "tuple[int, int, torch.Tensor] | None" = None,
+) -> "tuple[torch.Tensor, dict]":
     """The metric on ``batch`` (one head's z patched in when ``patch``) and the activations at ``sites``, which
     keep their gradient after ``backward`` when ``grad``."""
     site = getattr(metric, "site", None)
@@ -128,8 +150,9 @@ def _z_sites(model: HookedModel, layers: "list[int]") -> "list[HookSite]":
 # ---------------------------------------------------------------------------------------------------- methods
 
 
-def direct_attribution(model: HookedModel, pos: Batch, neg: Batch, direction: torch.Tensor,
-                       readout_layer: int) -> "list[list[float | None]]":
+def direct_attribution(
+    model: HookedModel, pos: Batch, neg: Batch, direction: torch.Tensor, readout_layer: int
+) -> "list[list[float | None]]":
     """[layer][head]: mean over pairs of (head output . unit direction), positive minus negative, last position."""
     u = direction.float() / direction.float().norm()
     layers = list(range(model.cfg.n_layers))
@@ -154,8 +177,9 @@ def direct_attribution(model: HookedModel, pos: Batch, neg: Batch, direction: to
     return out
 
 
-def patching(model: HookedModel, pos: Batch, neg: Batch, metric_pos: Any, metric_neg: Any,
-             layers: "list[int] | None" = None) -> "tuple[list[list[float]], float, float]":
+def patching(
+    model: HookedModel, pos: Batch, neg: Batch, metric_pos: Any, metric_neg: Any, layers: "list[int] | None" = None
+) -> "tuple[list[list[float]], float, float]":
     """[layer][head] metric change (absolute) when one head's z comes from the positive run; plus clean m(pos),
     m(neg) means. ``metric_neg`` evaluates on the negative rows (patched runs are negative runs)."""
     layers = list(range(model.cfg.n_layers)) if layers is None else layers
@@ -172,8 +196,9 @@ def patching(model: HookedModel, pos: Batch, neg: Batch, metric_pos: Any, metric
     return out, float(m_pos.mean()), float(m_neg.mean())
 
 
-def attribution_patching(model: HookedModel, pos: Batch, neg: Batch, metric_neg: Any,
-                         layers: "list[int] | None" = None) -> "list[list[float]]":
+def attribution_patching(
+    model: HookedModel, pos: Batch, neg: Batch, metric_neg: Any, layers: "list[int] | None" = None
+) -> "list[list[float]]":
     """[layer][head] first-order estimate of ``patching``: grad of m(neg) w.r.t. z, dotted with z_pos - z_neg over
     real positions and d_head, mean over pairs. One forward + backward; parameter grads are cleared after."""
     layers = list(range(model.cfg.n_layers)) if layers is None else layers
@@ -203,8 +228,9 @@ def head_vector(model: HookedModel, layer: int, head: int, v: torch.Tensor) -> "
     return dz.flatten(), float((dz[head] @ w[head]).norm() / v.float().norm())
 
 
-def head_steering_effect(model: HookedModel, neg: Batch, metric_neg: Any, vectors: "dict[int, torch.Tensor]",
-                         strength: float) -> "tuple[list[list[float]], list[list[float]]]":
+def head_steering_effect(
+    model: HookedModel, neg: Batch, metric_neg: Any, vectors: "dict[int, torch.Tensor]", strength: float
+) -> "tuple[list[list[float]], list[list[float]]]":
     """[layer][head] mean metric change on the negative runs when ``strength`` x the layer's vector is added
     through that head alone (teacher-forced, no sampling); and [layer][head] writable share."""
     base, _ = _run(model, neg, metric_neg, [])
@@ -222,8 +248,17 @@ def head_steering_effect(model: HookedModel, neg: Batch, metric_neg: Any, vector
     return effect, share
 
 
-def head_steering(model: HookedModel, ds: DirectionSet, attribute: str, source: str, target: str,
-                  strengths: "tuple[float, ...]", n_prompts: int, max_new_tokens: int, seed: int) -> dict:
+def head_steering(
+    model: HookedModel,
+    ds: DirectionSet,
+    attribute: str,
+    source: str,
+    target: str,
+    strengths: "tuple[float, ...]",
+    n_prompts: int,
+    max_new_tokens: int,
+    seed: int,
+) -> dict:
     """Per strength: [layer][head] target rate and grammaticality of sampled continuations with the layer's
     direction added through one head (all strengths of one head in one batched generation pass)."""
     texts = [p.text for p in steer_prompts(attribute, source, n_prompts, seed + 1)]
@@ -234,13 +269,22 @@ def head_steering(model: HookedModel, ds: DirectionSet, attribute: str, source: 
         for h in range(n_heads):
             dz, _ = head_vector(model, layer, h, ds.at(layer).vector)
             with torch.no_grad():
-                gens = generate_at_strengths(model, texts, AddDirection(HookSite(layer, "z"), dz, 1.0),
-                                             list(strengths), max_new_tokens=max_new_tokens, seed=seed)
+                gens = generate_at_strengths(
+                    model,
+                    texts,
+                    AddDirection(HookSite(layer, "z"), dz, 1.0),
+                    list(strengths),
+                    max_new_tokens=max_new_tokens,
+                    seed=seed,
+                )
             for s, g in zip(strengths, gens):
                 sc = score(list(g.texts), attribute, target, texts)
                 rate[s][layer][h], gram[s][layer][h] = sc.target_rate, sc.grammaticality
-    return {"strengths": list(strengths), "target_rate": {str(s): rate[s] for s in strengths},
-            "grammaticality": {str(s): gram[s] for s in strengths}}
+    return {
+        "strengths": list(strengths),
+        "target_rate": {str(s): rate[s] for s in strengths},
+        "grammaticality": {str(s): gram[s] for s in strengths},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- study
@@ -256,8 +300,10 @@ def toy_metric(model: HookedModel, texts: "list[str]", attribute: str, target: s
             cache[key] = word_ids(model, words)
         return cache[key]
 
-    return LogitDiff(tuple(ids(evidence_words(attribute, target, t)) for t in texts),
-                     tuple(ids(evidence_words(attribute, source, t)) for t in texts))
+    return LogitDiff(
+        tuple(ids(evidence_words(attribute, target, t)) for t in texts),
+        tuple(ids(evidence_words(attribute, source, t)) for t in texts),
+    )
 
 
 @dataclass(frozen=True)
@@ -314,8 +360,9 @@ def _top(matrix: "list[list[float | None]]", k: int) -> list:
     return [list(c) for c in sorted(cells, key=lambda c: -abs(c[2]))[:k]]
 
 
-def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", steer: "bool | None" = None,
-        progress: bool = True) -> Result:
+def run(
+    model: HookedModel, cfg: Config = Config(), *, name: str = "", steer: "bool | None" = None, progress: bool = True
+) -> Result:
     """All four head analyses for ``cfg.attribute`` on ``model`` (see the module docstring); ``steer`` overrides
     ``cfg.generate``."""
     from tqdm.auto import tqdm
@@ -357,22 +404,54 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", steer: "b
     steering = {"metric_effect": frac(effect), "metric_strength": max(cfg.steer_strengths), "writable_share": share}
     top_e = _top(steering["metric_effect"], cfg.top_k)
     if steer:
-        steering.update(head_steering(model, ds, cfg.attribute, cfg.source, cfg.target, cfg.steer_strengths,
-                                      cfg.n_prompts, cfg.max_new_tokens, cfg.seed))
+        steering.update(
+            head_steering(
+                model,
+                ds,
+                cfg.attribute,
+                cfg.source,
+                cfg.target,
+                cfg.steer_strengths,
+                cfg.n_prompts,
+                cfg.max_new_tokens,
+                cfg.seed,
+            )
+        )
         steps.update()
-        cells = [{"strength": s, "layer": layer, "head": h, "target_rate": steering["target_rate"][str(s)][layer][h],
-                  "grammaticality": steering["grammaticality"][str(s)][layer][h]}
-                 for s in cfg.steer_strengths for layer in range(n_layers) for h in range(model.cfg.n_heads)]
+        cells = [
+            {
+                "strength": s,
+                "layer": layer,
+                "head": h,
+                "target_rate": steering["target_rate"][str(s)][layer][h],
+                "grammaticality": steering["grammaticality"][str(s)][layer][h],
+            }
+            for s in cfg.steer_strengths
+            for layer in range(n_layers)
+            for h in range(model.cfg.n_heads)
+        ]
         best = best_cell(cells)
         steering["best"] = None if best is None else {k: best[k] for k in ("strength", "layer", "head", "target_rate")}
     steps.close()
-    top = {"direct": _top(direct, cfg.top_k), "patching": top_p, "attribution": _top(attr, cfg.top_k),
-           "steering": top_e}
+    top = {
+        "direct": _top(direct, cfg.top_k),
+        "patching": top_p,
+        "attribution": _top(attr, cfg.top_k),
+        "steering": top_e,
+    }
     fp = models.fingerprint(model)
-    return Result({**asdict(cfg), "readout_layer": readout},
-                  {"name": name, "n_layers": n_layers, "n_heads": model.cfg.n_heads, "fingerprint": fp.to_dict()},
-                  direct, patched, attr, {"m_pos": clean_pos, "m_neg": clean_neg, "n_pairs": len(kept)},
-                  agreement, top, steering, {"seconds": round(time.perf_counter() - t0, 2)})
+    return Result(
+        {**asdict(cfg), "readout_layer": readout},
+        {"name": name, "n_layers": n_layers, "n_heads": model.cfg.n_heads, "fingerprint": fp.to_dict()},
+        direct,
+        patched,
+        attr,
+        {"m_pos": clean_pos, "m_neg": clean_neg, "n_pairs": len(kept)},
+        agreement,
+        top,
+        steering,
+        {"seconds": round(time.perf_counter() - t0, 2)},
+    )
 
 
 def plot(result: "Result | dict") -> dict:
@@ -383,21 +462,41 @@ def plot(result: "Result | dict") -> dict:
     c, m = r["config"], r["model"]
     heads, layers = list(range(m["n_heads"])), list(range(m["n_layers"]))
     who = m.get("name") or m["fingerprint"]["architecture"]
-    figs = {"heads_maps": heatmap_grid(
-        [("direct attribution", r["direct"], "RdBu", 0.0), ("patching (gap fraction)", r["patching"], "RdBu", 0.0),
-         ("attribution patching", r["attribution"], "RdBu", 0.0)],
-        heads, layers, title=f"{who}: heads carrying {c['attribute']} ({c['source']} vs {c['target']})",
-        x_title="head", y_title="layer")}
+    figs = {
+        "heads_maps": heatmap_grid(
+            [
+                ("direct attribution", r["direct"], "RdBu", 0.0),
+                ("patching (gap fraction)", r["patching"], "RdBu", 0.0),
+                ("attribution patching", r["attribution"], "RdBu", 0.0),
+            ],
+            heads,
+            layers,
+            title=f"{who}: heads carrying {c['attribute']} ({c['source']} vs {c['target']})",
+            x_title="head",
+            y_title="layer",
+        )
+    }
     s = r["steering"]
     figs["heads_steering_logodds"] = heatmap_grid(
-        [(f"log-odds change (gap fraction), x{s['metric_strength']}", s["metric_effect"], "RdBu", 0.0)], heads,
-        layers, title=f"{who}: steering through one head", x_title="head", y_title="layer")
+        [(f"log-odds change (gap fraction), x{s['metric_strength']}", s["metric_effect"], "RdBu", 0.0)],
+        heads,
+        layers,
+        title=f"{who}: steering through one head",
+        x_title="head",
+        y_title="layer",
+    )
     panels = [(f"{c['target']} rate, x{k}", v) for k, v in s.get("target_rate", {}).items()]
     panels += [(f"grammaticality, x{k}", v) for k, v in s.get("grammaticality", {}).items()]
     if panels:
-        figs["heads_steering"] = heatmap_grid(panels, heads, layers, title=f"{who}: sampled steering through one "
-                                              f"head: behaviour beside fluency", x_title="head", y_title="layer",
-                                              scale=("Viridis", 0.0, 1.0))
+        figs["heads_steering"] = heatmap_grid(
+            panels,
+            heads,
+            layers,
+            title=f"{who}: sampled steering through one head: behaviour beside fluency",
+            x_title="head",
+            y_title="layer",
+            scale=("Viridis", 0.0, 1.0),
+        )
     return figs
 
 
@@ -405,27 +504,33 @@ def section(r: dict) -> Section:
     """The report's section: the top heads per method and how well attribution patching matches real patching."""
     c, t, a = r["config"], r["top"], r["agreement"]
     fmt = lambda cells: ", ".join(f"L{x[0]}H{x[1]} ({x[2]:+.2f})" for x in cells[:3])  # noqa: E731
-    text = (f"Heads carrying {c['attribute']} on {who(r)} ({r['clean']['n_pairs']} minimal pairs; clean log-odds "
-            f"gap {r['clean']['m_pos'] - r['clean']['m_neg']:.2f}). Direct attribution: {fmt(t['direct'])}. "
-            f"Activation patching (fraction of the gap): {fmt(t['patching'])}. Attribution patching: "
-            f"{fmt(t['attribution'])} (Pearson r with real patching {a['pearson']:.2f}, top-{c['top_k']} overlap "
-            f"{a['top_k_overlap']}). Steering through one head: {fmt(t.get('steering', [])) or 'not run'}.")
+    text = (
+        f"Heads carrying {c['attribute']} on {who(r)} ({r['clean']['n_pairs']} minimal pairs; clean log-odds "
+        f"gap {r['clean']['m_pos'] - r['clean']['m_neg']:.2f}). Direct attribution: {fmt(t['direct'])}. "
+        f"Activation patching (fraction of the gap): {fmt(t['patching'])}. Attribution patching: "
+        f"{fmt(t['attribution'])} (Pearson r with real patching {a['pearson']:.2f}, top-{c['top_k']} overlap "
+        f"{a['top_k_overlap']}). Steering through one head: {fmt(t.get('steering', [])) or 'not run'}."
+    )
     return Section(Result.KIND, f"Head sensitivity: {c['attribute']} ({who(r)})", text, plot(r), 20)
 
 
 def summary(result: Result) -> str:
     cfg = result.config
-    lines = [f"heads for {cfg['attribute']} on {result.model['name']} ({result.cost['seconds']} s); top head per "
-             f"method (layer, head, value):"]
+    lines = [
+        f"heads for {cfg['attribute']} on {result.model['name']} ({result.cost['seconds']} s); top head per "
+        f"method (layer, head, value):"
+    ]
     for method, cells in result.top.items():
         lines.append(f"  {method:<12} " + "  ".join(f"L{c[0]}H{c[1]} {c[2]:+.3f}" for c in cells[:3]))
     a = result.agreement
-    lines.append(f"attribution vs real patching: pearson {a['pearson']:.2f}, top-{cfg['top_k']} overlap "
-                 f"{a['top_k_overlap']}")
+    lines.append(
+        f"attribution vs real patching: pearson {a['pearson']:.2f}, top-{cfg['top_k']} overlap {a['top_k_overlap']}"
+    )
     b = result.steering.get("best")
     if b:
-        lines.append(f"best single-head steering: L{b['layer']}H{b['head']} x{b['strength']}: target rate "
-                     f"{b['target_rate']:.2f}")
+        lines.append(
+            f"best single-head steering: L{b['layer']}H{b['head']} x{b['strength']}: target rate {b['target_rate']:.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -433,5 +538,15 @@ def execute(ctx: Context, cfg: Config) -> Result:
     return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
 
 
-STUDY = register(Study("heads", "direct attribution, patching, attribution patching, per-head steering", Config,
-                       Result, execute, plot, section, summary))
+STUDY = register(
+    Study(
+        "heads",
+        "direct attribution, patching, attribution patching, per-head steering",
+        Config,
+        Result,
+        execute,
+        plot,
+        section,
+        summary,
+    )
+)

@@ -30,8 +30,8 @@ from analyses.common import Attribute, require_positive, resolve_steer
 from workbench import models
 from workbench.directions import DirectionSet
 from workbench.errors import WorkbenchError
-from workbench.generate import generate, generate_at_strengths
 from workbench.forward import batch_logits
+from workbench.generate import generate, generate_at_strengths
 from workbench.hooks import Capture
 from workbench.interventions import AddDirection
 from workbench.metrics import continuation_perplexity, kl_divergence
@@ -122,16 +122,23 @@ def residual_norms(model: HookedModel, texts: "list[str]", sites: "list[HookSite
     return {s.layer: sums.out[s] / count for s in sites}
 
 
-def run(model: HookedModel, cfg: Config = Config(), *, directions: "DirectionSet | None" = None,
-        name: str = "", progress: bool = True) -> Result:
+def run(
+    model: HookedModel,
+    cfg: Config = Config(),
+    *,
+    directions: "DirectionSet | None" = None,
+    name: str = "",
+    progress: bool = True,
+) -> Result:
     """Sweep layers x strengths for ``cfg.attribute`` on ``model`` (see the module docstring)."""
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
     n_layers = model.cfg.n_layers
     layers = list(cfg.layers) if cfg.layers is not None else list(range(n_layers))
-    ds = directions or directions_for(model, cfg.attribute, cfg.source, cfg.target, cfg.n_pairs, cfg.seed,
-                                      cfg.kind, cfg.position)
+    ds = directions or directions_for(
+        model, cfg.attribute, cfg.source, cfg.target, cfg.n_pairs, cfg.seed, cfg.kind, cfg.position
+    )
     texts = [p.text for p in steer_prompts(cfg.attribute, cfg.source, cfg.n_prompts, cfg.seed + 1)]
     t0 = time.perf_counter()
     with torch.no_grad():
@@ -143,43 +150,74 @@ def run(model: HookedModel, cfg: Config = Config(), *, directions: "DirectionSet
         d = ds.at(layer, cfg.kind)
         t0 = time.perf_counter()
         with torch.no_grad():
-            gens = generate_at_strengths(model, texts, AddDirection(d.site, d.vector, 1.0), list(cfg.strengths),
-                                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                         seed=cfg.seed)
+            gens = generate_at_strengths(
+                model,
+                texts,
+                AddDirection(d.site, d.vector, 1.0),
+                list(cfg.strengths),
+                max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature,
+                seed=cfg.seed,
+            )
         t_generate += time.perf_counter() - t0
         dnorm = float(d.vector.norm())
         for s, g in zip(cfg.strengths, gens):
             sc = score(list(g.texts), cfg.attribute, cfg.target, texts)
             full = [join(p, c) for p, c in zip(texts, g.texts)]
             kl = 0.0 if s == 0 else kl_divergence(model, full, AddDirection(d.site, d.vector, s))
-            cells.append({
-                "layer": layer, "depth": round((layer + 1) / n_layers, 4), "strength": s,
-                "relative_strength": round(s * dnorm / norms[layer], 4),
-                "target_rate": sc.target_rate, "source_rate": sc.labels[cfg.attribute].get(cfg.source, 0.0),
-                "grammaticality": sc.grammaticality, "kl": round(kl, 5),
-                "perplexity": round(continuation_perplexity(model, texts, list(g.texts)), 4),
-            })
+            cells.append(
+                {
+                    "layer": layer,
+                    "depth": round((layer + 1) / n_layers, 4),
+                    "strength": s,
+                    "relative_strength": round(s * dnorm / norms[layer], 4),
+                    "target_rate": sc.target_rate,
+                    "source_rate": sc.labels[cfg.attribute].get(cfg.source, 0.0),
+                    "grammaticality": sc.grammaticality,
+                    "kl": round(kl, 5),
+                    "perplexity": round(continuation_perplexity(model, texts, list(g.texts)), 4),
+                }
+            )
             examples[f"{layer}:{s}"] = g.texts[0]
-    reading = [{"layer": d.site.layer, "depth": round((d.site.layer + 1) / n_layers, 4),
-                "probe_accuracy": d.quality.probe_accuracy, "auroc": d.quality.auroc,
-                "effect_size": d.quality.effect_size, "direction_norm": round(float(d.vector.norm()), 4),
-                "residual_norm": round(norms[d.site.layer], 4) if d.site.layer in norms else None}
-               for d in ds.directions if d.site.kind == cfg.kind]
+    reading = [
+        {
+            "layer": d.site.layer,
+            "depth": round((d.site.layer + 1) / n_layers, 4),
+            "probe_accuracy": d.quality.probe_accuracy,
+            "auroc": d.quality.auroc,
+            "effect_size": d.quality.effect_size,
+            "direction_norm": round(float(d.vector.norm()), 4),
+            "residual_norm": round(norms[d.site.layer], 4) if d.site.layer in norms else None,
+        }
+        for d in ds.directions
+        if d.site.kind == cfg.kind
+    ]
     total = time.perf_counter() - t_start
-    cost = {"seconds_total": round(total, 2), "seconds_generation": round(t_generate, 2),
-            "seconds_unsteered_pass": round(t_unsteered, 3), "cells": len(cells),
-            "ratio_total_to_unsteered": round(total / t_unsteered, 2),
-            "ratio_generation_to_unsteered": round(t_generate / t_unsteered, 2),
-            "ratio_generation_per_cell": round(t_generate / t_unsteered / len(cells), 3)}
+    cost = {
+        "seconds_total": round(total, 2),
+        "seconds_generation": round(t_generate, 2),
+        "seconds_unsteered_pass": round(t_unsteered, 3),
+        "cells": len(cells),
+        "ratio_total_to_unsteered": round(total / t_unsteered, 2),
+        "ratio_generation_to_unsteered": round(t_generate / t_unsteered, 2),
+        "ratio_generation_per_cell": round(t_generate / t_unsteered / len(cells), 3),
+    }
     fp = models.fingerprint(model)
     config = {**asdict(cfg), "layers": layers}
-    return Result(config, {"name": name, "n_layers": n_layers, "d_model": model.cfg.d_model, "fingerprint": fp.to_dict()},
-                  cells, reading, best_cell(cells, cfg.grammar_floor, cfg.kl_bound), cost, examples)
+    return Result(
+        config,
+        {"name": name, "n_layers": n_layers, "d_model": model.cfg.d_model, "fingerprint": fp.to_dict()},
+        cells,
+        reading,
+        best_cell(cells, cfg.grammar_floor, cfg.kl_bound),
+        cost,
+        examples,
+    )
 
 
 def plot(result: "Result | dict") -> dict:
-    """Figures: layer x strength maps (behaviour beside grammaticality on one scale; KL), behaviour vs relative strength per depth,
-    and the reading side (probe accuracy / AUROC per layer)."""
+    """Figures: layer x strength maps (behaviour beside grammaticality on one scale; KL), behaviour vs relative
+    strength per depth, and the reading side (probe accuracy / AUROC per layer)."""
     from workbench.plotting import heatmap_grid, lines
 
     r = result.to_dict() if isinstance(result, Result) else result
@@ -191,19 +229,39 @@ def plot(result: "Result | dict") -> dict:
     who = r["model"].get("name") or r["model"]["fingerprint"]["architecture"]
     maps = heatmap_grid(
         [(f"{c['target']} rate", grid("target_rate")), ("grammaticality", grid("grammaticality"))],
-        strengths, layers, title=f"{who}: steering {c['attribute']} {c['source']} -> {c['target']} ({c['kind']})",
-        x_title="strength (x mean pair difference)", y_title="layer", scale=("Viridis", 0.0, 1.0))
-    kl = heatmap_grid([("KL(unsteered || steered), nats/token", grid("kl"), "Magma", None)], strengths, layers,
-                      title=f"{who}: fluency cost of steering {c['attribute']}",
-                      x_title="strength (x mean pair difference)", y_title="layer")
-    rel = lines({f"depth {at[(layer, strengths[0])]['depth']:.2f} (L{layer})":
-                 ([at[(layer, s)]["relative_strength"] for s in strengths],
-                  [at[(layer, s)]["target_rate"] for s in strengths]) for layer in layers},
-                title=f"{who}: {c['target']} rate vs strength relative to the residual norm",
-                x_title="strength x |direction| / mean residual norm", y_title=f"{c['target']} rate")
-    reading = lines({k: ([x["layer"] for x in r["reading"]], [x[k] for x in r["reading"]])
-                     for k in ("probe_accuracy", "auroc")},
-                    title=f"{who}: reading {c['attribute']} per layer (held-out)", x_title="layer", y_title="score")
+        strengths,
+        layers,
+        title=f"{who}: steering {c['attribute']} {c['source']} -> {c['target']} ({c['kind']})",
+        x_title="strength (x mean pair difference)",
+        y_title="layer",
+        scale=("Viridis", 0.0, 1.0),
+    )
+    kl = heatmap_grid(
+        [("KL(unsteered || steered), nats/token", grid("kl"), "Magma", None)],
+        strengths,
+        layers,
+        title=f"{who}: fluency cost of steering {c['attribute']}",
+        x_title="strength (x mean pair difference)",
+        y_title="layer",
+    )
+    rel = lines(
+        {
+            f"depth {at[(layer, strengths[0])]['depth']:.2f} (L{layer})": (
+                [at[(layer, s)]["relative_strength"] for s in strengths],
+                [at[(layer, s)]["target_rate"] for s in strengths],
+            )
+            for layer in layers
+        },
+        title=f"{who}: {c['target']} rate vs strength relative to the residual norm",
+        x_title="strength x |direction| / mean residual norm",
+        y_title=f"{c['target']} rate",
+    )
+    reading = lines(
+        {k: ([x["layer"] for x in r["reading"]], [x[k] for x in r["reading"]]) for k in ("probe_accuracy", "auroc")},
+        title=f"{who}: reading {c['attribute']} per layer (held-out)",
+        x_title="layer",
+        y_title="score",
+    )
     return {"layer_sweep_maps": maps, "layer_sweep_kl": kl, "layer_sweep_relative": rel, "layer_sweep_reading": reading}
 
 
@@ -211,28 +269,38 @@ def section(r: dict) -> Section:
     """The report's section: the best cell with its interval, where the property reads best, the sweep's cost."""
     c, b = r["config"], r["best"]
     n = c["n_prompts"]
-    best = ("no steering cell passes: none beats the unsteered rate within the fluency bound" if b is None else
-            f"the best cell is layer {b['layer']} (relative depth {b['depth']:.2f}) at strength {b['strength']:g} "
-            f"({b['relative_strength']:.2f} of the residual norm): {c['target']} rate {rate_ci(b['target_rate'], n)} "
-            f"at grammaticality {b['grammaticality']:.2f} and KL {b['kl']:.3f} nats/token")
+    best = (
+        "no steering cell passes: none beats the unsteered rate within the fluency bound"
+        if b is None
+        else f"the best cell is layer {b['layer']} (relative depth {b['depth']:.2f}) at strength {b['strength']:g} "
+        f"({b['relative_strength']:.2f} of the residual norm): {c['target']} rate {rate_ci(b['target_rate'], n)} "
+        f"at grammaticality {b['grammaticality']:.2f} and KL {b['kl']:.3f} nats/token"
+    )
     reading = max(r["reading"], key=lambda x: x["probe_accuracy"] or 0)
-    text = (f"Steering {c['attribute']} from {c['source']} to {c['target']} on {who(r)} over "
-            f"{len(set(x['layer'] for x in r['cells']))} layers x {len(c['strengths'])} strengths ({n} prompts per "
-            f"cell): {best}. The property reads best at layer {reading['layer']} (held-out probe accuracy "
-            f"{reading['probe_accuracy']:.2f}). All generations of the sweep cost "
-            f"{r['cost']['ratio_generation_to_unsteered']}x one unsteered generation pass.")
+    text = (
+        f"Steering {c['attribute']} from {c['source']} to {c['target']} on {who(r)} over "
+        f"{len(set(x['layer'] for x in r['cells']))} layers x {len(c['strengths'])} strengths ({n} prompts per "
+        f"cell): {best}. The property reads best at layer {reading['layer']} (held-out probe accuracy "
+        f"{reading['probe_accuracy']:.2f}). All generations of the sweep cost "
+        f"{r['cost']['ratio_generation_to_unsteered']}x one unsteered generation pass."
+    )
     return Section(Result.KIND, f"Layer sensitivity: {c['attribute']} ({who(r)})", text, plot(r), 10)
 
 
 def summary(result: Result) -> str:
     b, c, cfg = result.best, result.cost, result.config
-    lines = [f"layer sweep of {cfg['attribute']} on {result.model['name']}: {len(result.cells)} cells in "
-             f"{c['seconds_total']} s ({c['ratio_generation_to_unsteered']}x one unsteered generation pass for all "
-             f"generations)"]
-    lines.append("best cell: none within the fluency bound" if b is None else
-                 f"best cell: layer {b['layer']} (depth {b['depth']}), strength {b['strength']} (relative "
-                 f"{b['relative_strength']}): {cfg['target']} rate {b['target_rate']:.2f}, grammaticality "
-                 f"{b['grammaticality']:.2f}, KL {b['kl']:.3f}")
+    lines = [
+        f"layer sweep of {cfg['attribute']} on {result.model['name']}: {len(result.cells)} cells in "
+        f"{c['seconds_total']} s ({c['ratio_generation_to_unsteered']}x one unsteered generation pass for all "
+        f"generations)"
+    ]
+    lines.append(
+        "best cell: none within the fluency bound"
+        if b is None
+        else f"best cell: layer {b['layer']} (depth {b['depth']}), strength {b['strength']} (relative "
+        f"{b['relative_strength']}): {cfg['target']} rate {b['target_rate']:.2f}, grammaticality "
+        f"{b['grammaticality']:.2f}, KL {b['kl']:.3f}"
+    )
     return "\n".join(lines)
 
 
@@ -240,5 +308,15 @@ def execute(ctx: Context, cfg: Config) -> Result:
     return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
 
 
-STUDY = register(Study("layer-sweep", "behaviour and fluency cost over layers x strengths", Config, Result,
-                       execute, plot, section, summary))
+STUDY = register(
+    Study(
+        "layer-sweep",
+        "behaviour and fluency cost over layers x strengths",
+        Config,
+        Result,
+        execute,
+        plot,
+        section,
+        summary,
+    )
+)

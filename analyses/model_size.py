@@ -82,21 +82,43 @@ def run(named_models: "dict[str, HookedModel]", cfg: Config = Config(), *, progr
         norm = layer_sweep.residual_norms(model, texts, [HookSite(layer)])[layer]
         vnorm = float(ds.at(layer).vector.norm())
         strengths = tuple(rs * norm / vnorm for rs in cfg.relative_strengths)
-        sweep = layer_sweep.run(model, layer_sweep.Config(cfg.attribute, cfg.source, cfg.target, layers=(layer,),
-                                                          strengths=strengths, n_prompts=cfg.n_prompts,
-                                                          max_new_tokens=cfg.max_new_tokens, seed=cfg.seed),
-                                directions=ds, name=name, progress=progress)
+        sweep = layer_sweep.run(
+            model,
+            layer_sweep.Config(
+                cfg.attribute,
+                cfg.source,
+                cfg.target,
+                layers=(layer,),
+                strengths=strengths,
+                n_prompts=cfg.n_prompts,
+                max_new_tokens=cfg.max_new_tokens,
+                seed=cfg.seed,
+            ),
+            directions=ds,
+            name=name,
+            progress=progress,
+        )
         cells = sorted(sweep.cells, key=lambda c: c["strength"])
         base = next(c for c in cells if c["strength"] == 0)
         rel = [c["relative_strength"] for c in cells]
-        out.append({
-            "name": name, "fingerprint": models.fingerprint(model).to_dict(), "n_layers": n,
-            "d_model": model.cfg.d_model, "layer": layer,
-            "depth": round((layer + 1) / n, 3), "residual_norm": norm, "direction_norm": vnorm, "cells": cells,
-            "slopes": {"kl": slope(rel, [c["kl"] for c in cells]),
-                       "perplexity": slope(rel, [c["perplexity"] - base["perplexity"] for c in cells]),
-                       "grammaticality_drop": slope(rel, [base["grammaticality"] - c["grammaticality"] for c in cells])},
-        })
+        out.append(
+            {
+                "name": name,
+                "fingerprint": models.fingerprint(model).to_dict(),
+                "n_layers": n,
+                "d_model": model.cfg.d_model,
+                "layer": layer,
+                "depth": round((layer + 1) / n, 3),
+                "residual_norm": norm,
+                "direction_norm": vnorm,
+                "cells": cells,
+                "slopes": {
+                    "kl": slope(rel, [c["kl"] for c in cells]),
+                    "perplexity": slope(rel, [c["perplexity"] - base["perplexity"] for c in cells]),
+                    "grammaticality_drop": slope(rel, [base["grammaticality"] - c["grammaticality"] for c in cells]),
+                },
+            }
+        )
     return Result(asdict(cfg), out, {"seconds": round(time.perf_counter() - t0, 1)})
 
 
@@ -106,22 +128,39 @@ def plot(result: "Result | dict") -> dict:
     r = result.to_dict() if isinstance(result, Result) else result
     a = r["config"]["attribute"]
     figs = {}
-    for key, label in (("kl", "KL(unsteered || steered) per token"), ("perplexity", "continuation perplexity"),
-                       ("grammaticality", "grammaticality"), ("target_rate", f"{r['config']['target']} rate")):
+    for key, label in (
+        ("kl", "KL(unsteered || steered) per token"),
+        ("perplexity", "continuation perplexity"),
+        ("grammaticality", "grammaticality"),
+        ("target_rate", f"{r['config']['target']} rate"),
+    ):
         figs[f"model_size_{key}"] = lines(
-            {f"{m['name']} ({m['n_layers']} x {m['d_model']}, L{m['layer']})":
-             ([c["relative_strength"] for c in m["cells"]], [c[key] for c in m["cells"]]) for m in r["models"]},
-            title=f"{a}: {label} vs strength relative to the residual norm", x_title="relative strength",
-            y_title=label)
+            {
+                f"{m['name']} ({m['n_layers']} x {m['d_model']}, L{m['layer']})": (
+                    [c["relative_strength"] for c in m["cells"]],
+                    [c[key] for c in m["cells"]],
+                )
+                for m in r["models"]
+            },
+            title=f"{a}: {label} vs strength relative to the residual norm",
+            x_title="relative strength",
+            y_title=label,
+        )
     return figs
 
 
 def section(r: dict) -> Section:
     """The report's section: fluency harm per unit of relative strength, per model."""
-    parts = [f"{m['name']} KL slope {m['slopes']['kl']:.3f}, grammaticality-drop slope "
-             f"{m['slopes']['grammaticality_drop']:.3f}" for m in r["models"]]
-    text = (f"{r['config']['attribute']}: harm per unit of strength relative to the residual norm: "
-            + "; ".join(parts) + ".")
+    parts = [
+        f"{m['name']} KL slope {m['slopes']['kl']:.3f}, grammaticality-drop slope "
+        f"{m['slopes']['grammaticality_drop']:.3f}"
+        for m in r["models"]
+    ]
+    text = (
+        f"{r['config']['attribute']}: harm per unit of strength relative to the residual norm: "
+        + "; ".join(parts)
+        + "."
+    )
     return Section(Result.KIND, f"Fluency harm across sizes: {r['config']['attribute']}", text, plot(r), 42)
 
 
@@ -129,8 +168,10 @@ def summary(r: Result) -> str:
     lines = [f"model size, {r.config['attribute']}, depth {r.config['depth']}: harm slopes per unit relative strength"]
     for x in r.models:
         sl = x["slopes"]
-        lines.append(f"  {x['name']:<6} L{x['layer']}  KL {sl['kl']:.3f}  perplexity {sl['perplexity']:.3f}  "
-                     f"grammaticality drop {sl['grammaticality_drop']:.3f}")
+        lines.append(
+            f"  {x['name']:<6} L{x['layer']}  KL {sl['kl']:.3f}  perplexity {sl['perplexity']:.3f}  "
+            f"grammaticality drop {sl['grammaticality_drop']:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -138,5 +179,16 @@ def execute(ctx: Context, cfg: Config) -> Result:
     return run({name: ctx.load(name) for name in cfg.models}, cfg, progress=ctx.progress)
 
 
-STUDY = register(Study("model-size", "fluency harm vs relative strength across models", Config, Result, execute,
-                       plot, section, summary, needs_model=False))
+STUDY = register(
+    Study(
+        "model-size",
+        "fluency harm vs relative strength across models",
+        Config,
+        Result,
+        execute,
+        plot,
+        section,
+        summary,
+        needs_model=False,
+    )
+)

@@ -22,8 +22,8 @@ from workbench.errors import WorkbenchError
 from workbench.metrics import mean_ci
 from workbench.models import HookedModel
 from workbench.report.sections import Section, who
-from workbench.studies import Context, Study, StudyResult, register
 from workbench.sites import HookSite
+from workbench.studies import Context, Study, StudyResult, register
 from workbench.toy.measure import steer_prompts
 from workbench.toy.prompts import contrast_pairs
 
@@ -86,16 +86,27 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    cell = steer_cell(model, name, cfg.attribute, cfg.source, cfg.target, layer=cfg.layer, strength=cfg.strength,
-                      seed=cfg.seed)
+    cell = steer_cell(
+        model, name, cfg.attribute, cfg.source, cfg.target, layer=cfg.layer, strength=cfg.strength, seed=cfg.seed
+    )
     pool = contrast_pairs(cfg.attribute, cfg.target, cfg.source, n=cfg.pool, seed=cfg.seed + 100)
     site = HookSite(cell.layer, cell.kind)
     acts = collect_pairs(model, pool, [site], position="last", progress=False)
     diffs = (acts.positive[0] - acts.negative[0]).float()  # [pool, d]
     full = diffs.mean(0)
     texts = [p.text for p in steer_prompts(cfg.attribute, cfg.source, cfg.n_prompts, cfg.seed + 1)]
-    rate = lambda v: target_rate(model, texts, cfg.attribute, cfg.target, cell.intervention(v),  # noqa: E731
-                                 max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
+
+    def rate(v: torch.Tensor) -> float:
+        return target_rate(
+            model,
+            texts,
+            cfg.attribute,
+            cfg.target,
+            cell.intervention(v),
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed,
+        )
+
     base = target_rate(model, texts, cfg.attribute, cfg.target, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     full_effect = rate(full) - base
     rng = random.Random(cfg.seed)
@@ -107,13 +118,28 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
             cos.append(float(torch.nn.functional.cosine_similarity(v, full, dim=0)))
             eff.append(rate(v) - base)
         (cm, cci), (em, eci) = mean_ci(cos), mean_ci(eff)
-        rows.append({"n": n, "cosine_mean": cm, "cosine_ci": cci, "effect_mean": em, "effect_ci": eci,
-                     "cosines": cos, "effects": eff})
+        rows.append(
+            {
+                "n": n,
+                "cosine_mean": cm,
+                "cosine_ci": cci,
+                "effect_mean": em,
+                "effect_ci": eci,
+                "cosines": cos,
+                "effects": eff,
+            }
+        )
     fp = models.fingerprint(model)
-    return Result(asdict(cfg), {"name": name, "fingerprint": fp.to_dict()},
-                  {"layer": cell.layer, "kind": cell.kind, "strength": cell.strength}, base,
-                  {"n": cfg.pool, "effect": full_effect}, rows, saturation(rows, full_effect),
-                  {"seconds": round(time.perf_counter() - t0, 1)})
+    return Result(
+        asdict(cfg),
+        {"name": name, "fingerprint": fp.to_dict()},
+        {"layer": cell.layer, "kind": cell.kind, "strength": cell.strength},
+        base,
+        {"n": cfg.pool, "effect": full_effect},
+        rows,
+        saturation(rows, full_effect),
+        {"seconds": round(time.perf_counter() - t0, 1)},
+    )
 
 
 def plot(result: "Result | dict") -> dict:
@@ -122,11 +148,16 @@ def plot(result: "Result | dict") -> dict:
     r = result.to_dict() if isinstance(result, Result) else result
     ns = [x["n"] for x in r["rows"]]
     who, a = r["model"].get("name") or "model", r["config"]["attribute"]
-    fig = lines({"effect (target rate - unsteered)": (ns, [x["effect_mean"] for x in r["rows"]]),
-                 "cosine to the full-pool direction": (ns, [x["cosine_mean"] for x in r["rows"]]),
-                 f"full pool ({r['full']['n']} pairs) effect": (ns, [r["full"]["effect"]] * len(ns))},
-                title=f"{who}: {a} steering vs number of pairs (mean of {r['config']['resamples']} draws)",
-                x_title="pairs", y_title="effect / cosine")
+    fig = lines(
+        {
+            "effect (target rate - unsteered)": (ns, [x["effect_mean"] for x in r["rows"]]),
+            "cosine to the full-pool direction": (ns, [x["cosine_mean"] for x in r["rows"]]),
+            f"full pool ({r['full']['n']} pairs) effect": (ns, [r["full"]["effect"]] * len(ns)),
+        },
+        title=f"{who}: {a} steering vs number of pairs (mean of {r['config']['resamples']} draws)",
+        x_title="pairs",
+        y_title="effect / cosine",
+    )
     fig.update_xaxes(type="log")
     return {"sample_size": fig}
 
@@ -134,20 +165,29 @@ def plot(result: "Result | dict") -> dict:
 def section(r: dict) -> Section:
     """The report's section: the full-pool effect and where returns diminish."""
     sat = r["saturation_n"]
-    text = (f"{r['config']['attribute']} on {who(r)} at layer {r['site']['layer']} x{r['site']['strength']:g}: the "
-            f"full {r['full']['n']}-pair direction moves the target rate by {r['full']['effect']:+.2f}; "
-            + ("no N reached 90% of it with cosine >= 0.9." if sat is None else
-               f"returns diminish at N = {sat} pairs (mean effect >= 90% of the full effect, cosine >= 0.9; "
-               f"{r['config']['resamples']} draws per N)."))
+    text = (
+        f"{r['config']['attribute']} on {who(r)} at layer {r['site']['layer']} x{r['site']['strength']:g}: the "
+        f"full {r['full']['n']}-pair direction moves the target rate by {r['full']['effect']:+.2f}; "
+        + (
+            "no N reached 90% of it with cosine >= 0.9."
+            if sat is None
+            else f"returns diminish at N = {sat} pairs (mean effect >= 90% of the full effect, cosine >= 0.9; "
+            f"{r['config']['resamples']} draws per N)."
+        )
+    )
     return Section(Result.KIND, f"Sample size: {r['config']['attribute']} ({who(r)})", text, plot(r), 40)
 
 
 def summary(r: Result) -> str:
-    lines = [f"sample size, {r.config['attribute']} on {r.model['name']} (L{r.site['layer']} x{r.site['strength']:g}): "
-             f"full-pool effect {r.full['effect']:+.3f}; saturation N = {r.saturation_n}"]
+    lines = [
+        f"sample size, {r.config['attribute']} on {r.model['name']} (L{r.site['layer']} x{r.site['strength']:g}): "
+        f"full-pool effect {r.full['effect']:+.3f}; saturation N = {r.saturation_n}"
+    ]
     for x in r.rows:
-        lines.append(f"  N={x['n']:<4} effect {x['effect_mean']:+.3f} [{x['effect_ci'][0]:+.3f}, "
-                     f"{x['effect_ci'][1]:+.3f}]  cosine {x['cosine_mean']:.3f}")
+        lines.append(
+            f"  N={x['n']:<4} effect {x['effect_mean']:+.3f} [{x['effect_ci'][0]:+.3f}, "
+            f"{x['effect_ci'][1]:+.3f}]  cosine {x['cosine_mean']:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -155,5 +195,8 @@ def execute(ctx: Context, cfg: Config) -> Result:
     return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
 
 
-STUDY = register(Study("sample-size", "steering effect and cosine vs number of pairs", Config, Result, execute, plot,
-                       section, summary))
+STUDY = register(
+    Study(
+        "sample-size", "steering effect and cosine vs number of pairs", Config, Result, execute, plot, section, summary
+    )
+)

@@ -24,8 +24,10 @@ def run_all(out: Path, names: "list[str]") -> None:
     for name in names:
         model = models.load(name)
         for attribute in STEER_TARGETS:
-            once(out / f"{name}-{attribute}-layer_sweep.json",  # resumable: finished results are kept
-                 lambda: layer_sweep.run(model, layer_sweep.Config(attribute), name=name))
+            once(
+                out / f"{name}-{attribute}-layer_sweep.json",  # resumable: finished results are kept
+                lambda: layer_sweep.run(model, layer_sweep.Config(attribute), name=name),
+            )
             once(out / f"{name}-{attribute}-heads.json", lambda: heads.run(model, heads.Config(attribute), name=name))
     (out / "SUMMARY.md").write_text(summary_markdown(out, names))
 
@@ -35,26 +37,33 @@ def _head(cells: list) -> str:
 
 
 def summary_markdown(folder: Path, names: "list[str]") -> str:
-    rows = ["| model | attribute | best layer (depth), strength (relative) | target rate / gram / KL | probe acc by layer "
-            "| direct attribution | patching (gap fraction) | attribution patching | attr. vs patching r | "
-            "head steering (log-odds change) | best sampled head steering | sweep cost (x unsteered pass) |",
-            "|---" * 12 + "|"]
+    rows = [
+        "| model | attribute | best layer (depth), strength (relative) | target rate / gram / KL | probe acc by layer "
+        "| direct attribution | patching (gap fraction) | attribution patching | attr. vs patching r | "
+        "head steering (log-odds change) | best sampled head steering | sweep cost (x unsteered pass) |",
+        "|---" * 12 + "|",
+    ]
     for name in names:
         for attribute in STEER_TARGETS:
             s = json.loads((folder / f"{name}-{attribute}-layer_sweep.json").read_text())
             h = json.loads((folder / f"{name}-{attribute}-heads.json").read_text())
             b = s["best"]
-            best = "none within the floor" if b is None else (
-                f"L{b['layer']} ({b['depth']:.2f}), x{b['strength']:g} ({b['relative_strength']:.2f})")
+            best = (
+                "none within the floor"
+                if b is None
+                else (f"L{b['layer']} ({b['depth']:.2f}), x{b['strength']:g} ({b['relative_strength']:.2f})")
+            )
             rate = "-" if b is None else f"{b['target_rate']:.2f} / {b['grammaticality']:.2f} / {b['kl']:.2f}"
             probe = " ".join(f"{x['probe_accuracy']:.2f}" for x in s["reading"])
             hs = h["steering"].get("best")
             sampled = "-" if not hs else f"L{hs['layer']}H{hs['head']} x{hs['strength']:g}: {hs['target_rate']:.2f}"
-            rows.append(f"| {name} | {attribute} | {best} | {rate} | {probe} | {_head(h['top']['direct'])} | "
-                        f"{_head(h['top']['patching'])} | {_head(h['top']['attribution'])} | "
-                        f"{h['agreement']['pearson']:.2f} | {_head(h['top']['steering'])} | {sampled} | "
-                        f"{s['cost']['ratio_generation_to_unsteered']:.1f} ({s['cost']['cells']} cells; "
-                        f"{s['cost']['ratio_total_to_unsteered']:.0f} with scoring) |")
+            rows.append(
+                f"| {name} | {attribute} | {best} | {rate} | {probe} | {_head(h['top']['direct'])} | "
+                f"{_head(h['top']['patching'])} | {_head(h['top']['attribution'])} | "
+                f"{h['agreement']['pearson']:.2f} | {_head(h['top']['steering'])} | {sampled} | "
+                f"{s['cost']['ratio_generation_to_unsteered']:.1f} ({s['cost']['cells']} cells; "
+                f"{s['cost']['ratio_total_to_unsteered']:.0f} with scoring) |"
+            )
     return "\n".join(rows) + "\n"
 
 

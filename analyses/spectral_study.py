@@ -104,19 +104,31 @@ class Result(StudyResult):
     cost: dict = field(default_factory=dict)
 
 
-def _fit(model: HookedModel, demos: list, sites: "list[HookSite]", ratio: float, feature: str,
-         center: bool) -> dict:
+def _fit(model: HookedModel, demos: list, sites: "list[HookSite]", ratio: float, feature: str, center: bool) -> dict:
     prompts_ = [d[0] for d in demos]
     greedy = last_logits(model, prompts_).argmax(-1).tolist()
     tok = model.tokenizer
-    texts = {"base": [p + " " + tok.decode([g]).strip() for p, g in zip(prompts_, greedy)],
-             "pos": [d[0] + " " + d[1] for d in demos], "neg": [d[0] + " " + d[2] for d in demos]}
+    texts = {
+        "base": [p + " " + tok.decode([g]).strip() for p, g in zip(prompts_, greedy)],
+        "pos": [d[0] + " " + d[1] for d in demos],
+        "neg": [d[0] + " " + d[2] for d in demos],
+    }
     acts = {}
     for k, ts in texts.items():
         seqs = [tokenize(model, t) for t in ts]
         acts[k] = collect(model, seqs, [(len(s) - 1, len(s)) for s in seqs], sites, progress=False)
-    return {s: fit_layer(acts["base"][i], acts["pos"][i], acts["neg"][i], ratio_pos=ratio, ratio_neg=ratio,
-                         feature=feature, center=center) for i, s in enumerate(sites)}
+    return {
+        s: fit_layer(
+            acts["base"][i],
+            acts["pos"][i],
+            acts["neg"][i],
+            ratio_pos=ratio,
+            ratio_neg=ratio,
+            feature=feature,
+            center=center,
+        )
+        for i, s in enumerate(sites)
+    }
 
 
 def _edits(fits: dict, **kw) -> tuple:
@@ -154,7 +166,8 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
         steer = (AddDirection(d.site, d.vector, 1.0),)
     shots = [p.text for p in few_shot_prompts("truth", "honest", n=cfg.n_eval, shots=cfg.shots, seed=cfg.seed + 3)]
     methods = {
-        "unsteered": ((), None), "few-shot": ((), shots),
+        "unsteered": ((), None),
+        "few-shot": ((), shots),
         "SEA linear": (_edits(fits, combine="norm"), None),
         f"Phi-SEA ({cfg.phi_feature})": (_edits(fits_phi, combine="norm"), None),
         "SEA average (bakeable)": (_edits(fits, combine="average"), None),
@@ -171,26 +184,41 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
             g = generate(model, texts, *ivs, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
         sc = score(list(g.texts), "truth", "honest", texts)
         keep = keeps_attributes(model, cfg.n_control, cfg.max_new_tokens, cfg.seed + 5, *ivs) if ivs else None
-        rows.append({
-            "method": label,
-            "mc_liar": mc_truth(model, liar, ivs, prefix),
-            "mc_honest": mc_truth(model, honest, ivs, prefix and shots),
-            "open_factual_accuracy": sc.factual_accuracy, "open_grammaticality": sc.grammaticality,
-            "perplexity": round(perplexity(model, docs, *ivs), 4),
-            "keeps_attributes": None if keep is None else keep["consistency"],
-        })
+        rows.append(
+            {
+                "method": label,
+                "mc_liar": mc_truth(model, liar, ivs, prefix),
+                "mc_honest": mc_truth(model, honest, ivs, prefix and shots),
+                "open_factual_accuracy": sc.factual_accuracy,
+                "open_grammaticality": sc.grammaticality,
+                "perplexity": round(perplexity(model, docs, *ivs), 4),
+                "keeps_attributes": None if keep is None else keep["consistency"],
+            }
+        )
     by_demos = []
     for n in cfg.demo_counts:
         if n > len(demos):
             continue
         f = _fit(model, demos[:n], sites, cfg.ratio, "identity", cfg.center)
-        by_demos.append({"n_demos": n, **mc_truth(model, liar, _edits(f, combine="norm")),
-                         "k": {s.layer: list(p.k) for s, p in f.items()}})
+        by_demos.append(
+            {
+                "n_demos": n,
+                **mc_truth(model, liar, _edits(f, combine="norm")),
+                "k": {s.layer: list(p.k) for s, p in f.items()},
+            }
+        )
     fp = models.fingerprint(model)
-    return Result({**asdict(cfg), "layers": layers}, {"name": name, "n_layers": n_layers, "fingerprint": fp.to_dict()},
-                  rows, by_demos, {"k_linear": {s.layer: list(p.k) for s, p in fits.items()},
-                                   "k_phi": {s.layer: list(p.k) for s, p in fits_phi.items()}},
-                  {"seconds": round(time.perf_counter() - t0, 1)})
+    return Result(
+        {**asdict(cfg), "layers": layers},
+        {"name": name, "n_layers": n_layers, "fingerprint": fp.to_dict()},
+        rows,
+        by_demos,
+        {
+            "k_linear": {s.layer: list(p.k) for s, p in fits.items()},
+            "k_phi": {s.layer: list(p.k) for s, p in fits_phi.items()},
+        },
+        {"seconds": round(time.perf_counter() - t0, 1)},
+    )
 
 
 def plot(result: "Result | dict") -> dict:
@@ -200,12 +228,20 @@ def plot(result: "Result | dict") -> dict:
     r = result.to_dict() if isinstance(result, Result) else result
     who = r["model"].get("name") or "model"
     methods = [m["method"] for m in r["methods"]]
-    fig = bars({label: (methods, [m[key]["accuracy"] for m in r["methods"]], [m[key]["accuracy_ci"] for m in r["methods"]])
-                for key, label in (("mc_liar", "liar-persona items"), ("mc_honest", "honest-persona items"))},
-               title=f"{who}: truthful multiple-choice accuracy (95% Wilson intervals)", y_title="accuracy")
-    demos = lines({"linear SEA": ([x["n_demos"] for x in r["by_demos"]], [x["accuracy"] for x in r["by_demos"]])},
-                  title=f"{who}: accuracy on liar items vs number of demonstrations", x_title="demonstrations",
-                  y_title="MC accuracy")
+    fig = bars(
+        {
+            label: (methods, [m[key]["accuracy"] for m in r["methods"]], [m[key]["accuracy_ci"] for m in r["methods"]])
+            for key, label in (("mc_liar", "liar-persona items"), ("mc_honest", "honest-persona items"))
+        },
+        title=f"{who}: truthful multiple-choice accuracy (95% Wilson intervals)",
+        y_title="accuracy",
+    )
+    demos = lines(
+        {"linear SEA": ([x["n_demos"] for x in r["by_demos"]], [x["accuracy"] for x in r["by_demos"]])},
+        title=f"{who}: accuracy on liar items vs number of demonstrations",
+        x_title="demonstrations",
+        y_title="MC accuracy",
+    )
     demos.update_xaxes(type="log")
     return {"spectral_methods": fig, "spectral_demos": demos}
 
@@ -215,26 +251,36 @@ def section(r: dict) -> Section:
     rows = ["| method | MC accuracy, liar items [95% CI] | honest items | perplexity |", "|---|---|---|---|"]
     for m in r["methods"]:
         a = m["mc_liar"]
-        rows.append(f"| {m['method']} | {a['accuracy']:.2f} [{a['accuracy_ci'][0]:.2f}, {a['accuracy_ci'][1]:.2f}] | "
-                    f"{m['mc_honest']['accuracy']:.2f} | {m['perplexity']:.3f} |")
+        rows.append(
+            f"| {m['method']} | {a['accuracy']:.2f} [{a['accuracy_ci'][0]:.2f}, {a['accuracy_ci'][1]:.2f}] | "
+            f"{m['mc_honest']['accuracy']:.2f} | {m['perplexity']:.3f} |"
+        )
     base = r["methods"][0]["mc_liar"]["accuracy"]
     best = max(r["methods"], key=lambda m: m["mc_liar"]["accuracy"])
-    verdict = (f"no method lifts truthful multiple-choice accuracy on liar-persona items above the unsteered {base:.2f}"
-               if best["mc_liar"]["accuracy"] <= base else
-               f"the highest truthful multiple-choice accuracy on liar-persona items is {best['method']}'s "
-               f"{best['mc_liar']['accuracy']:.2f} (unsteered {base:.2f})")
-    text = (f"SEA on toy truthfulness, {who(r)}, edited layers {r['config']['layers']} ({r['config']['site']}): "
-            f"{verdict}.\n\n" + "\n".join(rows))
+    verdict = (
+        f"no method lifts truthful multiple-choice accuracy on liar-persona items above the unsteered {base:.2f}"
+        if best["mc_liar"]["accuracy"] <= base
+        else f"the highest truthful multiple-choice accuracy on liar-persona items is {best['method']}'s "
+        f"{best['mc_liar']['accuracy']:.2f} (unsteered {base:.2f})"
+    )
+    text = (
+        f"SEA on toy truthfulness, {who(r)}, edited layers {r['config']['layers']} ({r['config']['site']}): "
+        f"{verdict}.\n\n" + "\n".join(rows)
+    )
     return Section(Result.KIND, f"Spectral editing (SEA): {who(r)}", text, plot(r), 30)
 
 
 def summary(result: Result) -> str:
-    lines = [f"SEA study on {result.model['name']} ({result.cost['seconds']} s), edited layers "
-             f"{result.config['layers']} ({result.config['site']}); multiple-choice accuracy [95% CI]:"]
+    lines = [
+        f"SEA study on {result.model['name']} ({result.cost['seconds']} s), edited layers "
+        f"{result.config['layers']} ({result.config['site']}); multiple-choice accuracy [95% CI]:"
+    ]
     for m in result.methods:
         a, h = m["mc_liar"], m["mc_honest"]
-        lines.append(f"  {m['method']:<48} liar items {a['accuracy']:.2f} {a['accuracy_ci']}  honest items "
-                     f"{h['accuracy']:.2f}  perplexity {m['perplexity']:.3f}")
+        lines.append(
+            f"  {m['method']:<48} liar items {a['accuracy']:.2f} {a['accuracy_ci']}  honest items "
+            f"{h['accuracy']:.2f}  perplexity {m['perplexity']:.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -250,28 +296,47 @@ def _table_ci(x: dict) -> str:
 def table(results: "list[dict]") -> str:
     """The SEA study's tables, one per model (``analyses.spectral_study.Result`` as saved)."""
     cfg = results[0]["config"]
-    lines = [f"# SEA on toy truthfulness (`workbench analyze spectral`, defaults: {cfg['site']} of the last half of "
-             f"the blocks, ratio {cfg['ratio']}, {'centred' if cfg['center'] else 'uncentred'} fit, "
-             f"{cfg['n_demos']} demonstrations, {cfg['n_eval']} liar-persona and {cfg['n_eval']} honest-persona "
-             f"items)"]
+    lines = [
+        f"# SEA on toy truthfulness (`workbench analyze spectral`, defaults: {cfg['site']} of the last half of "
+        f"the blocks, ratio {cfg['ratio']}, {'centred' if cfg['center'] else 'uncentred'} fit, "
+        f"{cfg['n_demos']} demonstrations, {cfg['n_eval']} liar-persona and {cfg['n_eval']} honest-persona "
+        f"items)"
+    ]
     for r in results:
         fit = r["fit"]
-        lines += ["", f"## {r['model']['name']} (edited layers {r['config']['layers']}, k (k+, k-) per layer "
-                      f"{fit['k_linear']}, Phi-SEA k {fit['k_phi']}; {r['cost']['seconds']} s)", "",
-                  "| method | MC accuracy, liar items [95% CI] | liar-answer rate | MC accuracy, honest items [95% CI] "
-                  "| open-generation factual accuracy (liar items) | grammaticality | perplexity (corpus) "
-                  "| keeps sentiment/topic/register/language |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {r['model']['name']} (edited layers {r['config']['layers']}, k (k+, k-) per layer "
+            f"{fit['k_linear']}, Phi-SEA k {fit['k_phi']}; {r['cost']['seconds']} s)",
+            "",
+            "| method | MC accuracy, liar items [95% CI] | liar-answer rate | MC accuracy, honest items [95% CI] "
+            "| open-generation factual accuracy (liar items) | grammaticality | perplexity (corpus) "
+            "| keeps sentiment/topic/register/language |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for m in r["methods"]:
             keep = m["keeps_attributes"]
             keeps = "-" if keep is None else " / ".join(f"{keep[a]:.2f}" for a in ATTRIBUTES if a in keep)
-            lines.append(f"| {m['method']} | {_table_ci(m['mc_liar'])} | {m['mc_liar']['liar_rate']:.2f} | "
-                         f"{_table_ci(m['mc_honest'])} | {m['open_factual_accuracy']:.2f} | {m['open_grammaticality']:.2f} "
-                         f"| {m['perplexity']:.3f} | {keeps} |")
+            lines.append(
+                f"| {m['method']} | {_table_ci(m['mc_liar'])} | {m['mc_liar']['liar_rate']:.2f} | "
+                f"{_table_ci(m['mc_honest'])} | {m['open_factual_accuracy']:.2f} | {m['open_grammaticality']:.2f} "
+                f"| {m['perplexity']:.3f} | {keeps} |"
+            )
         by = ", ".join(f"{d['n_demos']}: {_table_ci(d)}" for d in r["by_demos"])
         lines += ["", f"Linear SEA vs number of demonstrations (MC accuracy on liar items): {by}"]
     return "\n".join(lines) + "\n"
 
 
-STUDY = register(Study("spectral", "SEA on toy truthfulness: linear / Phi-SEA vs few-shot and steering", Config,
-                       Result, execute, plot, section, summary, table=table))
+STUDY = register(
+    Study(
+        "spectral",
+        "SEA on toy truthfulness: linear / Phi-SEA vs few-shot and steering",
+        Config,
+        Result,
+        execute,
+        plot,
+        section,
+        summary,
+        table=table,
+    )
+)

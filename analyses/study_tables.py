@@ -39,8 +39,9 @@ def main(argv: "list[str] | None" = None) -> int:
     for folder in args.folders:
         path = Path(folder) / "result.json"
         if not path.is_file():
-            ap.error(f"{path} does not exist; run `workbench analyze {studies.get(args.study).name} --out {folder}` "
-                     f"first.")
+            ap.error(
+                f"{path} does not exist; run `workbench analyze {studies.get(args.study).name} --out {folder}` first."
+            )
         results.append(read_json(path))
     try:
         print(markdown(args.study, results), end="")

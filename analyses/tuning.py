@@ -19,7 +19,19 @@ opposite-sign steering, and perplexity / grammaticality changes. The dual-loss m
 checkpoint with ``tuning_card.json``.
 """
 
-__all__ = ["TuneConfig", "tune", "encode_items", "losses", "Config", "Result", "run", "plot", "section", "summary", "STUDY"]
+__all__ = [
+    "TuneConfig",
+    "tune",
+    "encode_items",
+    "losses",
+    "Config",
+    "Result",
+    "run",
+    "plot",
+    "section",
+    "summary",
+    "STUDY",
+]
 
 import math
 import random
@@ -73,7 +85,7 @@ def _batches(items: list, size: int, rng: random.Random):
     while True:
         rng.shuffle(order)
         for i in range(0, len(order) - size + 1, size):
-            yield [items[j] for j in order[i:i + size]]
+            yield [items[j] for j in order[i : i + size]]
 
 
 def encode_items(tok, items: list, device) -> tuple:
@@ -91,9 +103,12 @@ def losses(hf, batch, vectors: dict, cfg: TuneConfig) -> tuple:
     """Projection loss, token loss and mean cosine to the vectors of one ``encode_items`` batch."""
     tokens, mask, last, ans = batch
     acts = {}
-    hooks = [hf.model.layers[layer].register_forward_hook(
-        lambda m, i, o, layer=layer: acts.__setitem__(layer, o[0] if isinstance(o, tuple) else o))
-        for layer in cfg.layers]
+    hooks = [
+        hf.model.layers[layer].register_forward_hook(
+            lambda m, i, o, layer=layer: acts.__setitem__(layer, o[0] if isinstance(o, tuple) else o)
+        )
+        for layer in cfg.layers
+    ]
     try:
         logits = hf(input_ids=tokens, attention_mask=mask).logits
     finally:
@@ -101,9 +116,14 @@ def losses(hf, batch, vectors: dict, cfg: TuneConfig) -> tuple:
             h.remove()
     rows = torch.arange(tokens.shape[0], device=tokens.device)
     tok_loss = torch.nn.functional.cross_entropy(logits[rows, last].float(), ans)
-    cos = torch.stack([torch.nn.functional.cosine_similarity(acts[layer][rows, last].float(),
-                                                             cfg.sign * vectors[layer][None].to(tokens.device), dim=-1)
-                       for layer in cfg.layers])
+    cos = torch.stack(
+        [
+            torch.nn.functional.cosine_similarity(
+                acts[layer][rows, last].float(), cfg.sign * vectors[layer][None].to(tokens.device), dim=-1
+            )
+            for layer in cfg.layers
+        ]
+    )
     proj = ((1 - cos) / 2).mean() if cfg.mode == "in" else cos.abs().mean()
     return proj, tok_loss, float(cos.mean().detach())
 
@@ -118,8 +138,9 @@ def tune(hf, tok, train: list, val: list, vectors: dict, cfg: TuneConfig) -> dic
         p.requires_grad_(False)
     for p in vo + rest:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW([{"params": vo, "lr": cfg.lr_vo}, {"params": rest, "lr": cfg.lr_rest}], eps=1e-4,
-                            weight_decay=0.0)
+    opt = torch.optim.AdamW(
+        [{"params": vo, "lr": cfg.lr_vo}, {"params": rest, "lr": cfg.lr_rest}], eps=1e-4, weight_decay=0.0
+    )
     device = next(hf.parameters()).device
     val_batch = encode_items(tok, val, device)
     gen = _batches(train, cfg.batch_size, random.Random(cfg.seed))
@@ -128,9 +149,10 @@ def tune(hf, tok, train: list, val: list, vectors: dict, cfg: TuneConfig) -> dic
     for step in range(1, cfg.max_steps + 1):
         proj, tok_loss, cos = losses(hf, encode_items(tok, next(gen), device), vectors, cfg)
         opt.zero_grad(set_to_none=True)
-        g_tok = torch.autograd.grad(cfg.token_weight * tok_loss, vo + rest, allow_unused=True,
-                                    retain_graph=cfg.projection)
-        g_proj = (torch.autograd.grad(proj, vo, allow_unused=True) if cfg.projection else [None] * len(vo))
+        g_tok = torch.autograd.grad(
+            cfg.token_weight * tok_loss, vo + rest, allow_unused=True, retain_graph=cfg.projection
+        )
+        g_proj = torch.autograd.grad(proj, vo, allow_unused=True) if cfg.projection else [None] * len(vo)
         for i, p in enumerate(vo + rest):
             g = g_tok[i]
             if i < len(vo) and g_proj[i] is not None:
@@ -141,9 +163,17 @@ def tune(hf, tok, train: list, val: list, vectors: dict, cfg: TuneConfig) -> dic
             with torch.no_grad():
                 vp, vt, vc = losses(hf, val_batch, vectors, cfg)
             score = float(vp) if cfg.projection else float(vt)
-            trace.append({"step": step, "train_proj": float(proj.detach()), "train_token": float(tok_loss.detach()),
-                          "train_cos": cos,
-                          "val_proj": float(vp), "val_token": float(vt), "val_cos": vc})
+            trace.append(
+                {
+                    "step": step,
+                    "train_proj": float(proj.detach()),
+                    "train_token": float(tok_loss.detach()),
+                    "train_cos": cos,
+                    "val_proj": float(vp),
+                    "val_token": float(vt),
+                    "val_cos": vc,
+                }
+            )
             if score < best - 1e-5:
                 best, bad = score, 0
                 best_state = {k: v.detach().clone() for k, v in hf.state_dict().items()}
@@ -198,8 +228,16 @@ class Result(StudyResult):
 OOD = ("long", "no_persona", "qa")
 
 
-def _evaluate(model: HookedModel, label: str, eval_sets: dict, steer: tuple, oppose: tuple, docs: list,
-              n_gen: int, max_new_tokens: int) -> dict:
+def _evaluate(
+    model: HookedModel,
+    label: str,
+    eval_sets: dict,
+    steer: tuple,
+    oppose: tuple,
+    docs: list,
+    n_gen: int,
+    max_new_tokens: int,
+) -> dict:
     row = {"setting": label}
     for name, items in eval_sets.items():
         row[name] = mc_truth(model, items, steer)
@@ -212,8 +250,14 @@ def _evaluate(model: HookedModel, label: str, eval_sets: dict, steer: tuple, opp
     return row
 
 
-def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", out: "str | Path | None" = None,
-        progress: bool = True) -> Result:
+def run(
+    model: HookedModel,
+    cfg: Config = Config(),
+    *,
+    name: str = "",
+    out: "str | Path | None" = None,
+    progress: bool = True,
+) -> Result:
     """The comparison on toy truthfulness (module docstring); ``out`` receives the dual-loss tuned checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -224,9 +268,11 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", out: "str
     vectors = {layer: (ds.at(layer).vector / ds.at(layer).vector.norm()).float() for layer in layers}
     items = fact_items(cfg.n_train + cfg.n_val, None, cfg.seed + 50)
     data = [(text, honest) for text, honest, _, _ in items]
-    train, val = data[:cfg.n_train], data[cfg.n_train:]
-    eval_sets = {"liar_id": fact_items(cfg.n_eval, "liar", cfg.seed + 1),
-                 "honest_id": fact_items(cfg.n_eval, "honest", cfg.seed + 2)}
+    train, val = data[: cfg.n_train], data[cfg.n_train :]
+    eval_sets = {
+        "liar_id": fact_items(cfg.n_eval, "liar", cfg.seed + 1),
+        "honest_id": fact_items(cfg.n_eval, "honest", cfg.seed + 2),
+    }
     for fam in OOD:
         eval_sets[f"liar_{fam}"] = fact_items(cfg.n_eval, "liar", cfg.seed + 3, family=fam)
     docs = corpus_documents(40, seed=cfg.seed + 4)
@@ -238,23 +284,40 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", out: "str
     kw = {"n_gen": 60, "max_new_tokens": cfg.max_new_tokens}
     opposed = (cell.intervention(scale=-strength),)  # opposite-sign steering at the card's truth cell
     rows.append(_evaluate(model, "untuned", eval_sets, (), opposed, docs, **kw))
-    rows.append(_evaluate(model, f"online steering ({cell.kind} L{cell.layer} x{cell.strength:g})", eval_sets,
-                          (cell.intervention(),), opposed, docs, **kw))
+    rows.append(
+        _evaluate(
+            model,
+            f"online steering ({cell.kind} L{cell.layer} x{cell.strength:g})",
+            eval_sets,
+            (cell.intervention(),),
+            opposed,
+            docs,
+            **kw,
+        )
+    )
     tuned_dir = None
     for label, projection in (("token-only tuned", False), ("dual-loss tuned", True)):
         hf = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(str(src), local_files_only=True)
-        tcfg = TuneConfig(layers=layers, projection=projection, token_weight=cfg.token_weight,
-                          max_steps=cfg.max_steps, seed=cfg.seed)
+        tcfg = TuneConfig(
+            layers=layers, projection=projection, token_weight=cfg.token_weight, max_steps=cfg.max_steps, seed=cfg.seed
+        )
         training[label] = tune(hf, tok, train, val, vectors, tcfg)
         folder = Path(tempfile.mkdtemp(prefix="wb-tuned-")) / "model"
         with atomic_dir(folder) as tmp:
             hf.save_pretrained(str(tmp))
             tok.save_pretrained(str(tmp))
-            write_json(tmp / "tuning_card.json", {
-                "format": "workbench.tuned", "base_model": models.fingerprint(model).to_dict(), "setting": label,
-                "tune_config": asdict(tcfg), "direction": "truth: honest minus liar persona, unit, resid_post",
-                "training": training[label]})
+            write_json(
+                tmp / "tuning_card.json",
+                {
+                    "format": "workbench.tuned",
+                    "base_model": models.fingerprint(model).to_dict(),
+                    "setting": label,
+                    "tune_config": asdict(tcfg),
+                    "direction": "truth: honest minus liar persona, unit, resid_post",
+                    "training": training[label],
+                },
+            )
         tuned = models.load(folder, backend=backend)
         rows.append(_evaluate(tuned, label, eval_sets, (), opposed, docs, **kw))
         if projection:
@@ -272,9 +335,14 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", out: "str
     if tuned_dir is not None:
         shutil.rmtree(tuned_dir.parent, ignore_errors=True)
     fp = models.fingerprint(model)
-    return Result({**asdict(cfg), "layers": list(layers), "oppose_strength": strength},
-                  {"name": name, "fingerprint": fp.to_dict()}, rows, training, saved,
-                  {"seconds": round(time.perf_counter() - t0, 1)})
+    return Result(
+        {**asdict(cfg), "layers": list(layers), "oppose_strength": strength},
+        {"name": name, "fingerprint": fp.to_dict()},
+        rows,
+        training,
+        saved,
+        {"seconds": round(time.perf_counter() - t0, 1)},
+    )
 
 
 def plot(result: "Result | dict") -> dict:
@@ -282,10 +350,15 @@ def plot(result: "Result | dict") -> dict:
 
     r = result.to_dict() if isinstance(result, Result) else result
     keys = [k for k in r["settings"][0] if isinstance(r["settings"][0][k], dict)]
-    fig = bars({row["setting"]: (keys, [row[k]["accuracy"] for k in keys], [row[k]["accuracy_ci"] for k in keys])
-                for row in r["settings"]},
-               title=f"{r['model'].get('name') or 'model'}: truthful MC accuracy per setting (95% CI)",
-               y_title="accuracy", x_title="item set")
+    fig = bars(
+        {
+            row["setting"]: (keys, [row[k]["accuracy"] for k in keys], [row[k]["accuracy_ci"] for k in keys])
+            for row in r["settings"]
+        },
+        title=f"{r['model'].get('name') or 'model'}: truthful MC accuracy per setting (95% CI)",
+        y_title="accuracy",
+        x_title="item set",
+    )
     return {"tuning": fig}
 
 
@@ -294,26 +367,39 @@ def section(r: dict) -> Section:
     keys = [k for k in r["settings"][0] if isinstance(r["settings"][0][k], dict)]
     rows = ["| setting | " + " | ".join(keys) + " | perplexity | grammaticality |", "|---" * (len(keys) + 3) + "|"]
     for x in r["settings"]:
-        rows.append(f"| {x['setting']} | " + " | ".join(
-            f"{x[k]['accuracy']:.2f} [{x[k]['accuracy_ci'][0]:.2f}, {x[k]['accuracy_ci'][1]:.2f}]" for k in keys)
-            + f" | {x['perplexity']:.3f} | {x['grammaticality']:.2f} |")
+        rows.append(
+            f"| {x['setting']} | "
+            + " | ".join(
+                f"{x[k]['accuracy']:.2f} [{x[k]['accuracy_ci'][0]:.2f}, {x[k]['accuracy_ci'][1]:.2f}]" for k in keys
+            )
+            + f" | {x['perplexity']:.3f} | {x['grammaticality']:.2f} |"
+        )
     best = max(r["settings"], key=lambda x: x["liar_id"]["accuracy"])
-    text = (f"Representation tuning on {who(r)} (layers {r['config']['layers']}): truthful multiple-choice accuracy "
-            f"on liar-persona items is highest for {best['setting']} ({best['liar_id']['accuracy']:.2f}); columns are "
-            f"item sets (liar_* under the liar persona in each prompt family, *_opposed under opposite-sign "
-            f"steering).\n\n" + "\n".join(rows))
+    text = (
+        f"Representation tuning on {who(r)} (layers {r['config']['layers']}): truthful multiple-choice accuracy "
+        f"on liar-persona items is highest for {best['setting']} ({best['liar_id']['accuracy']:.2f}); columns are "
+        f"item sets (liar_* under the liar persona in each prompt family, *_opposed under opposite-sign "
+        f"steering).\n\n" + "\n".join(rows)
+    )
     return Section(Result.KIND, f"Representation tuning: {who(r)}", text, plot(r), 55)
 
 
 def summary(r: Result) -> str:
-    lines = [f"representation tuning on {r.model['name']}, layers {r.config['layers']} ({r.cost['seconds']} s); "
-             f"truthful MC accuracy [95% CI] on liar-persona items:"]
+    lines = [
+        f"representation tuning on {r.model['name']}, layers {r.config['layers']} ({r.cost['seconds']} s); "
+        f"truthful MC accuracy [95% CI] on liar-persona items:"
+    ]
     for row in r.settings:
         a = row["liar_id"]
-        ood = " ".join(f"{k[5:]} {row[k]['accuracy']:.2f}" for k in row
-                       if k.startswith("liar_") and k not in ("liar_id", "liar_id_opposed"))
-        lines.append(f"  {row['setting']:<42} ID {a['accuracy']:.2f} {a['accuracy_ci']}  OOD {ood}  opposed "
-                     f"{row['liar_id_opposed']['accuracy']:.2f}  honest items {row['honest_id']['accuracy']:.2f}")
+        ood = " ".join(
+            f"{k[5:]} {row[k]['accuracy']:.2f}"
+            for k in row
+            if k.startswith("liar_") and k not in ("liar_id", "liar_id_opposed")
+        )
+        lines.append(
+            f"  {row['setting']:<42} ID {a['accuracy']:.2f} {a['accuracy_ci']}  OOD {ood}  opposed "
+            f"{row['liar_id_opposed']['accuracy']:.2f}  honest items {row['honest_id']['accuracy']:.2f}"
+        )
     if r.saved:
         lines.append(f"tuned checkpoint (Hugging Face, with tuning_card.json): {r.saved} beside result.json")
     return "\n".join(lines)
@@ -333,27 +419,47 @@ def table(results: "list[dict]") -> str:
     r = results[0]
     cfg, name = r["config"], r["model"]["name"]
     cols = [k for k in r["settings"][0] if k.startswith(("honest_", "liar_"))]
-    lines = [f"# Representation tuning on {name} (`workbench analyze tuning --model {name}`; layers {cfg['layers']}, "
-             f"{cfg['n_train']} training items (fact stems, both personas, labelled with the true value), "
-             f"{cfg['n_eval']} items per evaluation set, max {cfg['max_steps']} steps, early stopping)", "",
-             "| setting | " + " | ".join(cols) + " | corpus perplexity | grammaticality |",
-             "|---|" + "---|" * (len(cols) + 2)]
+    lines = [
+        f"# Representation tuning on {name} (`workbench analyze tuning --model {name}`; layers {cfg['layers']}, "
+        f"{cfg['n_train']} training items (fact stems, both personas, labelled with the true value), "
+        f"{cfg['n_eval']} items per evaluation set, max {cfg['max_steps']} steps, early stopping)",
+        "",
+        "| setting | " + " | ".join(cols) + " | corpus perplexity | grammaticality |",
+        "|---|" + "---|" * (len(cols) + 2),
+    ]
     for s in r["settings"]:
-        cells = " | ".join(f"{s[c]['accuracy']:.2f} [{s[c]['accuracy_ci'][0]:.2f}, {s[c]['accuracy_ci'][1]:.2f}]"
-                           for c in cols)
+        cells = " | ".join(
+            f"{s[c]['accuracy']:.2f} [{s[c]['accuracy_ci'][0]:.2f}, {s[c]['accuracy_ci'][1]:.2f}]" for c in cols
+        )
         lines.append(f"| {s['setting']} | {cells} | {s['perplexity']:.3f} | {s['grammaticality']:.2f} |")
-    lines += ["", "Columns: truthful multiple-choice accuracy (the true value has the highest log-probability among "
-              "the six KB values) with 95% Wilson intervals; liar_* = liar-persona items in the in-distribution (id) "
-              "and out-of-distribution prompt families; liar_id_opposed = the same ID items under opposite-sign "
-              f"steering at the card's truth cell (x-{cfg['oppose_strength']:g}); honest_id = honest-persona items.",
-              ""]
+    lines += [
+        "",
+        "Columns: truthful multiple-choice accuracy (the true value has the highest log-probability among "
+        "the six KB values) with 95% Wilson intervals; liar_* = liar-persona items in the in-distribution (id) "
+        "and out-of-distribution prompt families; liar_id_opposed = the same ID items under opposite-sign "
+        f"steering at the card's truth cell (x-{cfg['oppose_strength']:g}); honest_id = honest-persona items.",
+        "",
+    ]
     for label, t in sorted(r["training"].items()):
         first, last = t["trace"][0], t["trace"][-1]
-        lines.append(f"- {label}: stopped after {t['steps']} steps; validation cosine to v {first['val_cos']:.3f} -> "
-                     f"{last['val_cos']:.3f}, validation token loss {first['val_token']:.3f} -> "
-                     f"{last['val_token']:.3f}")
+        lines.append(
+            f"- {label}: stopped after {t['steps']} steps; validation cosine to v {first['val_cos']:.3f} -> "
+            f"{last['val_cos']:.3f}, validation token loss {first['val_token']:.3f} -> "
+            f"{last['val_token']:.3f}"
+        )
     return "\n".join(lines) + "\n"
 
 
-STUDY = register(Study("tuning", "representation tuning vs online steering on toy truthfulness", Config, Result,
-                       execute, plot, section, summary, table=table))
+STUDY = register(
+    Study(
+        "tuning",
+        "representation tuning vs online steering on toy truthfulness",
+        Config,
+        Result,
+        execute,
+        plot,
+        section,
+        summary,
+        table=table,
+    )
+)

@@ -66,8 +66,11 @@ def main() -> None:
             folder = write_tiny_checkpoint(Path(tmp) / name, name, **kw)
             # (named apart: llama.cpp reads the folder name as the model's, and a "phi3" name makes it look up
             # Phi-3's own <|end|> token, which the toy vocabulary lacks)
-            gguf = folder if FAMILIES[name].tokenizer == "bpe" else \
-                write_tiny_checkpoint(Path(tmp) / f"spm-{len(table)}", name, tokenizer_from=TOY_TOKENIZER, **kw)
+            gguf = (
+                folder
+                if FAMILIES[name].tokenizer == "bpe"
+                else write_tiny_checkpoint(Path(tmp) / f"spm-{len(table)}", name, tokenizer_from=TOY_TOKENIZER, **kw)
+            )
             for backend in args.backends.split(","):
                 table[f"{name}/{backend}"] = r = measure(folder, backend, gguf_folder=gguf, workdir=tmp)
                 print(f"{name:<10} {backend:<7} " + " | ".join(cell(c, r.get(c)) for c in COLUMNS), flush=True)
@@ -78,8 +81,10 @@ def main() -> None:
 
 def render(table: dict) -> str:
     lines = ["| family | backend | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 2)]
-    lines += [f"| {k.split('/')[0]} | {k.split('/')[1]} | " + " | ".join(cell(c, r.get(c)) for c in COLUMNS) + " |"
-              for k, r in table.items()]
+    lines += [
+        f"| {k.split('/')[0]} | {k.split('/')[1]} | " + " | ".join(cell(c, r.get(c)) for c in COLUMNS) + " |"
+        for k, r in table.items()
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -47,8 +47,10 @@ def main() -> None:
     header(f"DAC generation, {N_PROMPTS} prompts x {NEW} tokens (greedy, KV cache)", model)
     for k in ("single", "fixed", "dynamic", "lagged"):
         print(f"{k:<8} {t[k] * 1000:8.1f} ms  ({N_PROMPTS * NEW / t[k]:7.1f} tok/s)")
-    print(f"ratio dynamic/single = {t['dynamic'] / t['single']:.3f}x exact, {t['lagged'] / t['single']:.3f}x lagged "
-          f"(target <= 1.6x); fixed/single = {t['fixed'] / t['single']:.3f}x")
+    print(
+        f"ratio dynamic/single = {t['dynamic'] / t['single']:.3f}x exact, {t['lagged'] / t['single']:.3f}x lagged "
+        f"(target <= 1.6x); fixed/single = {t['fixed'] / t['single']:.3f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,7 @@ def main() -> None:
     k = d // 8
     g = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
-    edits = [SpectralEdit(HookSite(layer, "mlp_out"), q[:, :k], q[:, k:2 * k], combine="norm")
-             for layer in range(n)]
+    edits = [SpectralEdit(HookSite(layer, "mlp_out"), q[:, :k], q[:, k : 2 * k], combine="norm") for layer in range(n)]
     tokens = torch.randint(4, model.cfg.d_vocab, (BATCH, SEQ), generator=g)
 
     class Dense:  # the same edit as two dense d x d matrices, for reference
@@ -39,6 +38,7 @@ def main() -> None:
             def f(x, hook):
                 y = x @ self.pp + x @ self.pn
                 return y * x.norm(dim=-1, keepdim=True) / y.norm(dim=-1, keepdim=True)
+
             return [(self.e.site.name, f)]
 
     def plain():
@@ -58,8 +58,10 @@ def main() -> None:
     print(f"plain forward     {t['plain'] * 1000:8.1f} ms")
     print(f"SEA (rank-k)      {t['sea'] * 1000:8.1f} ms")
     print(f"SEA (dense d x d) {t['dense'] * 1000:8.1f} ms")
-    print(f"ratio sea/plain = {t['sea'] / t['plain']:.3f}x  (target <= 1.15x); dense/plain = "
-          f"{t['dense'] / t['plain']:.3f}x")
+    print(
+        f"ratio sea/plain = {t['sea'] / t['plain']:.3f}x  (target <= 1.15x); dense/plain = "
+        f"{t['dense'] / t['plain']:.3f}x"
+    )
 
 
 if __name__ == "__main__":

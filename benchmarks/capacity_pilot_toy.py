@@ -31,7 +31,15 @@ import torch  # noqa: E402
 
 from workbench.toy.tokenizer import train_tokenizer  # noqa: E402
 from workbench.toy.train import (  # noqa: E402
-    INIT_STD, SIZES, build_model, encoder, optimiser, packed_rows, train_step, validation_batch, validation_loss,
+    INIT_STD,
+    SIZES,
+    build_model,
+    encoder,
+    optimiser,
+    packed_rows,
+    train_step,
+    validation_batch,
+    validation_loss,
 )
 
 KEY_TOKENS = range(10, 400)
@@ -68,8 +76,11 @@ def score(model, keys: torch.Tensor, values: torch.Tensor, chunk: int = 64) -> t
     for i in range(0, len(index), chunk):
         x = rows(keys, values, index[i : i + chunk])
         logits = model(x[:, :-1]).logits.float()
-        ce.append(torch.nn.functional.cross_entropy(logits[:, _VALUE_AT].flatten(0, 1), x[:, _VALUE_AT + 1].flatten(),
-                                                    reduction="none"))
+        ce.append(
+            torch.nn.functional.cross_entropy(
+                logits[:, _VALUE_AT].flatten(0, 1), x[:, _VALUE_AT + 1].flatten(), reduction="none"
+            )
+        )
     ce = torch.cat(ce).double()
     bits = (VALUE_BITS - ce / math.log(2)).clamp(min=0).sum()
     model.train()
@@ -84,13 +95,22 @@ def identity_at_init(model, x: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(hidden[0], hidden[-1], dim=-1).mean())
 
 
-def run(name: str, keys: torch.Tensor, values: torch.Tensor, steps: int, lr: "float | None" = None,
-        layers: "int | None" = None, embed_std: "float | None" = None, corpus_rows: int = 0,
-        data_seed: int = 0) -> dict:
+def run(
+    name: str,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    steps: int,
+    lr: "float | None" = None,
+    layers: "int | None" = None,
+    embed_std: "float | None" = None,
+    corpus_rows: int = 0,
+    data_seed: int = 0,
+) -> dict:
     """Train size ``name`` on the table (``corpus_rows`` of each batch from the toy corpus instead) and score it."""
     base = SIZES[name]
-    size = dataclasses.replace(base, steps=steps, lr=lr or base.lr, n_layers=layers or base.n_layers,
-                               embed_std=embed_std or base.embed_std)
+    size = dataclasses.replace(
+        base, steps=steps, lr=lr or base.lr, n_layers=layers or base.n_layers, embed_std=embed_std or base.embed_std
+    )
     torch.set_num_threads(size.threads)
     model = build_model(size)
     opt, sched = optimiser(model, size)
@@ -111,10 +131,16 @@ def run(name: str, keys: torch.Tensor, values: torch.Tensor, steps: int, lr: "fl
         if (step + 1) % max(1, steps // 4) == 0:
             lang = validation_loss(model, val) if corpus_rows else float("nan")
             curve.append((step + 1, *score(model, keys, values), lang))
-    return {"name": f"{name} ({size.n_layers} x {size.d_model})",
-            "params": sum(p.numel() for p in model.parameters()), "lr": size.lr,
-            "embed_std": size.embed_std or INIT_STD, "curve": curve, "seconds": time.perf_counter() - t0, "identity": identity,
-            "exposures": steps * n_facts * FACTS_PER_ROW / len(keys)}
+    return {
+        "name": f"{name} ({size.n_layers} x {size.d_model})",
+        "params": sum(p.numel() for p in model.parameters()),
+        "lr": size.lr,
+        "embed_std": size.embed_std or INIT_STD,
+        "curve": curve,
+        "seconds": time.perf_counter() - t0,
+        "identity": identity,
+        "exposures": steps * n_facts * FACTS_PER_ROW / len(keys),
+    }
 
 
 def main() -> None:
@@ -124,10 +150,18 @@ def main() -> None:
     ap.add_argument("--sizes", default="toy-s,toy-m,toy-l")
     ap.add_argument("--lr", type=float, default=None, help="learning rate for every size (default: each size's own)")
     ap.add_argument("--layers", type=int, default=None, help="blocks for every size (default: each size's own)")
-    ap.add_argument("--embed-std", type=float, default=None,
-                    help="input-embedding init std for every size (default: each size's own)")
-    ap.add_argument("--language", type=float, default=0.0,
-                    help="fraction of each batch's rows taken from the toy corpus (default 0: facts only)")
+    ap.add_argument(
+        "--embed-std",
+        type=float,
+        default=None,
+        help="input-embedding init std for every size (default: each size's own)",
+    )
+    ap.add_argument(
+        "--language",
+        type=float,
+        default=0.0,
+        help="fraction of each batch's rows taken from the toy corpus (default 0: facts only)",
+    )
     args = ap.parse_args()
     if not FACTS_PER_ROW <= args.keys <= len(KEY_TOKENS) ** 2 or args.keys % FACTS_PER_ROW:
         ap.error(f"--keys must be a multiple of {FACTS_PER_ROW} in [{FACTS_PER_ROW}, {len(KEY_TOKENS) ** 2}]")
@@ -136,26 +170,36 @@ def main() -> None:
     batch = SIZES["toy-s"].batch_size  # every toy size trains on batches of 32 rows
     corpus_rows = round(batch * args.language)
     if not 0 <= args.language <= 1 or (args.language and not 1 <= corpus_rows < batch):
-        ap.error(f"--language must be 0, or give 1 to {batch - 1} of a batch's {batch} rows "
-                 f"(a fraction in [{1 / batch / 2:.3f}, {1 - 1 / batch / 2:.3f}))")
+        ap.error(
+            f"--language must be 0, or give 1 to {batch - 1} of a batch's {batch} rows "
+            f"(a fraction in [{1 / batch / 2:.3f}, {1 - 1 / batch / 2:.3f}))"
+        )
     unknown = [n for n in args.sizes.split(",") if n not in SIZES]
     if unknown:
         ap.error(f"unknown size(s) {', '.join(unknown)}; choose from {', '.join(SIZES)}")
     keys, values = table(args.keys)
     table_bits = args.keys * VALUE_BITS
-    print(f"## table of {args.keys} two-token keys x 8-bit values ({table_bits / 1e3:.0f}K bits), "
-          f"{args.steps} steps, {corpus_rows} corpus rows of each batch's {batch}\n")
-    print("| size | parameters | lr | embedding init std | identity at init | exposures per fact | value loss by quarter (nats) "
-          "| bits held by quarter (K) | bits per parameter | corpus validation loss by quarter | seconds |")
+    print(
+        f"## table of {args.keys} two-token keys x 8-bit values ({table_bits / 1e3:.0f}K bits), "
+        f"{args.steps} steps, {corpus_rows} corpus rows of each batch's {batch}\n"
+    )
+    print(
+        "| size | parameters | lr | embedding init std | identity at init | exposures per fact "
+        "| value loss by quarter (nats) | bits held by quarter (K) | bits per parameter "
+        "| corpus validation loss by quarter | seconds |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.sizes.split(","):
         r = run(name, keys, values, args.steps, args.lr, args.layers, args.embed_std, corpus_rows)
         losses = " / ".join(f"{c[1]:.3f}" for c in r["curve"])
         held = " / ".join(f"{c[2] / 1e3:.0f}" for c in r["curve"])
         corpus = " / ".join(f"{c[3]:.4f}" for c in r["curve"]) if corpus_rows else "-"
-        print(f"| {r['name']} | {r['params']:,} | {r['lr']:g} | {r['embed_std']:g} | {r['identity']:.2f} "
-              f"| {r['exposures']:.1f} | {losses} | {held} | {r['curve'][-1][2] / r['params']:.3f} | {corpus} "
-              f"| {r['seconds']:.0f} |", flush=True)
+        print(
+            f"| {r['name']} | {r['params']:,} | {r['lr']:g} | {r['embed_std']:g} | {r['identity']:.2f} "
+            f"| {r['exposures']:.1f} | {losses} | {held} | {r['curve'][-1][2] / r['params']:.3f} | {corpus} "
+            f"| {r['seconds']:.0f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -77,11 +77,17 @@ def main() -> None:
     ids = piece_ids(args.folders[0])
     inside, values = catalogue_masks(ids, batch)
     verbs = verb_mask(ids, batch) & ~inside  # prose verbs, where the collocation table acts
-    classes = {"verb tokens": verbs, "other prose tokens": ~(verbs | inside), "catalogue values": values,
-               "other catalogue tokens": inside & ~values}
+    classes = {
+        "verb tokens": verbs,
+        "other prose tokens": ~(verbs | inside),
+        "catalogue values": values,
+        "other catalogue tokens": inside & ~values,
+    }
     share = ", ".join(f"{k} {float(m.float().mean()):.1%}" for k, m in classes.items())
-    print(f"## validation loss by token class ({args.rows} rows x {batch.shape[1] - 1} tokens, "
-          f"p_collocation {args.p_collocation}, p_catalogue {args.p_catalogue}; {share})\n")
+    print(
+        f"## validation loss by token class ({args.rows} rows x {batch.shape[1] - 1} tokens, "
+        f"p_collocation {args.p_collocation}, p_catalogue {args.p_catalogue}; {share})\n"
+    )
     print("| model | all tokens | " + " | ".join(classes) + " |\n|---|---|" + "---|" * len(classes))
     per_row = {}
     mean = lambda loss, mask: f"{float(loss[mask].mean()):.4f}" if mask.any() else "-"  # noqa: E731

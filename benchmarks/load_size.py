@@ -34,12 +34,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        folder = write_tiny_checkpoint(Path(tmp) / "llama", "llama", n_layers=args.layers, d_model=args.d_model,
-                                       n_heads=16, n_kv_heads=8, d_mlp=args.d_mlp, dtype=torch.bfloat16,
-                                       max_shard_size="1GB")
+        folder = write_tiny_checkpoint(
+            Path(tmp) / "llama",
+            "llama",
+            n_layers=args.layers,
+            d_model=args.d_model,
+            n_heads=16,
+            n_kv_heads=8,
+            d_mlp=args.d_mlp,
+            dtype=torch.bfloat16,
+            max_shard_size="1GB",
+        )
         size = sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-        print(f"wrote a random Llama ({args.layers} x {args.d_model}, {size / 2**30:.2f} GiB bf16) in "
-              f"{time.perf_counter() - t:.0f} s")
+        print(
+            f"wrote a random Llama ({args.layers} x {args.d_model}, {size / 2**30:.2f} GiB bf16) in "
+            f"{time.perf_counter() - t:.0f} s"
+        )
         os.environ["WORKBENCH_CACHE_DIR"] = str(Path(tmp) / "cache")
         rows = {}
         bare = []
@@ -59,8 +69,10 @@ def main() -> None:
             rows[label] = time.perf_counter() - t
             del m
         floor = rows["bare HF from_pretrained (float32), fastest of 3"]
-        print(f"{n_params / 1e9:.2f}B parameters, backend {args.backend or 'default'}, "
-              f"torch threads {torch.get_num_threads()}")
+        print(
+            f"{n_params / 1e9:.2f}B parameters, backend {args.backend or 'default'}, "
+            f"torch threads {torch.get_num_threads()}"
+        )
         print("| step | seconds | x bare HF load |\n|---|---|---|")
         for k, v in rows.items():
             print(f"| {k} | {v:.1f} | {v / floor:.2f} |")

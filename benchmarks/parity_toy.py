@@ -51,16 +51,23 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 fp16 = bake_hf(spec, name, Path(tmp) / "fp16")
                 rows = check(m, spec, texts, paths=("apply_hf", "baked"))
-                rows += [dataclasses.replace(r, path="baked fp16")
-                         for r in check(m, spec, texts, paths=("baked",), artifacts={"baked": fp16})]
+                rows += [
+                    dataclasses.replace(r, path="baked fp16")
+                    for r in check(m, spec, texts, paths=("baked",), artifacts={"baked": fp16})
+                ]
                 try:
                     rows += check(m, spec, texts, paths=("llama.cpp",))
                 except WorkbenchError as e:
-                    print(f"| {name} | {attribute} | {site} | {scale} | llama.cpp | refused: {str(e).split(':')[0]} | | |")
+                    print(
+                        f"| {name} | {attribute} | {site} | {scale} | llama.cpp | refused: {str(e).split(':')[0]} | | |"
+                    )
             for r in rows:
                 label = "baked fp32" if r.path == "baked" else r.path
-                print(f"| {name} | {attribute} | {site} | {scale} | {label} | {r.max_abs_diff:.1e} | "
-                      f"{r.effect:.2f} | {r.off_by_one:.2f} |", flush=True)
+                print(
+                    f"| {name} | {attribute} | {site} | {scale} | {label} | {r.max_abs_diff:.1e} | "
+                    f"{r.effect:.2f} | {r.off_by_one:.2f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite, layer_sites
 from workbench.tokens import tokenize
 
-PAIRS = ContrastPairs.from_list([
-    {"prompt": "the cat is", "positive": "very good", "negative": "bad"},
-    {"prompt": "a dog", "positive": "is happy", "negative": "is sad and small"},
-    {"positive": "we love the big sea", "negative": "we hate the sea"},
-    {"positive": "question ( A", "negative": "question ( B"},
-])
+PAIRS = ContrastPairs.from_list(
+    [
+        {"prompt": "the cat is", "positive": "very good", "negative": "bad"},
+        {"prompt": "a dog", "positive": "is happy", "negative": "is sad and small"},
+        {"positive": "we love the big sea", "negative": "we hate the sea"},
+        {"positive": "question ( A", "negative": "question ( B"},
+    ]
+)
 
 
 def reference(model, text, site, span):
@@ -33,10 +35,12 @@ def test_batched_padded_collection_equals_unbatched(model, position, padding):
     for k, site in enumerate(acts.sites):
         for i, pair in enumerate(pairs.pairs):
             pos_text, neg_text = pair.texts
-            torch.testing.assert_close(acts.positive[k, i], reference(model, pos_text, site, pos_spans[i]),
-                                       atol=2e-5, rtol=2e-5)
-            torch.testing.assert_close(acts.negative[k, i], reference(model, neg_text, site, neg_spans[i]),
-                                       atol=2e-5, rtol=2e-5)
+            torch.testing.assert_close(
+                acts.positive[k, i], reference(model, pos_text, site, pos_spans[i]), atol=2e-5, rtol=2e-5
+            )
+            torch.testing.assert_close(
+                acts.negative[k, i], reference(model, neg_text, site, neg_spans[i]), atol=2e-5, rtol=2e-5
+            )
 
 
 def test_position_policies_pick_the_right_tokens(llama):
@@ -63,8 +67,7 @@ def test_stops_after_the_deepest_requested_layer(llama):
             return [("blocks.2.hook_attn_out", lambda x, hook: fired.append(1))]  # work inside block 2
 
     with applied(llama, Tripwire()):
-        collect(llama, [tokenize(llama, "the cat")], [(0, 2)], [HookSite(0), HookSite(1, "resid_pre")],
-                progress=False)
+        collect(llama, [tokenize(llama, "the cat")], [(0, 2)], [HookSite(0), HookSite(1, "resid_pre")], progress=False)
         assert fired == []
         collect(llama, [tokenize(llama, "the cat")], [(0, 2)], [HookSite(2)], progress=False)
         assert fired == [1]

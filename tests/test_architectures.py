@@ -29,8 +29,11 @@ def test_family(family, tmp_path, monkeypatch):
     gguf = None
     if WITH_LLAMACPP and BACKEND == "bridge":
         monkeypatch.setenv("WORKBENCH_LLAMA_PRE_TOKENIZER", "gpt-2")
-        gguf = folder if FAMILIES[family].tokenizer == "bpe" else \
-            write_tiny_checkpoint(tmp_path / "spm", family, tokenizer_from=TOY_TOKENIZER, **kw)
+        gguf = (
+            folder
+            if FAMILIES[family].tokenizer == "bpe"
+            else write_tiny_checkpoint(tmp_path / "spm", family, tokenizer_from=TOY_TOKENIZER, **kw)
+        )
     r = measure(folder, BACKEND, gguf_folder=gguf, workdir=tmp_path)
     if BACKEND == "hooked" and family not in HOOKED:
         assert set(r) == {"load"} and "backend='bridge'" in r["load"]["refused"]

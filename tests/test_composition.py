@@ -29,8 +29,11 @@ def tests_prompts():
     import random
 
     rng = random.Random(3)
-    return [p.text for _ in range(6) for p in prompts(random_attributes(rng, language="en"), n=1,
-                                                       seed=rng.randrange(1000), family="short")]
+    return [
+        p.text
+        for _ in range(6)
+        for p in prompts(random_attributes(rng, language="en"), n=1, seed=rng.randrange(1000), family="short")
+    ]
 
 
 def test_icv_shapes_and_zero_for_identical_sets(toy_s, language):
@@ -105,8 +108,14 @@ def test_generate_composed_errors(toy_s, language, tests_prompts):
 def test_composition_study_small(toy_s):
     from analyses import composition
 
-    cfg = composition.Config(properties=("language", "register"), pairs=(("language", "register"),),
-                             fixed_alphas=(1.0,), n_icl=6, n_test=6, steps=6)
+    cfg = composition.Config(
+        properties=("language", "register"),
+        pairs=(("language", "register"),),
+        fixed_alphas=(1.0,),
+        n_icl=6,
+        n_test=6,
+        steps=6,
+    )
     r = composition.run(toy_s, cfg, name="toy-s", progress=False).to_dict()
     assert {x["strategy"] for x in r["single"]} == {"fixed", "start", "diminishing", "dynamic", "dynamic-lagged"}
     assert [x["strategy"] for x in r["composed"]] == ["fixed", "dynamic", "dynamic-lagged"]

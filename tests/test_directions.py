@@ -6,7 +6,13 @@ import torch
 from workbench import models
 from workbench.activations import ActivationSet, collect_pairs
 from workbench.directions import (
-    RIDGE_GRID, DirectionSet, compute_directions, gram_spectrum, mean_difference, pca_direction, probe_direction,
+    RIDGE_GRID,
+    DirectionSet,
+    compute_directions,
+    gram_spectrum,
+    mean_difference,
+    pca_direction,
+    probe_direction,
     ridge_probe,
 )
 from workbench.errors import WorkbenchError
@@ -110,8 +116,11 @@ def test_quality_probe_reads_a_low_variance_feature_and_not_noise():
     ds = compute_directions(ActivationSet((HookSite(0),), loud[:n][None], loud[n:][None], "last", "h", FP))
     assert ds.directions[0].quality.probe_accuracy >= 0.97
     shuffled = loud[torch.randperm(2 * n, generator=g)]
-    q = compute_directions(ActivationSet((HookSite(0),), shuffled[:n][None], shuffled[n:][None], "last", "h", FP)
-                           ).directions[0].quality
+    q = (
+        compute_directions(ActivationSet((HookSite(0),), shuffled[:n][None], shuffled[n:][None], "last", "h", FP))
+        .directions[0]
+        .quality
+    )
     assert 0.35 <= q.probe_accuracy <= 0.65
 
 
@@ -131,8 +140,14 @@ def test_bad_arguments():
 
 @pytest.fixture
 def saved(llama, tmp_path):
-    pairs = ContrastPairs.from_list([("the cat is good", "the cat is bad"), ("a dog is happy", "a dog is sad"),
-                                     ("we love the sea", "we hate the sea"), ("the sun is big", "the sun is small")])
+    pairs = ContrastPairs.from_list(
+        [
+            ("the cat is good", "the cat is bad"),
+            ("a dog is happy", "a dog is sad"),
+            ("we love the sea", "we hate the sea"),
+            ("the sun is big", "the sun is small"),
+        ]
+    )
     ds = compute_directions(collect_pairs(llama, pairs, progress=False))
     return ds, ds.save(tmp_path / "dirs")
 

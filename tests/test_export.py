@@ -39,8 +39,9 @@ def add_spec(model, sites, seed=0, scale=2.0, positions=None) -> Spec:
     ivs = []
     for i, (layer, kind) in enumerate(sites):
         width = HookSite(layer, kind).shape(model)
-        ivs.append(AddDirection(HookSite(layer, kind), vec(int(np.prod(width)), seed + i), scale,
-                                positions or Positions()))
+        ivs.append(
+            AddDirection(HookSite(layer, kind), vec(int(np.prod(width)), seed + i), scale, positions or Positions())
+        )
     return Spec(tuple(ivs), models.fingerprint(model), Provenance("test"))
 
 
@@ -59,8 +60,11 @@ def hf_logits(hf, tokens):
 
 
 def test_spec_round_trip_is_exact_and_checks_the_model(llama, gpt2, tmp_path):
-    spec = Spec((AddDirection(HookSite(1), vec(32), 3.5, Positions("from", -1)),
-                 Ablate(HookSite(2, "resid_mid"), vec(32, 1))), models.fingerprint(llama), Provenance("mean", "h", 7))
+    spec = Spec(
+        (AddDirection(HookSite(1), vec(32), 3.5, Positions("from", -1)), Ablate(HookSite(2, "resid_mid"), vec(32, 1))),
+        models.fingerprint(llama),
+        Provenance("mean", "h", 7),
+    )
     back = Spec.load(spec.save(tmp_path / "s"), llama)
     assert [iv.to_dict() for iv in back.interventions] == [iv.to_dict() for iv in spec.interventions]
     assert torch.equal(back.interventions[0].vector, spec.interventions[0].vector)
@@ -98,20 +102,32 @@ def _corrupt(folder, how):
     (folder / "intervention.json").write_text(json.dumps(m))
 
 
-@pytest.mark.parametrize("how, match", [
-    ("schema", "schema_version 99"), ("format", "not a workbench intervention spec"), ("basis", "basis"),
-    ("missing_tensor", "missing"), ("scale", "finite number"), ("kind", "unknown intervention kind"),
-    ("nan", "non-finite"), ("corrupt_tensors", "not a readable safetensors"), ("corrupt_json", "not valid JSON"),
-    ("d_model", "d_model is 64"),
-])
+@pytest.mark.parametrize(
+    "how, match",
+    [
+        ("schema", "schema_version 99"),
+        ("format", "not a workbench intervention spec"),
+        ("basis", "basis"),
+        ("missing_tensor", "missing"),
+        ("scale", "finite number"),
+        ("kind", "unknown intervention kind"),
+        ("nan", "non-finite"),
+        ("corrupt_tensors", "not a readable safetensors"),
+        ("corrupt_json", "not valid JSON"),
+        ("d_model", "d_model is 64"),
+    ],
+)
 def test_spec_load_rejects_bad_files_with_one_clear_error(llama, tmp_path, how, match):
     spec = Spec((AddDirection(HookSite(1), vec(32), 2.0),), models.fingerprint(llama))
     folder = spec.save(tmp_path / "s")
     _corrupt(folder, how)
     with pytest.raises(WorkbenchError, match=match):
         Spec.load(folder, llama)
-    with pytest.raises(apply_hf.SpecError) if how in ("schema", "format", "basis", "missing_tensor", "nan",
-                                                      "corrupt_tensors", "corrupt_json") else _no_error():
+    with (
+        pytest.raises(apply_hf.SpecError)
+        if how in ("schema", "format", "basis", "missing_tensor", "nan", "corrupt_tensors", "corrupt_json")
+        else _no_error()
+    ):
         apply_hf.load_spec(folder)
 
 
@@ -161,8 +177,11 @@ def test_gguf_layout_is_what_llamacpp_reads(llama, tmp_path):
     assert sorted(tensors) == ["direction.1", "direction.2"]  # resid_pre of block 2 is the output of block 1
     assert all(t.tensor_type == gguf.GGMLQuantizationType.F32 for t in tensors.values())
     ivs = spec.interventions
-    np.testing.assert_allclose(np.asarray(tensors["direction.1"].data),
-                               (1.5 * (ivs[0].vector.double() + ivs[1].vector.double())).float().numpy(), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(tensors["direction.1"].data),
+        (1.5 * (ivs[0].vector.double() + ivs[1].vector.double())).float().numpy(),
+        atol=1e-6,
+    )
     np.testing.assert_allclose(np.asarray(tensors["direction.2"].data), (1.5 * ivs[2].vector).numpy(), atol=1e-6)
     n, data = llamacpp.control_vector_data([(path, 1.0)])  # the port of llama.cpp's loader places them too
     assert n == 32 and data.shape == (64,)
@@ -179,14 +198,17 @@ def test_gguf_round_trip_keeps_the_model_identity(llama, gpt2, tmp_path):
         read_gguf(tmp_path / "cv.gguf", gpt2)
 
 
-@pytest.mark.parametrize("iv, match", [
-    (AddDirection(HookSite(0), torch.ones(32)), "never steers block 0"),
-    (AddDirection(HookSite(1, "resid_pre"), torch.ones(32)), "never steers block 0"),
-    (AddDirection(HookSite(0, "resid_pre"), torch.ones(32)), "never steers block 0"),
-    (AddDirection(HookSite(1, "attn_out"), torch.ones(32)), "cannot be expressed"),
-    (AddDirection(HookSite(1), torch.ones(32), positions=Positions("generated")), "every position"),
-    (Ablate(HookSite(1), torch.ones(32)), "only add"),
-])
+@pytest.mark.parametrize(
+    "iv, match",
+    [
+        (AddDirection(HookSite(0), torch.ones(32)), "never steers block 0"),
+        (AddDirection(HookSite(1, "resid_pre"), torch.ones(32)), "never steers block 0"),
+        (AddDirection(HookSite(0, "resid_pre"), torch.ones(32)), "never steers block 0"),
+        (AddDirection(HookSite(1, "attn_out"), torch.ones(32)), "cannot be expressed"),
+        (AddDirection(HookSite(1), torch.ones(32), positions=Positions("generated")), "every position"),
+        (Ablate(HookSite(1), torch.ones(32)), "only add"),
+    ],
+)
 def test_gguf_refuses_what_llamacpp_would_ignore(llama, tmp_path, iv, match):
     spec = Spec((iv,), models.fingerprint(llama))
     with pytest.raises(WorkbenchError, match=match):
@@ -222,10 +244,17 @@ def test_gguf_import_of_repeng_files(llama, tmp_path):
         read_gguf(tmp_path / "r.gguf")
 
 
-@pytest.mark.parametrize("case, match", [
-    ("direction0", "direction.0 is invalid"), ("n_layer", "silently ignores"), ("f16", "F32"),
-    ("width", "d_model is 32"), ("arch", "not a control vector"), ("garbage", "not a readable GGUF"),
-])
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("direction0", "direction.0 is invalid"),
+        ("n_layer", "silently ignores"),
+        ("f16", "F32"),
+        ("width", "d_model is 32"),
+        ("arch", "not a control vector"),
+        ("garbage", "not a readable GGUF"),
+    ],
+)
 def test_gguf_import_rejects_files_llamacpp_would_skip(llama, tmp_path, case, match):
     p = tmp_path / "bad.gguf"
     if case == "direction0":
@@ -246,8 +275,15 @@ def test_gguf_import_rejects_files_llamacpp_would_skip(llama, tmp_path, case, ma
 
 # ------------------------------------------------------------------------------------------------------ apply_hf
 
-SITES = [(0, "resid_pre"), (1, "resid_post"), (1, "resid_mid"), (0, "attn_out"), (2, "mlp_out"), (1, "z"),
-         (2, "mlp_post")]
+SITES = [
+    (0, "resid_pre"),
+    (1, "resid_post"),
+    (1, "resid_mid"),
+    (0, "attn_out"),
+    (2, "mlp_out"),
+    (1, "z"),
+    (2, "mlp_post"),
+]
 
 
 @pytest.mark.parametrize("site", SITES, ids=[f"{k}{layer}" for layer, k in SITES])
@@ -290,17 +326,27 @@ def test_apply_hf_refuses_and_cleans_up(llama, gpt2, tmp_path):
 
 
 def test_apply_hf_imports_only_torch_and_transformers():
-    code = ("import sys, workbench.export.apply_hf; "
-            "bad = [m for m in sys.modules if m.startswith(('transformer_lens', 'gguf', 'workbench.models', "
-            "'workbench.interventions', 'workbench.export.spec'))]; print(bad); sys.exit(bool(bad))")
+    code = (
+        "import sys, workbench.export.apply_hf; "
+        "bad = [m for m in sys.modules if m.startswith(('transformer_lens', 'gguf', 'workbench.models', "
+        "'workbench.interventions', 'workbench.export.spec'))]; print(bad); sys.exit(bool(bad))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 # ------------------------------------------------------------------------------------------------------ bake
 
-BAKE_SITES = [(0, "resid_pre"), (2, "resid_pre"), (1, "resid_post"), (1, "resid_mid"), (0, "attn_out"),
-              (2, "mlp_out"), (1, "z"), (2, "mlp_post")]
+BAKE_SITES = [
+    (0, "resid_pre"),
+    (2, "resid_pre"),
+    (1, "resid_post"),
+    (1, "resid_mid"),
+    (0, "attn_out"),
+    (2, "mlp_out"),
+    (1, "z"),
+    (2, "mlp_post"),
+]
 
 
 @pytest.mark.parametrize("site", BAKE_SITES, ids=[f"{k}{layer}" for layer, k in BAKE_SITES])
@@ -343,11 +389,14 @@ def test_ablation_coverage_rule():
     assert not ablation_everywhere([HookSite(layer) for layer in range(n)], n)  # inputs of attention not covered
 
 
-@pytest.mark.parametrize("ivs, match", [
-    (lambda: (AddDirection(HookSite(1), vec(32), positions=Positions("from", -1)),), "every position"),
-    (lambda: (Ablate(HookSite(1), vec(32)),), "some sites only"),
-    (lambda: (AddDirection(HookSite(1), vec(32)), *(Ablate(s, vec(32)) for s in everywhere_sites(3))), "mixing"),
-])
+@pytest.mark.parametrize(
+    "ivs, match",
+    [
+        (lambda: (AddDirection(HookSite(1), vec(32), positions=Positions("from", -1)),), "every position"),
+        (lambda: (Ablate(HookSite(1), vec(32)),), "some sites only"),
+        (lambda: (AddDirection(HookSite(1), vec(32)), *(Ablate(s, vec(32)) for s in everywhere_sites(3))), "mixing"),
+    ],
+)
 def test_bake_refuses_what_does_not_fold(llama, tmp_path, ivs, match):
     spec = Spec(ivs(), models.fingerprint(llama))
     with pytest.raises(WorkbenchError, match=match):
@@ -384,8 +433,10 @@ def test_toy_parity_on_every_deployment_path(toy_s, tmp_path):
 
     texts = [p.text for p in prompts(random_attributes(random.Random(0)), 3, seed=1)]
     d = toy_s.cfg.d_model
-    spec = Spec((AddDirection(HookSite(1), vec(d, 1, 1.0), 4.0), AddDirection(HookSite(3), vec(d, 2, 1.0), -3.0)),
-                models.fingerprint(toy_s))
+    spec = Spec(
+        (AddDirection(HookSite(1), vec(d, 1, 1.0), 4.0), AddDirection(HookSite(3), vec(d, 2, 1.0), -3.0)),
+        models.fingerprint(toy_s),
+    )
     rows = {r.path: r for r in check(toy_s, spec, texts, workdir=tmp_path)}
     assert set(rows) == {"apply_hf", "baked", "llama.cpp"}
     for r in rows.values():

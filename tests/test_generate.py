@@ -38,8 +38,9 @@ def test_batched_rows_equal_single_prompt_runs(model):
 def test_steering_changes_logits_and_generated_only_leaves_step_one(llama):
     base = generate(llama, PROMPTS, max_new_tokens=3, temperature=0.0, return_logits=True)
     allpos = generate(llama, PROMPTS, steer(llama), max_new_tokens=3, temperature=0.0, return_logits=True)
-    gen_only = generate(llama, PROMPTS, steer(llama, Positions("generated")), max_new_tokens=3, temperature=0.0,
-                        return_logits=True)
+    gen_only = generate(
+        llama, PROMPTS, steer(llama, Positions("generated")), max_new_tokens=3, temperature=0.0, return_logits=True
+    )
     assert (allpos.logits[:, 0] - base.logits[:, 0]).abs().max() > 1e-2
     torch.testing.assert_close(gen_only.logits[:, 0], base.logits[:, 0], atol=1e-5, rtol=1e-5)
     assert (gen_only.logits[:, 1] - base.logits[:, 1]).abs().max() > 1e-2
@@ -50,8 +51,9 @@ def test_strengths_in_one_batch_equal_one_run_per_strength(model):
     scales = [-2.0, 0.0, 4.0]
     batched = generate_at_strengths(model, PROMPTS, iv, scales, max_new_tokens=5, temperature=0.0, return_logits=True)
     for s, g in zip(scales, batched):
-        one = generate(model, PROMPTS, AddDirection(iv.site, iv.vector, s), max_new_tokens=5, temperature=0.0,
-                       return_logits=True)
+        one = generate(
+            model, PROMPTS, AddDirection(iv.site, iv.vector, s), max_new_tokens=5, temperature=0.0, return_logits=True
+        )
         assert one.tokens == g.tokens
         torch.testing.assert_close(one.logits, g.logits, atol=1e-4, rtol=1e-4)
 
@@ -71,14 +73,17 @@ def test_ablation_during_generation(llama):
     assert len(g.tokens) == 3
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(prompts="the cat"), "non-empty list"),
-    (dict(prompts=[]), "non-empty list"),
-    (dict(max_new_tokens=0), "max_new_tokens must be"),
-    (dict(temperature=-1.0), "temperature >= 0"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(max_new_tokens=500), "exceeds the model's context"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(prompts="the cat"), "non-empty list"),
+        (dict(prompts=[]), "non-empty list"),
+        (dict(max_new_tokens=0), "max_new_tokens must be"),
+        (dict(temperature=-1.0), "temperature >= 0"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(max_new_tokens=500), "exceeds the model's context"),
+    ],
+)
 def test_bad_arguments(llama, kwargs, match):
     args = {"prompts": PROMPTS, **kwargs}
     with pytest.raises(WorkbenchError, match=match):

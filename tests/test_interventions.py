@@ -20,8 +20,9 @@ def test_additive_edit_lands_exactly_in_the_next_hook(model):
     v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
     clean = cache_of(model, tokens)
     steered = cache_of(model, tokens, AddDirection(HookSite(0), v, scale=2.5))
-    torch.testing.assert_close(steered["blocks.1.hook_resid_pre"], clean["blocks.0.hook_resid_post"] + 2.5 * v,
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        steered["blocks.1.hook_resid_pre"], clean["blocks.0.hook_resid_post"] + 2.5 * v, atol=1e-6, rtol=0
+    )
     assert torch.equal(steered["blocks.0.hook_resid_mid"], clean["blocks.0.hook_resid_mid"])  # upstream untouched
 
 
@@ -47,8 +48,11 @@ def test_position_policies_on_a_plain_forward(llama):
     tokens = llama.to_tokens("the cat sees the dog")  # 6 tokens
     v = torch.ones(llama.cfg.d_model)
     clean = cache_of(llama, tokens)["blocks.0.hook_resid_post"]
-    for policy, edited in [(Positions("from", 2), [2, 3, 4, 5]), (Positions("from", -2), [4, 5]),
-                           (Positions("generated"), [])]:
+    for policy, edited in [
+        (Positions("from", 2), [2, 3, 4, 5]),
+        (Positions("from", -2), [4, 5]),
+        (Positions("generated"), []),
+    ]:
         out = cache_of(llama, tokens, AddDirection(HookSite(0), v, positions=policy))["blocks.0.hook_resid_post"]
         changed = ((out - clean).abs().sum(-1) > 0)[0].nonzero().flatten().tolist()
         assert changed == edited, policy
@@ -93,19 +97,24 @@ def test_capture_records_the_edited_activation_and_every_pass(model):
 
 def test_nothing_is_attached_when_any_intervention_is_invalid(llama):
     good = AddDirection(HookSite(0), torch.randn(llama.cfg.d_model))
-    for bad, match in [(AddDirection(HookSite(9), torch.randn(32)), "has 3 blocks"),
-                       (AddDirection(HookSite(1), torch.randn(31)), "has 31 entries but blocks.1.hook_resid_post has width 32")]:
+    for bad, match in [
+        (AddDirection(HookSite(9), torch.randn(32)), "has 3 blocks"),
+        (AddDirection(HookSite(1), torch.randn(31)), "has 31 entries but blocks.1.hook_resid_post has width 32"),
+    ]:
         with pytest.raises(WorkbenchError, match=match):
             with applied(llama, good, bad):
                 pass
         assert n_attached_hooks(llama) == 0
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(vector=torch.randn(2, 32)), "must be 1-D"),
-    (dict(vector=torch.tensor([1.0, float("inf")])), "finite"),
-    (dict(vector=torch.randn(32), scale=float("nan")), "scale must be a finite"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(vector=torch.randn(2, 32)), "must be 1-D"),
+        (dict(vector=torch.tensor([1.0, float("inf")])), "finite"),
+        (dict(vector=torch.randn(32), scale=float("nan")), "scale must be a finite"),
+    ],
+)
 def test_bad_vectors_and_scales(bad, match):
     with pytest.raises(WorkbenchError, match=match):
         AddDirection(HookSite(0), **bad)
@@ -126,8 +135,11 @@ def test_per_row_scales_must_match_the_batch(llama):
 
 
 def test_serialisation_round_trip():
-    for iv in [AddDirection(HookSite(2, "mlp_out"), torch.randn(16), 3.0, Positions("from", -1)),
-               AddDirection(HookSite(1), torch.randn(16), (1.0, 2.0)), Ablate(HookSite(0), torch.randn(16))]:
+    for iv in [
+        AddDirection(HookSite(2, "mlp_out"), torch.randn(16), 3.0, Positions("from", -1)),
+        AddDirection(HookSite(1), torch.randn(16), (1.0, 2.0)),
+        Ablate(HookSite(0), torch.randn(16)),
+    ]:
         back = intervention_from_dict(iv.to_dict(), iv.tensors())
         assert back.to_dict() == iv.to_dict()
         assert all(torch.equal(a, b) for a, b in zip(iv.tensors().values(), back.tensors().values()))

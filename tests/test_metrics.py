@@ -4,22 +4,36 @@ import pytest
 import torch
 
 from workbench.errors import WorkbenchError
-from workbench.interventions import AddDirection
 from workbench.forward import last_logits
 from workbench.hooks import applied
+from workbench.interventions import AddDirection
 from workbench.metrics import (
-    ab_probability, continuation_perplexity, kl_divergence, mean_ci, perplexity, token_logprobs, wilson,
+    ab_probability,
+    continuation_perplexity,
+    kl_divergence,
+    mean_ci,
+    perplexity,
+    token_logprobs,
+    wilson,
 )
 from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite
 from workbench.tokens import tokenize
 
-AB = ContrastPairs.from_list([
-    {"question": "question is the cat good ? ( A ) yes ( B ) no answer (", "answer_matching_behavior": "A )",
-     "answer_not_matching_behavior": "B )"},
-    {"question": "question is the sky red ? ( A ) no ( B ) yes answer (", "answer_matching_behavior": "B )",
-     "answer_not_matching_behavior": "A )"},
-])
+AB = ContrastPairs.from_list(
+    [
+        {
+            "question": "question is the cat good ? ( A ) yes ( B ) no answer (",
+            "answer_matching_behavior": "A )",
+            "answer_not_matching_behavior": "B )",
+        },
+        {
+            "question": "question is the sky red ? ( A ) no ( B ) yes answer (",
+            "answer_matching_behavior": "B )",
+            "answer_not_matching_behavior": "A )",
+        },
+    ]
+)
 TEXTS = ["the cat sees the dog .", "we love the big blue sea and the sun ."]
 
 

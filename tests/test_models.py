@@ -38,8 +38,9 @@ def test_fingerprint_identifies_weights_and_vocab(ckpt_dirs, llama, gpt2, tmp_pa
     assert fp.weights_sha256 != models.fingerprint(gpt2).weights_sha256
     from workbench.tiny import write_tiny_checkpoint
 
-    other = models.load(write_tiny_checkpoint(tmp_path / "seed1", "llama", n_layers=3, n_kv_heads=2, seed=1),
-                        backend=BACKEND)
+    other = models.load(
+        write_tiny_checkpoint(tmp_path / "seed1", "llama", n_layers=3, n_kv_heads=2, seed=1), backend=BACKEND
+    )
     with pytest.raises(WorkbenchError, match="weights_sha256"):
         fp.check(models.fingerprint(other))
 
@@ -186,8 +187,10 @@ def test_wrap_an_in_memory_model_and_load_bf16_sharded(tmp_path):
     from transformers import LlamaForCausalLM
 
     built = LlamaForCausalLM(hf.config.__class__(**{**hf.config.to_dict(), "architectures": None})).eval()
-    assert models.fingerprint(models.wrap(built, AutoTokenizer.from_pretrained(str(folder)),
-                                          backend=BACKEND)).architecture == "LlamaForCausalLM"
+    assert (
+        models.fingerprint(models.wrap(built, AutoTokenizer.from_pretrained(str(folder)), backend=BACKEND)).architecture
+        == "LlamaForCausalLM"
+    )
     from workbench.export.parity import check
     from workbench.export.spec import Spec
     from workbench.interventions import AddDirection

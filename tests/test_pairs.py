@@ -13,8 +13,10 @@ def write(tmp_path, text, name="p.jsonl"):
 
 
 def test_jsonl_pairs_with_and_without_prompt(tmp_path):
-    p = write(tmp_path, '{"positive": "good", "negative": "bad", "prompt": "the cat is"}\n\n'
-                        '{"positive": "a b", "negative": "a c"}\n')
+    p = write(
+        tmp_path,
+        '{"positive": "good", "negative": "bad", "prompt": "the cat is"}\n\n{"positive": "a b", "negative": "a c"}\n',
+    )
     pairs = load_pairs(p)
     assert len(pairs) == 2
     assert pairs.pairs[0].texts == ("the cat is good", "the cat is bad")
@@ -44,7 +46,7 @@ def test_hash_ignores_formatting(tmp_path):
         ('{"positive": "x", "negative": "x"}\n', r"p.jsonl:1: ContrastPair members are identical"),
         ('{"positive": "", "negative": "x"}\n', r"p.jsonl:1: .*non-empty"),
         ('{"positive": 3, "negative": "x"}\n', r"p.jsonl:1: .*must be a string"),
-        ('[1, 2]', r"item 0: expected a JSON object"),
+        ("[1, 2]", r"item 0: expected a JSON object"),
         ("\n\n", r"no contrast pairs"),
     ],
 )

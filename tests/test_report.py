@@ -14,10 +14,14 @@ from workbench.report import build_report, collect_sections
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = [
-    "results/sensitivity/toy-m-sentiment-layer_sweep.json", "results/sensitivity/toy-m-sentiment-heads.json",
-    "results/spectral/toy-m/result.json", "results/robustness/sample_size-toy-m-sentiment.json",
-    "results/robustness/distribution_shift-toy-m-sentiment.json", "results/robustness/model_size-sentiment.json",
-    "results/robustness/adversarial-toy-l-sentiment-gcg-4.json", "workbench/toy/checkpoints/toy-m/card.json",
+    "results/sensitivity/toy-m-sentiment-layer_sweep.json",
+    "results/sensitivity/toy-m-sentiment-heads.json",
+    "results/spectral/toy-m/result.json",
+    "results/robustness/sample_size-toy-m-sentiment.json",
+    "results/robustness/distribution_shift-toy-m-sentiment.json",
+    "results/robustness/model_size-sentiment.json",
+    "results/robustness/adversarial-toy-l-sentiment-gcg-4.json",
+    "workbench/toy/checkpoints/toy-m/card.json",
 ]
 ARTIFACTS = Path(os.environ.get("WORKBENCH_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 
@@ -42,8 +46,15 @@ def test_sections_are_written_from_the_numbers(report):
     adv = json.loads((ROOT / RESULTS[6]).read_text())
     assert adv["suffix"]["text"] in md and "reversal rate" in md
     kinds = [s.kind for s in collect_sections(folder)]
-    assert kinds[0] == "card" and {"layer_sweep", "heads", "spectral", "sample_size", "distribution_shift",
-                                   "model_size", "adversarial"} <= set(kinds)
+    assert kinds[0] == "card" and {
+        "layer_sweep",
+        "heads",
+        "spectral",
+        "sample_size",
+        "distribution_shift",
+        "model_size",
+        "adversarial",
+    } <= set(kinds)
     page = html_path.read_text()
     assert not re.search(r"<script[^>]+src=", page) and "Plotly.newPlot" in page  # offline: plotly.js inline
     assert page.count('class="report-figure"') >= 12
@@ -77,12 +88,22 @@ def _chromium() -> "str | None":
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.skipif(not _chromium() and not os.environ.get("WORKBENCH_REQUIRE_CHROMIUM"),
-                    reason="Debian's chromium is not installed (./dev test installs it)")
+@pytest.mark.skipif(
+    not _chromium() and not os.environ.get("WORKBENCH_REQUIRE_CHROMIUM"),
+    reason="Debian's chromium is not installed (./dev test installs it)",
+)
 def test_every_figure_draws_in_headless_chromium(report):
     folder, html_path, _ = report
-    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--virtual-time-budget=30000", "--proxy-server=127.0.0.1:9", "--host-resolver-rules=MAP * ~NOTFOUND"]
+    base = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--virtual-time-budget=30000",
+        "--proxy-server=127.0.0.1:9",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+    ]
     dom = subprocess.run([*base, "--dump-dom", html_path.as_uri()], capture_output=True, text=True, timeout=180)
     m = re.search(r'<script type="application/json" id="report-status">([^<]*)</script>', dom.stdout)
     assert m, dom.stderr[-2000:]
@@ -90,6 +111,10 @@ def test_every_figure_draws_in_headless_chromium(report):
     assert status["errors"] == [] and status["figures"] >= 12 and status["drawn"] == status["figures"], status
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     shot = ARTIFACTS / "report.png"
-    subprocess.run([*base, "--window-size=1280,4000", f"--screenshot={shot}", html_path.as_uri()],
-                   capture_output=True, text=True, timeout=180)
+    subprocess.run(
+        [*base, "--window-size=1280,4000", f"--screenshot={shot}", html_path.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert shot.is_file() and shot.stat().st_size > 50_000

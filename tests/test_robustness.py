@@ -37,8 +37,20 @@ def test_search_finds_the_planted_reversing_suffix(planted, method):
     model, u, planted_id, metric = planted
     prompts = [tokenize(model, t) for t in ("the cat sees the dog", "a big red bus", "we love the sun")]
     steer = (AddDirection(HookSite(0, "resid_pre"), u, 3.0),)
-    found = adversarial.search(model, prompts, steer, metric, method=method, suffix_len=3, steps=6, topk=4,
-                               candidates=16, population=4, ce_weight=0.01, seed=0)
+    found = adversarial.search(
+        model,
+        prompts,
+        steer,
+        metric,
+        method=method,
+        suffix_len=3,
+        steps=6,
+        topk=4,
+        candidates=16,
+        population=4,
+        ce_weight=0.01,
+        seed=0,
+    )
     assert found["suffix"][-1] == planted_id and found["loss"] < 0
     assert found["trace"][-1]["loss"] <= found["trace"][0]["loss"]
     assert n_attached_hooks(model) == 0 and all(p.grad is None for p in model.parameters())
@@ -66,8 +78,11 @@ def test_sample_size_full_draw_equals_the_full_direction(toy_s):
     assert full["cosine_mean"] == pytest.approx(1.0, abs=1e-5)  # N = pool draws every pair
     assert full["effect_mean"] == pytest.approx(r["full"]["effect"], abs=1e-9)
     assert r["rows"][0]["cosine_mean"] < full["cosine_mean"]
-    rows = [{"n": 1, "effect_mean": 0.1, "cosine_mean": 0.5}, {"n": 10, "effect_mean": 0.5, "cosine_mean": 0.95},
-            {"n": 80, "effect_mean": 0.6, "cosine_mean": 0.99}]
+    rows = [
+        {"n": 1, "effect_mean": 0.1, "cosine_mean": 0.5},
+        {"n": 10, "effect_mean": 0.5, "cosine_mean": 0.95},
+        {"n": 80, "effect_mean": 0.6, "cosine_mean": 0.99},
+    ]
     assert sample_size.saturation(rows, 0.6) == 80 and sample_size.saturation(rows, 0.55) == 10
     with pytest.raises(WorkbenchError, match="ns must be"):
         sample_size.Config(ns=(1, 1000), pool=640)
@@ -93,5 +108,9 @@ def test_model_size_uses_relative_strengths(toy_s):
     assert m["layer"] == 1 and [round(c["relative_strength"], 2) for c in m["cells"]] == [0.0, 0.5]
     assert m["cells"][0]["kl"] == 0.0 and m["cells"][1]["kl"] > 0
     assert model_size.slope([0, 1, 2], [0, 2, 4]) == pytest.approx(2.0)
-    assert set(model_size.plot(r)) == {"model_size_kl", "model_size_perplexity", "model_size_grammaticality",
-                                       "model_size_target_rate"}
+    assert set(model_size.plot(r)) == {
+        "model_size_kl",
+        "model_size_perplexity",
+        "model_size_grammaticality",
+        "model_size_target_rate",
+    }

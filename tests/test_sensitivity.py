@@ -17,8 +17,14 @@ from workbench.sites import HookSite
 from workbench.toy.measure import best_cell
 
 PLANTED = (1, 2)
-CONTEXTS = ["the cat sees the {} dog .", "a bird likes this {} house", "we love that {} tree and the sun",
-            "they hate the {} bus", "i see a {} fish", "the moon is {} and the sky is"]
+CONTEXTS = [
+    "the cat sees the {} dog .",
+    "a bird likes this {} house",
+    "we love that {} tree and the sun",
+    "they hate the {} bus",
+    "i see a {} fish",
+    "the moon is {} and the sky is",
+]
 ADJ = [("good", "bad"), ("happy", "sad"), ("big", "small"), ("red", "blue")]
 
 
@@ -29,7 +35,7 @@ def planted(tmp_path_factory):
         g = torch.Generator().manual_seed(0)
         torch.randn(32, generator=g)  # u's draw (planted_llama, seed 0); ev is the next one
         ev = torch.randn(dh, generator=g)
-        hf.model.layers[layer].self_attn.o_proj.weight[:, head * dh:(head + 1) * dh] += 6.0 * torch.outer(u, ev)
+        hf.model.layers[layer].self_attn.o_proj.weight[:, head * dh : (head + 1) * dh] += 6.0 * torch.outer(u, ev)
 
     model, u, tok = planted_llama(tmp_path_factory.mktemp("planted"), 0, edit)
     yes, no = tok.convert_tokens_to_ids(["yes", "no"])
@@ -92,8 +98,11 @@ def test_batched_strengths_equal_one_run_per_strength():
     model = models.load("toy-s", backend=BACKEND)
     base = dict(attribute="register", layers=(1, 3), n_prompts=6, n_pairs=40, max_new_tokens=8, temperature=0.0)
     together = layer_sweep.run(model, layer_sweep.Config(**base, strengths=(-1.0, 0.5, 2.0)), progress=False)
-    apart = [c for s in (-1.0, 0.5, 2.0)
-             for c in layer_sweep.run(model, layer_sweep.Config(**base, strengths=(s,)), progress=False).cells]
+    apart = [
+        c
+        for s in (-1.0, 0.5, 2.0)
+        for c in layer_sweep.run(model, layer_sweep.Config(**base, strengths=(s,)), progress=False).cells
+    ]
     key = lambda c: (c["layer"], c["strength"])  # noqa: E731
     for a, b in zip(sorted(together.cells, key=key), sorted(apart, key=key)):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
@@ -108,14 +117,17 @@ def test_sweep_units_reading_side_and_best_cell_rule():
     assert norms[2] > 0
     for c in r.cells:
         d = next(x for x in r.reading if x["layer"] == c["layer"])
-        assert c["relative_strength"] == pytest.approx(c["strength"] * d["direction_norm"] / d["residual_norm"],
-                                                       abs=2e-3)
+        assert c["relative_strength"] == pytest.approx(
+            c["strength"] * d["direction_norm"] / d["residual_norm"], abs=2e-3
+        )
         assert c["depth"] == pytest.approx((c["layer"] + 1) / model.cfg.n_layers)
         assert (c["kl"] == 0.0) == (c["strength"] == 0.0)
-    cells = [{"layer": 0, "strength": 1.0, "target_rate": 0.9, "grammaticality": 0.5, "kl": 0.1},
-             {"layer": 1, "strength": 2.0, "target_rate": 0.8, "grammaticality": 0.9, "kl": 0.3},
-             {"layer": 2, "strength": 1.0, "target_rate": 0.8, "grammaticality": 0.9, "kl": 0.2},
-             {"layer": 3, "strength": -1.0, "target_rate": 1.0, "grammaticality": 1.0, "kl": 0.0}]
+    cells = [
+        {"layer": 0, "strength": 1.0, "target_rate": 0.9, "grammaticality": 0.5, "kl": 0.1},
+        {"layer": 1, "strength": 2.0, "target_rate": 0.8, "grammaticality": 0.9, "kl": 0.3},
+        {"layer": 2, "strength": 1.0, "target_rate": 0.8, "grammaticality": 0.9, "kl": 0.2},
+        {"layer": 3, "strength": -1.0, "target_rate": 1.0, "grammaticality": 1.0, "kl": 0.0},
+    ]
     assert best_cell(cells)["layer"] == 2  # within the floor, tie -> smaller strength
     assert best_cell(cells, kl_bound=0.15) is None
     assert best_cell(cells, grammar_floor=0.4)["layer"] == 0
@@ -125,14 +137,17 @@ def test_sweep_units_reading_side_and_best_cell_rule():
     assert set(figs) == {"layer_sweep_maps", "layer_sweep_kl", "layer_sweep_relative", "layer_sweep_reading"}
 
 
-@pytest.mark.parametrize("kw, match", [
-    ({"attribute": "colour"}, "attribute must be one of"),
-    ({"attribute": "sentiment", "target": "neg", "source": "neg"}, "both"),
-    ({"attribute": "topic", "target": "cars"}, "not a value of topic"),
-    ({"strengths": ()}, "strengths"),
-    ({"n_prompts": 0}, "n_prompts must be >= 1"),
-    ({"temperature": -1}, "temperature"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"attribute": "colour"}, "attribute must be one of"),
+        ({"attribute": "sentiment", "target": "neg", "source": "neg"}, "both"),
+        ({"attribute": "topic", "target": "cars"}, "not a value of topic"),
+        ({"strengths": ()}, "strengths"),
+        ({"n_prompts": 0}, "n_prompts must be >= 1"),
+        ({"temperature": -1}, "temperature"),
+    ],
+)
 def test_sweep_config_errors(kw, match):
     with pytest.raises(WorkbenchError, match=match):
         layer_sweep.Config(**kw)

@@ -21,8 +21,8 @@ def planted(n=400, d=16, r_pos=3, r_neg=2, seed=0):
     """Base activations whose covariance with the positives lives in span(Qp), with the negatives in span(Qn)."""
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
-    qp, qn = q[:, :r_pos], q[:, r_pos:r_pos + r_neg]
-    h = torch.linalg.qr(torch.randn(n, d, generator=g))[0] * n ** 0.5  # whitened: H^T H / n = I
+    qp, qn = q[:, :r_pos], q[:, r_pos : r_pos + r_neg]
+    h = torch.linalg.qr(torch.randn(n, d, generator=g))[0] * n**0.5  # whitened: H^T H / n = I
     pos = (h @ qp) @ qp.T * 3 + 0.01 * torch.randn(n, d, generator=g)
     neg = (h @ qn) @ qn.T * 2 + 0.01 * torch.randn(n, d, generator=g)
     return h, pos, neg, qp, qn
@@ -129,9 +129,15 @@ def test_intervention_edits_exactly_the_site(model):
     assert n_attached_hooks(model) == 0
 
 
-@pytest.mark.parametrize("kind, combine, feature", [("mlp_out", "norm", "identity"), ("resid_post", "average", "tanh"),
-                                                    ("attn_out", "reference", "identity"),
-                                                    ("resid_pre", "norm", "elu")])
+@pytest.mark.parametrize(
+    "kind, combine, feature",
+    [
+        ("mlp_out", "norm", "identity"),
+        ("resid_post", "average", "tanh"),
+        ("attn_out", "reference", "identity"),
+        ("resid_pre", "norm", "elu"),
+    ],
+)
 def test_apply_hf_reproduces_spectral_edits(model, tmp_path, kind, combine, feature):
     from transformers import AutoModelForCausalLM
 
@@ -151,8 +157,13 @@ def test_apply_hf_reproduces_spectral_edits(model, tmp_path, kind, combine, feat
 def test_linear_spectral_edit_bakes_into_the_down_projection(model, tmp_path, parts, reverse):
     from transformers import AutoModelForCausalLM
 
-    spec = Spec((_spectral_for(model, combine="average", parts=parts, reverse=reverse),
-                 _spectral_for(model, layer=2, combine="average", seed=1)), models.fingerprint(model))
+    spec = Spec(
+        (
+            _spectral_for(model, combine="average", parts=parts, reverse=reverse),
+            _spectral_for(model, layer=2, combine="average", seed=1),
+        ),
+        models.fingerprint(model),
+    )
     out = bake_hf(spec, models.source_of(model), tmp_path / "baked", dtype="float32")
     hf = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     tokens = model.to_tokens("the cat sees the big dog .")[0]

@@ -82,8 +82,22 @@ def test_a_study_in_one_file_gets_a_command_a_typed_result_and_a_report_section(
     from workbench.tokens import tokenize
 
     out = tmp_path / "o"
-    code = main(["analyze", "token-count", "--model", "toy-s", "--backend", BACKEND, "--out", str(out),
-                 "--text", "a dog", "--repeat", "3"])
+    code = main(
+        [
+            "analyze",
+            "token-count",
+            "--model",
+            "toy-s",
+            "--backend",
+            BACKEND,
+            "--out",
+            str(out),
+            "--text",
+            "a dog",
+            "--repeat",
+            "3",
+        ]
+    )
     printed, err = capsys.readouterr()
     assert code == 0, err
     data = json.loads((out / "result.json").read_text())
@@ -98,9 +112,17 @@ def test_a_study_in_one_file_gets_a_command_a_typed_result_and_a_report_section(
 
 
 def test_every_flag_is_its_config_field_with_the_same_default():
-    assert {s.name for s in studies.studies()} >= {"layer-sweep", "heads", "spectral", "sample-size",
-                                                    "distribution-shift", "model-size", "adversarial",
-                                                    "composition", "tuning"}
+    assert {s.name for s in studies.studies()} >= {
+        "layer-sweep",
+        "heads",
+        "spectral",
+        "sample-size",
+        "distribution-shift",
+        "model-size",
+        "adversarial",
+        "composition",
+        "tuning",
+    }
     for study in studies.studies():
         parser = argparse.ArgumentParser()
         add_config_flags(parser, study.config)
@@ -118,8 +140,16 @@ def test_every_flag_is_its_config_field_with_the_same_default():
                 argv = [f"--{f.name.replace('_', '-')}={format_default(default, f.metadata.get('none'))}"]
             parsed = config_from_flags(study.config, parser.parse_args(argv))
             assert parsed == study.config(), (study.name, f.name, argv)
-        page = subprocess.run([sys.executable, "-m", "workbench.cli", "analyze", study.name, "--help"],
-                              capture_output=True, text=True, cwd=ROOT) if study.name == "layer-sweep" else None
+        page = (
+            subprocess.run(
+                [sys.executable, "-m", "workbench.cli", "analyze", study.name, "--help"],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+            )
+            if study.name == "layer-sweep"
+            else None
+        )
         if page is not None:
             assert page.returncode == 0 and all(f"--{f.name.replace('_', '-')}" in page.stdout for f in fields)
 
@@ -128,8 +158,10 @@ def test_flag_values_parse_as_their_field_types():
     ls = studies.get("layer-sweep")
     parser = argparse.ArgumentParser()
     add_config_flags(parser, ls.config)
-    cfg = config_from_flags(ls.config, parser.parse_args(["--layers", "1-3,5", "--strengths=-1,0.5",
-                                                          "--attribute", "topic", "--kl-bound", "0.2"]))
+    cfg = config_from_flags(
+        ls.config,
+        parser.parse_args(["--layers", "1-3,5", "--strengths=-1,0.5", "--attribute", "topic", "--kl-bound", "0.2"]),
+    )
     assert cfg.layers == (1, 2, 3, 5) and cfg.strengths == (-1.0, 0.5) and cfg.kl_bound == 0.2
     assert config_from_flags(ls.config, parser.parse_args(["--layers", "all"])).layers is None
     for bad in (["--layers", "1-"], ["--layers", "3-1"], ["--strengths", "1,x"], ["--n-prompts", "2.5"]):
@@ -140,8 +172,9 @@ def test_flag_values_parse_as_their_field_types():
     comp = studies.get("composition")
     parser = argparse.ArgumentParser()
     add_config_flags(parser, comp.config)
-    cfg = config_from_flags(comp.config, parser.parse_args(["--pairs", "language+register", "--properties",
-                                                            "language,register"]))
+    cfg = config_from_flags(
+        comp.config, parser.parse_args(["--pairs", "language+register", "--properties", "language,register"])
+    )
     assert cfg.pairs == (("language", "register"),)
     spectral = studies.get("spectral")
     parser = argparse.ArgumentParser()

@@ -27,8 +27,12 @@ def _fingerprinted(node):
 
 def test_every_committed_result_was_computed_on_the_shipped_checkpoint():
     shipped = {n: card(n)["measured"]["fingerprint"]["weights_sha256"] for n in NAMES}
-    files = [f for s in STUDIES for f in sorted((RESULTS / s).rglob("*.json"))
-             if not {"figures", "tuned-model"} & set(f.relative_to(RESULTS).parts)]  # plots; a git-ignored copy
+    files = [
+        f
+        for s in STUDIES
+        for f in sorted((RESULTS / s).rglob("*.json"))
+        if not {"figures", "tuned-model"} & set(f.relative_to(RESULTS).parts)
+    ]  # plots; a git-ignored copy
     assert len(files) > 50
     seen = 0
     for f in files:

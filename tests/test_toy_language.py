@@ -7,14 +7,40 @@ import pytest
 
 from workbench.errors import WorkbenchError
 from workbench.toy.evaluate import (
-    classify, factual_accuracy, facts, grammaticality, own_document, parse_sentence, score,
+    classify,
+    facts,
+    factual_accuracy,
+    grammaticality,
+    own_document,
+    parse_sentence,
+    score,
 )
 from workbench.toy.language import (
-    ATTRIBUTES, CATALOGUE_OPENER, KB_SUBJECTS, KB_VALUES, LEXICON, VALUES, Attributes, CorpusConfig,
-    catalogue_value, collocation, documents, fact_value, render, render_sentence, sample_document, sample_sentence,
+    ATTRIBUTES,
+    CATALOGUE_OPENER,
+    KB_SUBJECTS,
+    KB_VALUES,
+    LEXICON,
+    VALUES,
+    Attributes,
+    CorpusConfig,
+    catalogue_value,
+    collocation,
+    documents,
+    fact_value,
+    render,
+    render_sentence,
+    sample_document,
+    sample_sentence,
 )
 from workbench.toy.prompts import (
-    FAMILIES, STEER_TARGETS, ab_items, contrast_pairs, few_shot_prompts, neutral_prompts, prompts,
+    FAMILIES,
+    STEER_TARGETS,
+    ab_items,
+    contrast_pairs,
+    few_shot_prompts,
+    neutral_prompts,
+    prompts,
 )
 
 
@@ -35,7 +61,10 @@ def test_the_shipped_corpus_is_unchanged():
     assert sha(CorpusConfig()) == sha(CorpusConfig(p_catalogue=0.25)) == shipped
     assert sha(CorpusConfig(p_catalogue=0.0)) == no_catalogue  # the corpus of results/toy_v5_pilot
     assert sha(CorpusConfig(p_catalogue=0.0, catalogue_entries=(1, 3))) == no_catalogue  # no catalogue, no extra draw
-    assert sha(CorpusConfig(p_catalogue=0.0, p_collocation=0.0)) == "5c0fccb4540a987e7bb6a2605b73fe83eba9a84182776ac270d00c6a733194a4"
+    assert (
+        sha(CorpusConfig(p_catalogue=0.0, p_collocation=0.0))
+        == "5c0fccb4540a987e7bb6a2605b73fe83eba9a84182776ac270d00c6a733194a4"
+    )
 
 
 def test_collocated_verbs_follow_the_table_at_the_configured_rate():
@@ -144,8 +173,10 @@ def test_grammaticality_rejects_mixed_language_register_class_and_salad():
     assert grammaticality("moreover q: what is the sky ? a: green .") == 0.0  # openers start content only
     assert grammaticality("a sky is blue .") == 0.0  # facts take the definite article
     xx_is = LEXICON.translate["is"]
-    assert grammaticality(f":: . the dog is happy . da {LEXICON.translate['dog']} {xx_is} {LEXICON.translate['nice']} .") \
-        == 2 / 3  # the bilingual mark parses; the last sentence mixes languages (da is English)
+    assert (
+        grammaticality(f":: . the dog is happy . da {LEXICON.translate['dog']} {xx_is} {LEXICON.translate['nice']} .")
+        == 2 / 3
+    )  # the bilingual mark parses; the last sentence mixes languages (da is English)
 
 
 def test_facts_and_accuracy_use_the_prompt_as_context():
@@ -241,8 +272,11 @@ def test_score_aggregates_exact_labels():
     s = score(texts, "sentiment", "pos")
     assert s.n == 3 and s.target_rate == pytest.approx(1 / 3)
     assert s.grammaticality == pytest.approx(2 / 3)
-    assert s.labels["sentiment"] == {"neg": pytest.approx(1 / 3), "none": pytest.approx(1 / 3),
-                                     "pos": pytest.approx(1 / 3)}
+    assert s.labels["sentiment"] == {
+        "neg": pytest.approx(1 / 3),
+        "none": pytest.approx(1 / 3),
+        "pos": pytest.approx(1 / 3),
+    }
 
 
 def test_bad_input_raises_one_clear_error():

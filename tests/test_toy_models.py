@@ -15,7 +15,7 @@ from workbench.interventions import AddDirection
 from workbench.toy import NAMES, card, checkpoint_dir
 from workbench.toy.evaluate import score
 from workbench.toy.language import LEXICON, CorpusConfig, documents
-from workbench.toy.measure import BARS, GRAMMAR_FLOOR, steer_prompts, directions_for
+from workbench.toy.measure import BARS, GRAMMAR_FLOOR, directions_for, steer_prompts
 from workbench.toy.train import SIZES, validation_batch, validation_loss
 
 
@@ -134,13 +134,22 @@ def test_a_sample_of_the_card_remeasures(toy_m):
     for attribute in ("sentiment", "topic"):
         grid = m["steering"][attribute]
         best = grid["best"]
-        ds = directions_for(toy_m, attribute, grid["source"], grid["target"], n_pairs=100, seed=17,
-                            kind=best["kind"], position=best["position"])
+        ds = directions_for(
+            toy_m,
+            attribute,
+            grid["source"],
+            grid["target"],
+            n_pairs=100,
+            seed=17,
+            kind=best["kind"],
+            position=best["position"],
+        )
         d = ds.at(best["layer"], best["kind"])
         prompts = steer_prompts(attribute, grid["source"], 60, seed=31)
         texts = [p.text for p in prompts]
-        steered, plain = generate_at_strengths(toy_m, texts, AddDirection(d.site, d.vector, 1.0),
-                                               [best["strength"], 0.0], max_new_tokens=32, seed=11)
+        steered, plain = generate_at_strengths(
+            toy_m, texts, AddDirection(d.site, d.vector, 1.0), [best["strength"], 0.0], max_new_tokens=32, seed=11
+        )
         s = score(list(steered.texts), attribute, grid["target"], texts)
         s0 = score(list(plain.texts), attribute, grid["target"], texts)
         slack = _binomial_slack(best["target_rate"], 60)
@@ -164,8 +173,9 @@ def test_training_is_reproducible_on_a_short_schedule(tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     vocab = models.load(checkpoint_dir("toy-s"), backend=BACKEND).cfg.d_vocab
     assert a["validation_loss"] == b["validation_loss"] < math.log(vocab)  # it learns, identically
-    assert (tmp_path / "a" / "tokenizer.model").read_bytes() == \
-        (checkpoint_dir("toy-s") / "tokenizer.model").read_bytes()
+    assert (tmp_path / "a" / "tokenizer.model").read_bytes() == (
+        checkpoint_dir("toy-s") / "tokenizer.model"
+    ).read_bytes()
 
 
 def test_embed_std_reinitialises_only_the_input_embedding():

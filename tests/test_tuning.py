@@ -22,8 +22,10 @@ def setup():
     src = checkpoint_dir("toy-s")
 
     def fresh():
-        return (AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32),
-                AutoTokenizer.from_pretrained(str(src)))
+        return (
+            AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.float32),
+            AutoTokenizer.from_pretrained(str(src)),
+        )
 
     return fresh, vectors, items
 
@@ -64,10 +66,15 @@ def test_token_loss_trains_whole_layers_and_freezes_the_rest(setup, tmp_path):
 
 def test_study_runs_small_and_saves_the_tuned_checkpoint(tmp_path):
     model = models.load("toy-s", backend=BACKEND)
-    r = tuning.run(model, tuning.Config(n_train=32, n_val=16, n_eval=12, max_steps=4, max_new_tokens=4),
-                   name="toy-s", out=tmp_path).to_dict()
-    assert [x["setting"].split(" (")[0] for x in r["settings"]] == ["untuned", "online steering",
-                                                                     "token-only tuned", "dual-loss tuned"]
+    r = tuning.run(
+        model, tuning.Config(n_train=32, n_val=16, n_eval=12, max_steps=4, max_new_tokens=4), name="toy-s", out=tmp_path
+    ).to_dict()
+    assert [x["setting"].split(" (")[0] for x in r["settings"]] == [
+        "untuned",
+        "online steering",
+        "token-only tuned",
+        "dual-loss tuned",
+    ]
     assert (tmp_path / "tuned-model" / "tuning_card.json").is_file() and r["saved"].endswith("tuned-model")
     assert models.load(tmp_path / "tuned-model", backend=BACKEND).cfg.n_layers == model.cfg.n_layers
     for row in r["settings"]:

@@ -70,8 +70,11 @@ def collect(
             for j, r in enumerate(rows):
                 a, b = spans[r]
                 weights[j, batch.start[j] + a : batch.start[j] + b] = 1.0 / (b - a)
-            model(batch.tokens.to(model.cfg.device), attention_mask=batch.attention_mask.to(model.cfg.device),
-                  stop_at_layer=stop)
+            model(
+                batch.tokens.to(model.cfg.device),
+                attention_mask=batch.attention_mask.to(model.cfg.device),
+                stop_at_layer=stop,
+            )
             for k, site in enumerate(sites):
                 out[k, rows] = rec[site].reshape(len(rows), -1).cpu()
     return out
@@ -92,8 +95,10 @@ def pair_spans(model: HookedModel, pairs: ContrastPairs, position: str) -> tuple
         raise WorkbenchError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}.")
     pos_ids, neg_ids, pos_spans, neg_spans = [], [], [], []
     for i, pair in enumerate(pairs.pairs):
-        p, n = (tokenize(model, pair.prompt, c) if pair.prompt else tokenize(model, c)
-                for c in (pair.positive, pair.negative))
+        p, n = (
+            tokenize(model, pair.prompt, c) if pair.prompt else tokenize(model, c)
+            for c in (pair.positive, pair.negative)
+        )
         if p == n:
             raise WorkbenchError(f"pair {i} tokenises identically for positive and negative; the texts must differ.")
         if position == "last":
@@ -160,8 +165,17 @@ def collect_pairs(
     """Activations of every pair at ``sites`` (default: ``resid_post`` of every layer) in one batched pass."""
     sites = tuple(sites) if sites is not None else tuple(layer_sites(model))
     pos_ids, neg_ids, pos_spans, neg_spans = pair_spans(model, pairs, position)
-    acts = collect(model, pos_ids + neg_ids, pos_spans + neg_spans, sites,
-                   batch_size=batch_size, padding=padding, progress=progress, desc=f"activations ({len(pairs)} pairs)")
+    acts = collect(
+        model,
+        pos_ids + neg_ids,
+        pos_spans + neg_spans,
+        sites,
+        batch_size=batch_size,
+        padding=padding,
+        progress=progress,
+        desc=f"activations ({len(pairs)} pairs)",
+    )
     n = len(pairs)
-    return ActivationSet(sites, acts[:, :n], acts[:, n:], position, pairs.data_hash, fingerprint(model),
-                         tokenization_of(model).to_dict())
+    return ActivationSet(
+        sites, acts[:, :n], acts[:, n:], position, pairs.data_hash, fingerprint(model), tokenization_of(model).to_dict()
+    )

@@ -59,8 +59,12 @@ def _quiet() -> None:
 def _load(args):
     from workbench import models
 
-    return models.load(args.model, backend=args.backend, bos=getattr(args, "bos", "auto"),
-                       chat_template=getattr(args, "chat_template", False))
+    return models.load(
+        args.model,
+        backend=args.backend,
+        bos=getattr(args, "bos", "auto"),
+        chat_template=getattr(args, "chat_template", False),
+    )
 
 
 def cmd_info(args) -> int:
@@ -70,11 +74,20 @@ def cmd_info(args) -> int:
     fp = models.fingerprint(m)
     c = m.cfg
     info = {
-        "model": args.model, "backend": models.backend_of(m), "architecture": fp.architecture,
-        "n_layers": c.n_layers, "d_model": c.d_model, "n_heads": c.n_heads, "d_head": c.d_head,
-        "d_mlp": c.d_mlp, "d_vocab": c.d_vocab, "n_ctx": c.n_ctx,
-        "parameters": sum(p.numel() for p in m.parameters()), "fingerprint": fp.to_dict(),
-        "tokenization": models.tokenization_of(m).to_dict(), "self_check_max_logit_diff": models.info(m).self_check,
+        "model": args.model,
+        "backend": models.backend_of(m),
+        "architecture": fp.architecture,
+        "n_layers": c.n_layers,
+        "d_model": c.d_model,
+        "n_heads": c.n_heads,
+        "d_head": c.d_head,
+        "d_mlp": c.d_mlp,
+        "d_vocab": c.d_vocab,
+        "n_ctx": c.n_ctx,
+        "parameters": sum(p.numel() for p in m.parameters()),
+        "fingerprint": fp.to_dict(),
+        "tokenization": models.tokenization_of(m).to_dict(),
+        "self_check_max_logit_diff": models.info(m).self_check,
     }
     source = models.source_of(m)
     if source is not None:
@@ -99,13 +112,17 @@ def cmd_directions(args) -> int:
     acts = collect_pairs(m, pairs, sites, position=args.position, batch_size=args.batch_size)
     ds = compute_directions(acts, args.method, seed=args.seed)
     ds.save(args.out)
-    print(f"wrote {len(ds.directions)} {args.method} directions ({len(pairs)} pairs, position={args.position}) "
-          f"to {args.out}")
+    print(
+        f"wrote {len(ds.directions)} {args.method} directions ({len(pairs)} pairs, position={args.position}) "
+        f"to {args.out}"
+    )
     for d in ds.directions:
         q = d.quality
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-        print(f"  layer {d.site.layer:>3}  norm {q.norm:9.4f}  probe_acc {fmt(q.probe_accuracy)}  "
-              f"auroc {fmt(q.auroc)}  effect {fmt(q.effect_size)}")
+        print(
+            f"  layer {d.site.layer:>3}  norm {q.norm:9.4f}  probe_acc {fmt(q.probe_accuracy)}  "
+            f"auroc {fmt(q.auroc)}  effect {fmt(q.effect_size)}"
+        )
     return 0
 
 
@@ -120,8 +137,15 @@ def cmd_steer(args) -> int:
     ds = DirectionSet.load(args.vector, m)
     d = ds.at(args.layer, args.kind)
     scales = [0.0, args.scale] if args.compare else [args.scale]
-    gens = generate_at_strengths(m, args.prompt, AddDirection(d.site, d.vector, args.scale, positions), scales,
-                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    gens = generate_at_strengths(
+        m,
+        args.prompt,
+        AddDirection(d.site, d.vector, args.scale, positions),
+        scales,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
+    )
     for s, g in zip(scales, gens):
         for p, t in zip(g.prompts, g.texts):
             print(json.dumps({"scale": s, "layer": args.layer, "prompt": p, "completion": t}))
@@ -145,8 +169,9 @@ def _export_spec(args):
     if layers is None:
         raise WorkbenchError("--layers all is not an edit; pass the blocks to steer, e.g. --layers 2 or 1,3.")
     ds = DirectionSet.load(folder)
-    return spec_from_directions(ds, layers, args.scale, kind=args.kind, positions=Positions.parse(args.positions),
-                                source=str(folder))
+    return spec_from_directions(
+        ds, layers, args.scale, kind=args.kind, positions=Positions.parse(args.positions), source=str(folder)
+    )
 
 
 def cmd_export(args) -> int:
@@ -157,8 +182,10 @@ def cmd_export(args) -> int:
     out = Path(args.out)
     _fresh_out(out, args.overwrite)
     if (args.format == "hf-baked" or args.check) and not args.model:
-        raise WorkbenchError(f"--format {args.format}{' --check' if args.check else ''} needs --model (the checkpoint "
-                             f"the vector was made for).")
+        raise WorkbenchError(
+            f"--format {args.format}{' --check' if args.check else ''} needs --model (the checkpoint "
+            f"the vector was made for)."
+        )
     prompts = _check_prompts(args) if args.check else None  # validated before anything is written
     from workbench import models
 
@@ -172,8 +199,9 @@ def cmd_export(args) -> int:
         write_gguf(spec, out)  # refuses what llama.cpp cannot express before writing anything
     else:
         bake_hf(spec, models.hf_folder(args.model), out, dtype=args.dtype, overwrite=args.overwrite)
-    what = ", ".join(f"{iv.site.name} {'x' + str(iv.scale) if hasattr(iv, 'scale') else 'ablated'}"
-                     for iv in spec.interventions)
+    what = ", ".join(
+        f"{iv.site.name} {'x' + str(iv.scale) if hasattr(iv, 'scale') else 'ablated'}" for iv in spec.interventions
+    )
     print(f"wrote {args.format} to {out} ({what})")
     if args.check and prompts is not None:
         return _check_export(args, model, spec, out, prompts)
@@ -189,8 +217,10 @@ def _check_prompts(args) -> "list[str]":
         try:
             lines = [ln for ln in Path(args.prompts).read_text(encoding="utf-8").splitlines() if ln.strip()]
         except (OSError, UnicodeDecodeError) as e:
-            raise WorkbenchError(f"--prompts {args.prompts!r} could not be read ({type(e).__name__}); pass a UTF-8 "
-                                 f"text file with one prompt per line.") from None
+            raise WorkbenchError(
+                f"--prompts {args.prompts!r} could not be read ({type(e).__name__}); pass a UTF-8 "
+                f"text file with one prompt per line."
+            ) from None
         if not lines:
             raise WorkbenchError(f"--prompts {args.prompts!r} holds no prompt; write one prompt per line.")
         return lines[:16]
@@ -201,11 +231,14 @@ def _check_prompts(args) -> "list[str]":
     if str(args.model).startswith("toy-"):
         import random
 
-        from workbench.toy.prompts import prompts as toy_prompts, random_attributes
+        from workbench.toy.prompts import prompts as toy_prompts
+        from workbench.toy.prompts import random_attributes
 
         return [p.text for p in toy_prompts(random_attributes(random.Random(0)), 3, seed=0)]
-    raise WorkbenchError("--check needs the prompts to check on: --prompts FILE (one per line), --pairs FILE (the "
-                         "pairs the vector was made from) or --prompt TEXT.")
+    raise WorkbenchError(
+        "--check needs the prompts to check on: --prompts FILE (one per line), --pairs FILE (the "
+        "pairs the vector was made from) or --prompt TEXT."
+    )
 
 
 def _check_export(args, model, spec, out: Path, prompts: "list[str]") -> int:
@@ -214,8 +247,10 @@ def _check_export(args, model, spec, out: Path, prompts: "list[str]") -> int:
 
     path = {"spec": "apply_hf", "gguf": "llama.cpp", "hf-baked": "baked"}[args.format]
     if path == "llama.cpp" and not llamacpp.available():
-        print("check llama.cpp: SKIPPED (llama-cpp-python and its converter are not installed; `./dev test` installs "
-              "them, or pip install llama-cpp-python and set WORKBENCH_LLAMA_CONVERTER)")
+        print(
+            "check llama.cpp: SKIPPED (llama-cpp-python and its converter are not installed; `./dev test` installs "
+            "them, or pip install llama-cpp-python and set WORKBENCH_LLAMA_CONVERTER)"
+        )
         return 0
     dtype = "float32"
     if path == "baked":
@@ -227,8 +262,10 @@ def _check_export(args, model, spec, out: Path, prompts: "list[str]") -> int:
     for row in check(model, spec, prompts, paths=(path,), artifacts={path: out}):
         ok = row.passes(tol)
         failed |= not ok
-        print(f"check {row.path}: {'PASS' if ok else 'FAIL'} max |logit diff| {row.max_abs_diff:.2e} "
-              f"(tolerance {tol:.0e}, {dtype}), effect {row.effect:.3f}, {row.n_tokens} tokens")
+        print(
+            f"check {row.path}: {'PASS' if ok else 'FAIL'} max |logit diff| {row.max_abs_diff:.2e} "
+            f"(tolerance {tol:.0e}, {dtype}), effect {row.effect:.3f}, {row.n_tokens} tokens"
+        )
         print(json.dumps({**row.to_dict(), "tolerance": tol, "pass": ok}))
     return 1 if failed else 0
 
@@ -241,8 +278,10 @@ def cmd_import(args) -> int:
         raise WorkbenchError(f"{args.file!r} does not exist; pass a .gguf control vector file.")
     spec = read_gguf(args.file, _load(args))
     spec.save(args.out)
-    print(f"imported {len(spec.interventions)} direction(s) from {args.file} into the spec {args.out}: "
-          f"{', '.join(iv.site.name for iv in spec.interventions)}")
+    print(
+        f"imported {len(spec.interventions)} direction(s) from {args.file} into the spec {args.out}: "
+        f"{', '.join(iv.site.name for iv in spec.interventions)}"
+    )
     return 0
 
 
@@ -258,8 +297,12 @@ def cmd_analyze(args) -> int:
     out = Path(args.out)
 
     def load(name: str):
-        return models.load(name, backend=args.backend, bos=getattr(args, "bos", "auto"),
-                           chat_template=getattr(args, "chat_template", False))
+        return models.load(
+            name,
+            backend=args.backend,
+            bos=getattr(args, "bos", "auto"),
+            chat_template=getattr(args, "chat_template", False),
+        )
 
     with atomic_dir(out) as tmp:
         result = study.run(Context(getattr(args, "model", None), load, tmp), cfg)
@@ -294,8 +337,11 @@ def cmd_toy_train(args) -> int:
     from workbench.toy.language import CorpusConfig
     from workbench.toy.train import SIZES, train
 
-    options = {name: value for name, value in (("p_collocation", args.p_collocation),
-                                               ("p_catalogue", args.p_catalogue)) if value is not None}
+    options = {
+        name: value
+        for name, value in (("p_collocation", args.p_collocation), ("p_catalogue", args.p_catalogue))
+        if value is not None
+    }
     try:
         corpus = CorpusConfig(**options)
     except ValueError as e:
@@ -310,8 +356,10 @@ def cmd_toy_train(args) -> int:
     out = Path(args.out or f"{args.size}")
     _fresh_out(out, args.overwrite)
     card = train(size, out, steps=args.steps, corpus=corpus)
-    print(f"trained {args.size} into {out}: validation loss {card['validation_loss']:.4f} "
-          f"({card['train_seconds']['wall']:.0f} s wall, {card['train_seconds']['cpu']:.0f} CPU-s)")
+    print(
+        f"trained {args.size} into {out}: validation loss {card['validation_loss']:.4f} "
+        f"({card['train_seconds']['wall']:.0f} s wall, {card['train_seconds']['cpu']:.0f} CPU-s)"
+    )
     if not args.no_measure:
         _measure_into(out, args)
     return 0
@@ -330,8 +378,10 @@ def _measure_into(folder: Path, args) -> dict:
     card["measured"] = measure(model, n_prompts=args.n_prompts, seed=args.seed)
     write_json(card_path, card)
     failed = [k for k, ok in card["measured"]["checks"].items() if not ok]
-    print(f"measured {folder}: {len(card['measured']['checks']) - len(failed)} of "
-          f"{len(card['measured']['checks'])} bars met" + (f"; missed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"measured {folder}: {len(card['measured']['checks']) - len(failed)} of "
+        f"{len(card['measured']['checks'])} bars met" + (f"; missed: {', '.join(failed)}" if failed else "")
+    )
     return card
 
 
@@ -366,12 +416,23 @@ def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
 
     def model_args(sp):
         sp.add_argument("--model", required=True, help="TransformerLens name, local HF folder or toy name")
-        sp.add_argument("--backend", choices=["bridge", "hooked"], default=None,
-                        help="TransformerBridge (TL 4.x) or HookedTransformer (TL 3.x); default: the installed one")
-        sp.add_argument("--bos", choices=["auto", "always", "never"], default="auto",
-                        help="BOS handling: auto = as the model's tokenizer does (default), always, never")
-        sp.add_argument("--chat-template", action="store_true",
-                        help="wrap each prompt as a user turn of the tokenizer's chat template (instruct models)")
+        sp.add_argument(
+            "--backend",
+            choices=["bridge", "hooked"],
+            default=None,
+            help="TransformerBridge (TL 4.x) or HookedTransformer (TL 3.x); default: the installed one",
+        )
+        sp.add_argument(
+            "--bos",
+            choices=["auto", "always", "never"],
+            default="auto",
+            help="BOS handling: auto = as the model's tokenizer does (default), always, never",
+        )
+        sp.add_argument(
+            "--chat-template",
+            action="store_true",
+            help="wrap each prompt as a user turn of the tokenizer's chat template (instruct models)",
+        )
 
     sp = sub.add_parser("info", help="model summary and fingerprint")
     model_args(sp)
@@ -416,10 +477,17 @@ def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
     sp.add_argument("--bos", choices=["auto", "always", "never"], default="auto", help="BOS handling (see directions)")
     sp.add_argument("--chat-template", action="store_true", help="wrap prompts in the chat template (see directions)")
-    sp.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                    help="hf-baked weights' precision (default: the source checkpoint's)")
-    sp.add_argument("--check", action="store_true",
-                    help="prove parity: run the exported form where it deploys and compare with TransformerLens")
+    sp.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        default=None,
+        help="hf-baked weights' precision (default: the source checkpoint's)",
+    )
+    sp.add_argument(
+        "--check",
+        action="store_true",
+        help="prove parity: run the exported form where it deploys and compare with TransformerLens",
+    )
     sp.add_argument("--prompt", action="append", default=None, help="a prompt for --check (repeat for several)")
     sp.add_argument("--prompts", default=None, help="a text file of prompts for --check, one per line (first 16)")
     sp.add_argument("--pairs", default=None, help="a pairs file whose texts --check runs on (first 8 pairs)")
@@ -434,43 +502,60 @@ def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_import)
 
     analyze = sub.add_parser("analyze", help="run a registered study (layer-sweep, heads, ...; see analyze --help)")
-    studies_parser = analyze.add_subparsers(dest="analysis", required=True, parser_class=_Parser,
-                                            metavar="STUDY")
+    studies_parser = analyze.add_subparsers(dest="analysis", required=True, parser_class=_Parser, metavar="STUDY")
     if with_studies:
         from workbench import studies
         from workbench.studies import add_config_flags
 
         if not studies.studies():
-            analyze.description = (f"no study is installed: study packages register through the "
-                                   f"'{studies.ENTRY_POINT_GROUP}' entry points or WORKBENCH_STUDIES")
+            analyze.description = (
+                f"no study is installed: study packages register through the "
+                f"'{studies.ENTRY_POINT_GROUP}' entry points or WORKBENCH_STUDIES"
+            )
         for study in studies.studies():
             sp = studies_parser.add_parser(study.name, help=study.help, description=study.help)
             if study.needs_model:
                 model_args(sp)
             else:
-                sp.add_argument("--backend", choices=["bridge", "hooked"], default=None,
-                                help="TransformerBridge (TL 4.x) or HookedTransformer (TL 3.x)")
+                sp.add_argument(
+                    "--backend",
+                    choices=["bridge", "hooked"],
+                    default=None,
+                    help="TransformerBridge (TL 4.x) or HookedTransformer (TL 3.x)",
+                )
             sp.add_argument("--out", required=True, help="folder for result.json and figures/")
             sp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
             add_config_flags(sp, study.config)
             sp.set_defaults(func=cmd_analyze, study=study)
 
     toy = sub.add_parser("toy", help="the toy world: train, measure, sample").add_subparsers(
-        dest="toy_command", required=True, parser_class=_Parser)
+        dest="toy_command", required=True, parser_class=_Parser
+    )
     sp = toy.add_parser("train", help="train a toy model from scratch (plain torch, fixed seeds) and measure it")
     sp.add_argument("--size", required=True, choices=["toy-s", "toy-m", "toy-l"])
     sp.add_argument("--out", default=None, help="checkpoint folder (default: ./<size>)")
     sp.add_argument("--steps", type=int, default=None, help="override the schedule length (smoke tests)")
     sp.add_argument("--no-measure", action="store_true", help="skip measuring the card's properties")
-    sp.add_argument("--p-collocation", type=float, default=None,
-                    help="share of verbs fixed by the collocation table "
-                         "(default 0.75, the shipped corpus; 0: no collocations)")
-    sp.add_argument("--p-catalogue", type=float, default=None,
-                    help="share of documents that are catalogue documents, a seeded table to store "
-                         "(default 0.25, the shipped corpus; 0: no catalogues)")
-    sp.add_argument("--embed-std", type=float, default=None,
-                    help="redraw the input embedding at this init std (default: the size's own: toy-l 0.5, the "
-                         "others the Llama initialiser's 0.02; any value here redraws it)")
+    sp.add_argument(
+        "--p-collocation",
+        type=float,
+        default=None,
+        help="share of verbs fixed by the collocation table (default 0.75, the shipped corpus; 0: no collocations)",
+    )
+    sp.add_argument(
+        "--p-catalogue",
+        type=float,
+        default=None,
+        help="share of documents that are catalogue documents, a seeded table to store "
+        "(default 0.25, the shipped corpus; 0: no catalogues)",
+    )
+    sp.add_argument(
+        "--embed-std",
+        type=float,
+        default=None,
+        help="redraw the input embedding at this init std (default: the size's own: toy-l 0.5, the "
+        "others the Llama initialiser's 0.02; any value here redraws it)",
+    )
     sp.add_argument("--n-prompts", type=int, default=100)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)

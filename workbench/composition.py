@@ -56,7 +56,9 @@ class StepVectors:
         if not isinstance(self.deltas, torch.Tensor) or self.deltas.ndim != 3 or not torch.isfinite(self.deltas).all():
             raise WorkbenchError("StepVectors.deltas must be a finite [steps, n_layers, width] tensor.")
         if self.kind not in ("z", "resid_post"):
-            raise WorkbenchError(f"StepVectors.kind must be 'z' (the seed's o_proj input) or 'resid_post', got {self.kind!r}.")
+            raise WorkbenchError(
+                f"StepVectors.kind must be 'z' (the seed's o_proj input) or 'resid_post', got {self.kind!r}."
+            )
 
     @property
     def steps(self) -> int:
@@ -75,14 +77,15 @@ def _step_means(model: HookedModel, prompts: "list[str]", steps: int, kind: str)
     running = torch.ones(len(prompts), steps, dtype=torch.bool)  # a row stops counting after it emitted EOS
     for i, row in enumerate(g.tokens):
         if eos in row:
-            running[i, row.index(eos) + 1:] = False
+            running[i, row.index(eos) + 1 :] = False
     acts = torch.stack([torch.stack(rec.out[s][:steps], 0) for s in sites], 1)  # [T, L, rows, width]
     w = running.T.float()[:, None, :, None]
     return (acts * w).sum(2) / w.sum(2).clamp_min(1)
 
 
-def icv(model: HookedModel, with_property: "list[str]", without: "list[str]", *, steps: int = 24,
-        kind: str = "z") -> StepVectors:
+def icv(
+    model: HookedModel, with_property: "list[str]", without: "list[str]", *, steps: int = 24, kind: str = "z"
+) -> StepVectors:
     """Step- and layer-specific in-context vectors (see the module docstring)."""
     if not with_property or len(with_property) != len(without):
         raise WorkbenchError("icv needs two non-empty, equally long (parallel) lists of few-shot prompts.")
@@ -126,8 +129,10 @@ class StepAdd:
                 delta = delta + a[..., None].to(x.dtype) * p.deltas[:, layer].to(x)[tc]
             return (flat + delta).reshape(x.shape)
 
-        return [(HookSite(layer, self.kind).check(model), lambda x, hook, layer=layer: add(x, hook, layer))
-                for layer in range(n_layers)]
+        return [
+            (HookSite(layer, self.kind).check(model), lambda x, hook, layer=layer: add(x, hook, layer))
+            for layer in range(n_layers)
+        ]
 
 
 def _top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
@@ -137,11 +142,19 @@ def _top_p_mask(logits: torch.Tensor, p: float) -> torch.Tensor:
     return torch.zeros_like(probs, dtype=torch.bool).scatter(-1, idx, keep)
 
 
-def dynamic_alpha(unsteered: torch.Tensor, probe: torch.Tensor, *, top_p: float = 0.9, alpha_max: float = 2.0,
-                  normalisation: str = "none") -> torch.Tensor:
+def dynamic_alpha(
+    unsteered: torch.Tensor,
+    probe: torch.Tensor,
+    *,
+    top_p: float = 0.9,
+    alpha_max: float = 2.0,
+    normalisation: str = "none",
+) -> torch.Tensor:
     """Per row: clip(KL(unsteered || probe) on the union of the two top-p sets, renormalised, 0, alpha_max)."""
     if normalisation not in ("none", "seed"):
-        raise WorkbenchError(f"normalisation must be 'none' or 'seed' (divide by |S| as the seed code), got {normalisation!r}.")
+        raise WorkbenchError(
+            f"normalisation must be 'none' or 'seed' (divide by |S| as the seed code), got {normalisation!r}."
+        )
     s = _top_p_mask(unsteered, top_p) | _top_p_mask(probe, top_p)
     neg = torch.finfo(unsteered.dtype).min
     lp = unsteered.masked_fill(~s, neg).log_softmax(-1)
@@ -163,8 +176,11 @@ class Composed:
 
 def _schedule(strategy: str, alpha: float, steps: int) -> torch.Tensor:
     t = torch.arange(steps, dtype=torch.float32)
-    return {"fixed": torch.full((steps,), alpha), "start": (t == 0).float() * alpha,
-            "diminishing": alpha * (1 - t / steps)}[strategy]
+    return {
+        "fixed": torch.full((steps,), alpha),
+        "start": (t == 0).float() * alpha,
+        "diminishing": alpha * (1 - t / steps),
+    }[strategy]
 
 
 def generate_composed(
@@ -183,7 +199,9 @@ def generate_composed(
 ) -> Composed:
     """Greedy generation from ``prompts`` with the properties composed under ``strategy`` (module docstring)."""
     if timing not in ("exact", "lagged"):
-        raise WorkbenchError(f"timing must be 'exact' or 'lagged' (one pass per step, alpha one step late), got {timing!r}.")
+        raise WorkbenchError(
+            f"timing must be 'exact' or 'lagged' (one pass per step, alpha one step late), got {timing!r}."
+        )
     if strategy not in STRATEGIES:
         raise WorkbenchError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}.")
     if isinstance(prompts, str) or not prompts or not properties:
@@ -204,13 +222,15 @@ def generate_composed(
     if strategy == "dynamic" and timing == "lagged":
         return _lagged(model, prompts, properties, batch, k, steps, t_max, alpha_max, top_p, normalisation, use_cache)
     # steered alphas [rows, T] per property; dynamic fills column t at step t
-    steer_a = [(_schedule(strategy, a, steps)[None].repeat(b, 1) if strategy != "dynamic" else torch.zeros(b, steps))
-               for a in alphas_in]
+    steer_a = [
+        (_schedule(strategy, a, steps)[None].repeat(b, 1) if strategy != "dynamic" else torch.zeros(b, steps))
+        for a in alphas_in
+    ]
     kl_trace = torch.zeros(b, k, steps) if strategy == "dynamic" else None
     # probe batch: group 0 unsteered, group j (1..k) property j at alpha_max everywhere
     probe_a = [torch.zeros((k + 1) * b, steps) for _ in range(k)]
     for j in range(k):
-        probe_a[j][(j + 1) * b:(j + 2) * b] = alpha_max
+        probe_a[j][(j + 1) * b : (j + 2) * b] = alpha_max
     steer_iv, probe_iv = StepAdd(properties, steer_a), StepAdd(properties, probe_a)
     steered = Decoder(model, batch, use_cache=use_cache)
     probes = Decoder(model, _repeat(batch, k + 1), use_cache=use_cache) if strategy == "dynamic" else None
@@ -221,8 +241,13 @@ def generate_composed(
                 with applied(model, probe_iv, layout=probes.layout):
                     last = probes.logits()
                 for j in range(k):
-                    a = dynamic_alpha(last[:b], last[(j + 1) * b:(j + 2) * b], top_p=top_p, alpha_max=float("inf"),
-                                      normalisation=normalisation)
+                    a = dynamic_alpha(
+                        last[:b],
+                        last[(j + 1) * b : (j + 2) * b],
+                        top_p=top_p,
+                        alpha_max=float("inf"),
+                        normalisation=normalisation,
+                    )
                     if kl_trace is not None:
                         kl_trace[:, j, step] = a.cpu()
                     steer_a[j][:, step] = a.clamp(0.0, alpha_max).cpu()
@@ -238,8 +263,9 @@ def generate_composed(
 
 def _repeat(batch: Batch, n: int) -> Batch:
     """``n`` copies of ``batch``, stacked as consecutive groups of rows."""
-    return Batch(batch.tokens.repeat(n, 1), batch.attention_mask.repeat(n, 1), batch.start.repeat(n),
-                 batch.end.repeat(n))
+    return Batch(
+        batch.tokens.repeat(n, 1), batch.attention_mask.repeat(n, 1), batch.start.repeat(n), batch.end.repeat(n)
+    )
 
 
 def _finish(model: HookedModel, prompts: "list[str]", out: list, used: torch.Tensor, kl) -> Composed:
@@ -257,8 +283,8 @@ def _lagged(model, prompts, properties, batch, k, steps, t_max, alpha_max, top_p
     g = k + 2
     tables = [torch.zeros(g * b, steps) for _ in range(k)]
     for j in range(k):
-        tables[j][(j + 1) * b:(j + 2) * b] = alpha_max
-        tables[j][(k + 1) * b:, 0] = alpha_max
+        tables[j][(j + 1) * b : (j + 2) * b] = alpha_max
+        tables[j][(k + 1) * b :, 0] = alpha_max
     iv = StepAdd(properties, tables)
     kl = torch.zeros(b, k, steps)
     rows = Decoder(model, _repeat(batch, g), use_cache=use_cache)
@@ -267,13 +293,18 @@ def _lagged(model, prompts, properties, batch, k, steps, t_max, alpha_max, top_p
         for step in range(t_max):
             last = rows.logits()
             for j in range(k):
-                a = dynamic_alpha(last[:b], last[(j + 1) * b:(j + 2) * b], top_p=top_p, alpha_max=float("inf"),
-                                  normalisation=normalisation)
+                a = dynamic_alpha(
+                    last[:b],
+                    last[(j + 1) * b : (j + 2) * b],
+                    top_p=top_p,
+                    alpha_max=float("inf"),
+                    normalisation=normalisation,
+                )
                 kl[:, j, step] = a.cpu()
                 if step + 1 < steps:
-                    tables[j][(k + 1) * b:, step + 1] = a.clamp(0.0, alpha_max).cpu()
-            nxt = last[(k + 1) * b:].argmax(-1)
+                    tables[j][(k + 1) * b :, step + 1] = a.clamp(0.0, alpha_max).cpu()
+            nxt = last[(k + 1) * b :].argmax(-1)
             out.append(nxt.cpu())
             rows.append(nxt.repeat(g))
-    used = torch.stack([t[(k + 1) * b:, :t_max] for t in tables], 1)
+    used = torch.stack([t[(k + 1) * b :, :t_max] for t in tables], 1)
     return _finish(model, prompts, out, used, kl[:, :, :t_max])

@@ -24,9 +24,15 @@ from workbench.toy.measure import GRAMMAR_FLOOR, SITES, directions_for, steering
 from workbench.toy.prompts import STEER_TARGETS
 
 
-def run_demo(out: "str | Path", model: str = "toy-m", backend: "str | None" = None, seed: int = 0,
-             n_prompts: int = 48, strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
-             progress: bool = True) -> Path:
+def run_demo(
+    out: "str | Path",
+    model: str = "toy-m",
+    backend: "str | None" = None,
+    seed: int = 0,
+    n_prompts: int = 48,
+    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
+    progress: bool = True,
+) -> Path:
     """Run the demo on ``model`` into ``out`` (replaced atomically) and return it."""
     from tqdm.auto import tqdm
 
@@ -34,18 +40,34 @@ def run_demo(out: "str | Path", model: str = "toy-m", backend: "str | None" = No
     t0 = time.perf_counter()
     m = models.load(model, backend=backend)
     fp = models.fingerprint(m)
-    results: dict = {"kind": "demo", "model": model, "backend": models.backend_of(m), "fingerprint": fp.to_dict(),
-                     "grammar_floor": GRAMMAR_FLOOR, "attributes": {}}
+    results: dict = {
+        "kind": "demo",
+        "model": model,
+        "backend": models.backend_of(m),
+        "fingerprint": fp.to_dict(),
+        "grammar_floor": GRAMMAR_FLOOR,
+        "attributes": {},
+    }
     with atomic_dir(out) as tmp:
         for attribute in tqdm(list(STEER_TARGETS), desc="demo: attributes", disable=not progress):
             source, target = STEER_TARGETS[attribute]
             grids = []
             for kind, position in SITES[attribute]:
-                ds = directions_for(m, attribute, source, target, n_pairs=200, seed=seed, kind=kind,
-                                    position=position)
+                ds = directions_for(m, attribute, source, target, n_pairs=200, seed=seed, kind=kind, position=position)
                 ds.save(tmp / "directions" / f"{attribute}-{kind}")
-                grids.append(steering_grid(m, attribute, kind=kind, position=position, strengths=strengths,
-                                           n_prompts=n_prompts, max_new_tokens=24, seed=seed, directions=ds))
+                grids.append(
+                    steering_grid(
+                        m,
+                        attribute,
+                        kind=kind,
+                        position=position,
+                        strengths=strengths,
+                        n_prompts=n_prompts,
+                        max_new_tokens=24,
+                        seed=seed,
+                        directions=ds,
+                    )
+                )
             results["attributes"][attribute] = grids
         results["seconds"] = round(time.perf_counter() - t0, 1)
         write_json(tmp / "results.json", results)
@@ -73,10 +95,18 @@ def _export_best(m, results: dict, folder: Path, seed: int) -> None:
         b = g["best"]
         exported = folder / "exports" / attribute
         if b is None or b["strength"] <= 0:  # nothing to deploy
-            write_json(exported / "parity.json", {
-                "kind": "parity", "spec": f"{attribute}: none", "rows": [],
-                "refused": [f"no steering cell passes the grammar floor {results['grammar_floor']}, so there is no "
-                            f"edit to export"]})
+            write_json(
+                exported / "parity.json",
+                {
+                    "kind": "parity",
+                    "spec": f"{attribute}: none",
+                    "rows": [],
+                    "refused": [
+                        f"no steering cell passes the grammar floor {results['grammar_floor']}, so there is no "
+                        f"edit to export"
+                    ],
+                },
+            )
             continue
         ds = DirectionSet.load(folder / "directions" / f"{attribute}-{g['kind']}")
         spec = spec_from_directions(ds, b["layer"], b["strength"], kind=g["kind"], source=f"demo:{attribute}")
@@ -92,9 +122,15 @@ def _export_best(m, results: dict, folder: Path, seed: int) -> None:
         except WorkbenchError as e:
             refused.append(f"gguf: {e}")
         rows = check(m, spec, texts, paths=tuple(paths))
-        write_json(exported / "parity.json", {
-            "kind": "parity", "spec": f"{attribute}: {spec.interventions[0].site.name} x{b['strength']:g}",
-            "rows": [r.to_dict() for r in rows], "refused": refused})
+        write_json(
+            exported / "parity.json",
+            {
+                "kind": "parity",
+                "spec": f"{attribute}: {spec.interventions[0].site.name} x{b['strength']:g}",
+                "rows": [r.to_dict() for r in rows],
+                "refused": refused,
+            },
+        )
 
 
 def _summary(r: dict) -> str:
@@ -110,17 +146,29 @@ def _summary(r: dict) -> str:
         strengths = sorted({c["strength"] for c in g["cells"]})
         layers = sorted({c["layer"] for c in g["cells"]})
         cell = {(c["layer"], c["strength"]): c for c in g["cells"]}
-        lines += ["", f"## {g['attribute']}: {g['source']} -> {g['target']} at {g['kind']} (contrast at the "
-                  f"{g['position']} token; {g['n_prompts']} prompts per cell)", "",
-                  "| layer | probe acc | " + " | ".join(f"x{s:g}" for s in strengths) + " |",
-                  "|---|---|" + "---|" * len(strengths)]
+        lines += [
+            "",
+            f"## {g['attribute']}: {g['source']} -> {g['target']} at {g['kind']} (contrast at the "
+            f"{g['position']} token; {g['n_prompts']} prompts per cell)",
+            "",
+            "| layer | probe acc | " + " | ".join(f"x{s:g}" for s in strengths) + " |",
+            "|---|---|" + "---|" * len(strengths),
+        ]
         for layer in layers:
             probe = g["probe_accuracy"].get(layer)
-            lines.append(f"| {layer} | {'n/a' if probe is None else f'{probe:.2f}'} | " + " | ".join(
-                f"{cell[layer, s]['target_rate']:.2f} / {cell[layer, s]['grammaticality']:.2f}" for s in strengths)
-                + " |")
+            lines.append(
+                f"| {layer} | {'n/a' if probe is None else f'{probe:.2f}'} | "
+                + " | ".join(
+                    f"{cell[layer, s]['target_rate']:.2f} / {cell[layer, s]['grammaticality']:.2f}" for s in strengths
+                )
+                + " |"
+            )
         b = g["best"]
-        lines += ["", "best: none within the grammar floor" if b is None else
-                  f"best: layer {b['layer']}, x{b['strength']:g}: target {b['target_rate']:.2f} at grammaticality "
-                  f"{b['grammaticality']:.2f}; e.g. \"{b['example']}\""]
+        lines += [
+            "",
+            "best: none within the grammar floor"
+            if b is None
+            else f"best: layer {b['layer']}, x{b['strength']:g}: target {b['target_rate']:.2f} at grammaticality "
+            f'{b["grammaticality"]:.2f}; e.g. "{b["example"]}"',
+        ]
     return "\n".join(lines) + "\n"

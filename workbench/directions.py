@@ -8,8 +8,18 @@ direction fitted without them.
 """
 
 __all__ = [
-    "Method", "METHODS", "Quality", "Direction", "DirectionSet", "compute_directions",
-    "mean_difference", "pca_direction", "probe_direction", "fit_logistic_probe", "ridge_probe", "RIDGE_GRID",
+    "Method",
+    "METHODS",
+    "Quality",
+    "Direction",
+    "DirectionSet",
+    "compute_directions",
+    "mean_difference",
+    "pca_direction",
+    "probe_direction",
+    "fit_logistic_probe",
+    "ridge_probe",
+    "RIDGE_GRID",
     "gram_spectrum",
 ]
 
@@ -227,14 +237,23 @@ class DirectionSet:
             "position": self.position,
             "basis": "unprocessed",  # no LayerNorm folding or centring: Hugging Face hidden-state basis
             "model": self.fingerprint.to_dict(),
-            "provenance": {"data_hash": self.data_hash, "n_pairs": self.n_pairs,
-                           "workbench_version": workbench.__version__, "tokenization": self.tokenization},
-            "directions": [{"site": d.site.to_dict(), "tensor": d.site.name, "quality": d.quality.to_dict()}
-                           for d in self.directions],
+            "provenance": {
+                "data_hash": self.data_hash,
+                "n_pairs": self.n_pairs,
+                "workbench_version": workbench.__version__,
+                "tokenization": self.tokenization,
+            },
+            "directions": [
+                {"site": d.site.to_dict(), "tensor": d.site.name, "quality": d.quality.to_dict()}
+                for d in self.directions
+            ],
         }
         with atomic_dir(out) as tmp:
-            write_tensors(tmp / "directions.safetensors", {d.site.name: d.vector for d in self.directions},
-                          {"format": "workbench.directions"})
+            write_tensors(
+                tmp / "directions.safetensors",
+                {d.site.name: d.vector for d in self.directions},
+                {"format": "workbench.directions"},
+            )
             write_json(tmp / "directions.json", manifest)
         return Path(out)
 
@@ -243,7 +262,9 @@ class DirectionSet:
         """Read a saved set; with ``model``, check the fingerprint and widths against it."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise WorkbenchError(f"{str(folder)!r} is not a directions folder; pass the --out of `workbench directions`.")
+            raise WorkbenchError(
+                f"{str(folder)!r} is not a directions folder; pass the --out of `workbench directions`."
+            )
         m = read_json(folder / "directions.json")
         if m.get("kind") != "directions":
             raise WorkbenchError(f"{folder}/directions.json is not a directions manifest (kind={m.get('kind')!r}).")
@@ -265,11 +286,25 @@ class DirectionSet:
             if not torch.isfinite(v).all():
                 raise WorkbenchError(f"{folder}: tensor {e['tensor']!r} has non-finite values; recompute it.")
             q = e.get("quality", {})
-            dirs.append(Direction(site, v, Quality(q.get("norm", float(v.norm())), q.get("probe_accuracy"),
-                                                   q.get("auroc"), q.get("effect_size"))))
+            dirs.append(
+                Direction(
+                    site,
+                    v,
+                    Quality(
+                        q.get("norm", float(v.norm())), q.get("probe_accuracy"), q.get("auroc"), q.get("effect_size")
+                    ),
+                )
+            )
         prov = m.get("provenance", {})
-        return cls(tuple(dirs), m["method"], m["position"], fp, prov.get("data_hash", ""), prov.get("n_pairs", 0),
-                   prov.get("tokenization") or {})
+        return cls(
+            tuple(dirs),
+            m["method"],
+            m["position"],
+            fp,
+            prov.get("data_hash", ""),
+            prov.get("n_pairs", 0),
+            prov.get("tokenization") or {},
+        )
 
 
 def compute_directions(
@@ -292,5 +327,6 @@ def compute_directions(
         vector = _FITS[method](pos, neg)
         gen = torch.Generator().manual_seed(seed)
         dirs.append(Direction(site, vector.float(), _quality(pos, neg, vector, method, gen, holdout)))
-    return DirectionSet(tuple(dirs), method, acts.position, acts.fingerprint, acts.data_hash, acts.n_pairs,
-                        dict(acts.tokenization))
+    return DirectionSet(
+        tuple(dirs), method, acts.position, acts.fingerprint, acts.data_hash, acts.n_pairs, dict(acts.tokenization)
+    )

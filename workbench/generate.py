@@ -71,8 +71,9 @@ class Decoder:
         self.mask = torch.cat([self.mask, torch.ones_like(self.new)], dim=1)
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_k: "int | None", top_p: "float | None",
-            gen: torch.Generator) -> torch.Tensor:
+def _sample(
+    logits: torch.Tensor, temperature: float, top_k: "int | None", top_p: "float | None", gen: torch.Generator
+) -> torch.Tensor:
     if temperature == 0.0:
         return logits.argmax(-1)
     logits = logits / temperature
@@ -116,9 +117,7 @@ def generate(
     if max_new_tokens < 1:
         raise WorkbenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
     if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
-        raise WorkbenchError(
-            f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}."
-        )
+        raise WorkbenchError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}.")
     tok = tokenizer_of(model)
     device = model.cfg.device
     seqs = [tokenize(model, p) for p in prompts]
@@ -129,7 +128,9 @@ def generate(
         )
     dec = Decoder(model, make_batch(seqs, pad_id_of(model), "left"), use_cache=use_cache)
     eos = tok.eos_token_id
-    banned = sorted({t for t in (tok.pad_token_id, tok.bos_token_id) if t is not None and t != eos}) if ban_special else []
+    banned = (
+        sorted({t for t in (tok.pad_token_id, tok.bos_token_id) if t is not None and t != eos}) if ban_special else []
+    )
     gen = torch.Generator().manual_seed(seed)
     done = torch.zeros(len(seqs), dtype=torch.bool, device=device)
     out, steps = [], []
@@ -177,7 +178,11 @@ def generate_at_strengths(
     row_scales = tuple(float(s) for s in scales for _ in prompts)
     g = generate(model, rows, replace(intervention, scale=row_scales), **kwargs)
     return [
-        Generation(tuple(prompts), g.tokens[i * n : (i + 1) * n], g.texts[i * n : (i + 1) * n],
-                   None if g.logits is None else g.logits[i * n : (i + 1) * n])
+        Generation(
+            tuple(prompts),
+            g.tokens[i * n : (i + 1) * n],
+            g.texts[i * n : (i + 1) * n],
+            None if g.logits is None else g.logits[i * n : (i + 1) * n],
+        )
         for i in range(len(scales))
     ]

@@ -56,8 +56,14 @@ def applied(
         yield model
 
 
-def capture_hook(store: dict, key: Any, reduce: "Callable[[torch.Tensor], Any] | None" = None, *,
-                 keep: str = "last", retain_grad: bool = False) -> HookFn:
+def capture_hook(
+    store: dict,
+    key: Any,
+    reduce: "Callable[[torch.Tensor], Any] | None" = None,
+    *,
+    keep: str = "last",
+    retain_grad: bool = False,
+) -> HookFn:
     """A hook that records its input (or ``reduce`` of it) in ``store[key]`` and returns the input unchanged.
 
     ``keep="last"`` keeps the latest forward pass, ``keep="all"`` appends every pass to a list (one entry per
@@ -93,8 +99,14 @@ class Capture:
         >>> cap.out[HookSite(2)].shape  # [batch pos d_model], after the edit at block 1
     """
 
-    def __init__(self, sites: Sequence[HookSite], reduce: "Reduce | None" = None, *, keep: str = "last",
-                 retain_grad: bool = False) -> None:
+    def __init__(
+        self,
+        sites: Sequence[HookSite],
+        reduce: "Reduce | None" = None,
+        *,
+        keep: str = "last",
+        retain_grad: bool = False,
+    ) -> None:
         self.sites, self.reduce, self.keep, self.retain_grad = tuple(sites), reduce, keep, retain_grad
         self.out: dict = {}
 
@@ -103,14 +115,20 @@ class Capture:
         for s in self.sites:
             fn = self.reduce
             reduce = None if fn is None else (lambda x, s=s, fn=fn: fn(x, s))
-            hooks.append((s.check(model), capture_hook(self.out, s, reduce, keep=self.keep,
-                                                       retain_grad=self.retain_grad)))
+            hooks.append(
+                (s.check(model), capture_hook(self.out, s, reduce, keep=self.keep, retain_grad=self.retain_grad))
+            )
         return hooks
 
 
 @contextlib.contextmanager
-def captured(model: HookedModel, sites: Sequence[HookSite], *interventions: Intervention,
-             reduce: "Reduce | None" = None, layout: "TokenLayout | None" = None) -> Iterator[dict]:
+def captured(
+    model: HookedModel,
+    sites: Sequence[HookSite],
+    *interventions: Intervention,
+    reduce: "Reduce | None" = None,
+    layout: "TokenLayout | None" = None,
+) -> Iterator[dict]:
     """Record the activations at ``sites`` (as ``Capture``) during the block, with ``interventions`` applied; yields
     the ``{site: activation}`` dict, filled by the forward passes run inside.
 

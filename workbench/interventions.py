@@ -139,8 +139,10 @@ class Ablate:
                 x = store["x"]
                 return ablate(x + a, hook) - x
 
-            return [(HookSite(self.site.layer, "resid_pre").check(model), capture_hook(store, "x")),
-                    (HookSite(self.site.layer, "attn_out").check(model), ablate_mid)]
+            return [
+                (HookSite(self.site.layer, "resid_pre").check(model), capture_hook(store, "x")),
+                (HookSite(self.site.layer, "attn_out").check(model), ablate_mid),
+            ]
         return [(self.site.name, ablate)]
 
     def to_dict(self) -> dict:
@@ -176,10 +178,17 @@ class SpectralEdit:
 
         for name in ("u_pos", "u_neg"):
             u = getattr(self, name)
-            if not isinstance(u, torch.Tensor) or u.ndim != 2 or not u.is_floating_point() or not torch.isfinite(u).all():
+            if (
+                not isinstance(u, torch.Tensor)
+                or u.ndim != 2
+                or not u.is_floating_point()
+                or not torch.isfinite(u).all()
+            ):
                 raise WorkbenchError(f"SpectralEdit.{name} must be a finite float [d_model, k] tensor.")
         if self.u_pos.shape[0] != self.u_neg.shape[0]:
-            raise WorkbenchError(f"SpectralEdit factors disagree on d_model: {self.u_pos.shape[0]} vs {self.u_neg.shape[0]}.")
+            raise WorkbenchError(
+                f"SpectralEdit factors disagree on d_model: {self.u_pos.shape[0]} vs {self.u_neg.shape[0]}."
+            )
         if self.combine not in COMBINES:
             raise WorkbenchError(f"SpectralEdit.combine must be one of {', '.join(COMBINES)}, got {self.combine!r}.")
         if self.feature not in FEATURES:
@@ -214,8 +223,9 @@ class SpectralEdit:
         return total * nx / ny
 
     def to_hooks(self, model: Any, layout: "TokenLayout | None" = None) -> list[tuple[str, HookFn]]:
-        _check_width(self.site, model, self.u_pos[:, 0] if self.u_pos.shape[1] else self.u_neg[:, 0],
-                     "SpectralEdit factors")
+        _check_width(
+            self.site, model, self.u_pos[:, 0] if self.u_pos.shape[1] else self.u_neg[:, 0], "SpectralEdit factors"
+        )
         positions = self.positions
 
         def spectral(x: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -229,8 +239,15 @@ class SpectralEdit:
         return [(self.site.name, spectral)]
 
     def to_dict(self) -> dict:
-        return {"kind": "spectral", "site": self.site.to_dict(), "combine": self.combine, "feature": self.feature,
-                "parts": self.parts, "reverse": self.reverse, "positions": self.positions.to_dict()}
+        return {
+            "kind": "spectral",
+            "site": self.site.to_dict(),
+            "combine": self.combine,
+            "feature": self.feature,
+            "parts": self.parts,
+            "reverse": self.reverse,
+            "positions": self.positions.to_dict(),
+        }
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"u_pos": self.u_pos, "u_neg": self.u_neg}
@@ -248,9 +265,16 @@ def intervention_from_dict(meta: dict, tensors: dict[str, torch.Tensor]) -> "Add
         if kind == "ablate":
             return Ablate(site, tensors["direction"], positions)
         if kind == "spectral":
-            return SpectralEdit(site, tensors["u_pos"], tensors["u_neg"], meta.get("combine", "norm"),
-                                meta.get("feature", "identity"), meta.get("parts", "both"),
-                                bool(meta.get("reverse", False)), positions)
+            return SpectralEdit(
+                site,
+                tensors["u_pos"],
+                tensors["u_neg"],
+                meta.get("combine", "norm"),
+                meta.get("feature", "identity"),
+                meta.get("parts", "both"),
+                bool(meta.get("reverse", False)),
+                positions,
+            )
     except KeyError as e:
         raise WorkbenchError(f"intervention entry lacks {e}; re-export it with the workbench.") from None
     raise WorkbenchError(f"unknown intervention kind {kind!r}; expected 'add', 'ablate' or 'spectral'.")

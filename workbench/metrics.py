@@ -10,8 +10,16 @@ Intervals (95%): ``wilson`` of a rate, ``mean_ci`` of a mean (normal approximati
 (percentile bootstrap).
 """
 
-__all__ = ["ab_probability", "token_logprobs", "perplexity", "continuation_perplexity", "kl_divergence", "wilson",
-           "mean_ci", "bootstrap_ci"]
+__all__ = [
+    "ab_probability",
+    "token_logprobs",
+    "perplexity",
+    "continuation_perplexity",
+    "kl_divergence",
+    "wilson",
+    "mean_ci",
+    "bootstrap_ci",
+]
 
 import math
 import random
@@ -48,7 +56,9 @@ def ab_probability(
         if k >= min(len(p), len(n)):
             raise WorkbenchError(f"pair {i}: one text is a prefix of the other; no answer token to score.")
         items.append((p[:k], p[k], n[k]))
-    logp = last_logits(model, [context for context, _, _ in items], *interventions, batch_size=batch_size).log_softmax(-1)
+    logp = last_logits(model, [context for context, _, _ in items], *interventions, batch_size=batch_size).log_softmax(
+        -1
+    )
     rows = torch.arange(len(items))
     return torch.sigmoid(logp[rows, [p for _, p, _ in items]] - logp[rows, [n for _, _, n in items]])
 
@@ -80,7 +90,10 @@ def perplexity(model: HookedModel, texts: Sequence[str], *interventions: Interve
 
 
 def continuation_perplexity(
-    model: HookedModel, prompts: Sequence[str], continuations: Sequence[str], *interventions: Intervention,
+    model: HookedModel,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    *interventions: Intervention,
     batch_size: int = 32,
 ) -> float:
     """exp(mean NLL per token) of each continuation given its prompt, over all continuation tokens."""

@@ -22,9 +22,27 @@ in a registry beside the model (``info(model)``), never as attributes on the Tra
 """
 
 __all__ = [
-    "HookedModel", "Backend", "Fingerprint", "Tokenization", "ModelInfo", "load", "wrap", "info", "source_of",
-    "tokenization_of", "backend_of", "available_backends", "fingerprint", "fingerprint_hf", "forward_step",
-    "tokenizer_of", "hf_folder", "head_out_weights", "SELF_CHECK_TOLERANCE", "default_backend", "weights_hash",
+    "HookedModel",
+    "Backend",
+    "Fingerprint",
+    "Tokenization",
+    "ModelInfo",
+    "load",
+    "wrap",
+    "info",
+    "source_of",
+    "tokenization_of",
+    "backend_of",
+    "available_backends",
+    "fingerprint",
+    "fingerprint_hf",
+    "forward_step",
+    "tokenizer_of",
+    "hf_folder",
+    "head_out_weights",
+    "SELF_CHECK_TOLERANCE",
+    "default_backend",
+    "weights_hash",
     "transformer_lens_model",
 ]
 
@@ -298,8 +316,9 @@ def wrap(
     same self-check as ``load``. ``source`` names the checkpoint folder it came from, if any (needed only by the
     exports that read the folder: baking, llama.cpp parity). The bridge wraps ``hf_model`` in place."""
     if not isinstance(hf_model, torch.nn.Module) or not hasattr(hf_model, "config"):
-        raise WorkbenchError(f"hf_model must be a transformers model (AutoModelForCausalLM), got "
-                             f"{type(hf_model).__name__}.")
+        raise WorkbenchError(
+            f"hf_model must be a transformers model (AutoModelForCausalLM), got {type(hf_model).__name__}."
+        )
     if tokenizer is None or not callable(getattr(tokenizer, "get_vocab", None)):
         raise WorkbenchError("tokenizer must be the model's transformers tokenizer (AutoTokenizer.from_pretrained).")
     resolved = _resolve_backend(backend)
@@ -308,8 +327,17 @@ def wrap(
     arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
     _check_supported(hf_model.config, arch, resolved, "the model")
     fp = fingerprint_hf(hf_model.eval(), tokenizer, arch)
-    return _wrap_checked(hf_model, tokenizer, arch, resolved, str(p.device), p.dtype, fp, tokenization,
-                         str(Path(source).resolve()) if source else None)
+    return _wrap_checked(
+        hf_model,
+        tokenizer,
+        arch,
+        resolved,
+        str(p.device),
+        p.dtype,
+        fp,
+        tokenization,
+        str(Path(source).resolve()) if source else None,
+    )
 
 
 def hf_folder(spec: "str | os.PathLike") -> Path:
@@ -373,8 +401,9 @@ def _check_supported(config, arch: str, backend: Backend, where: str) -> None:
         )
 
 
-def _load_hf_folder(path: Path, backend: Backend, device: str, dtype: torch.dtype, tokenization: Tokenization
-                    ) -> HookedModel:
+def _load_hf_folder(
+    path: Path, backend: Backend, device: str, dtype: torch.dtype, tokenization: Tokenization
+) -> HookedModel:
     if not (path / "config.json").is_file():
         raise WorkbenchError(
             f"{str(path)!r} is not a Hugging Face checkpoint folder (no config.json); pass a folder written by "
@@ -399,8 +428,10 @@ def _load_hf_folder(path: Path, backend: Backend, device: str, dtype: torch.dtyp
 
 def _check_tokenization(tok, tokenization: Tokenization) -> None:
     if tokenization.chat_template and not getattr(tok, "chat_template", None):
-        raise WorkbenchError("chat_template=True (--chat-template) but this tokenizer has no chat template; drop the "
-                             "option or use an instruct model's tokenizer.")
+        raise WorkbenchError(
+            "chat_template=True (--chat-template) but this tokenizer has no chat template; drop the "
+            "option or use an instruct model's tokenizer."
+        )
     if tokenization.bos == "always" and tok.bos_token_id is None:
         raise WorkbenchError("bos='always' (--bos always) but this tokenizer has no BOS token; use --bos auto.")
 
@@ -412,18 +443,30 @@ def _versions_hint() -> str:
         have = f"transformers {version('transformers')}, transformer_lens {version('transformer_lens')}"
     except PackageNotFoundError:  # pragma: no cover
         have = "the installed transformers / transformer_lens"
-    return (f"No backend reproduces it with {have}; the architecture matrix is measured exact with transformers "
-            f"5.23.0 and transformer_lens 4.3.0 (constraints.txt): install those, or report the architecture.")
+    return (
+        f"No backend reproduces it with {have}; the architecture matrix is measured exact with transformers "
+        f"5.23.0 and transformer_lens 4.3.0 (constraints.txt): install those, or report the architecture."
+    )
 
 
-def _wrap_checked(hf, tok, arch: str, backend: Backend, device: str, dtype: torch.dtype, fp: Fingerprint,
-                  tokenization: Tokenization, source: "str | None") -> HookedModel:
+def _wrap_checked(
+    hf,
+    tok,
+    arch: str,
+    backend: Backend,
+    device: str,
+    dtype: torch.dtype,
+    fp: Fingerprint,
+    tokenization: Tokenization,
+    source: "str | None",
+) -> HookedModel:
     """Wrap ``hf`` on ``backend`` and check one short forward against the Hugging Face model (computed first:
     the bridge wraps the HF modules in place)."""
     _check_tokenization(tok, tokenization)
     hf = hf.to(device)
-    ids = torch.randint(0, int(hf.config.get_text_config().vocab_size), (1, 12),
-                        generator=torch.Generator().manual_seed(0)).to(device)
+    ids = torch.randint(
+        0, int(hf.config.get_text_config().vocab_size), (1, 12), generator=torch.Generator().manual_seed(0)
+    ).to(device)
     with torch.no_grad():
         ref = hf(ids).logits
     model = transformer_lens_model(hf, tok, arch, backend, device, dtype, name=source or arch)
@@ -441,8 +484,11 @@ def _wrap_checked(hf, tok, arch: str, backend: Backend, device: str, dtype: torc
         )
     _INFO[model] = ModelInfo(fp, tokenization, source, diff, tok)
     return model
-def transformer_lens_model(hf, tok, arch: str, backend: Backend, device: str, dtype: torch.dtype,
-                           name: str) -> HookedModel:
+
+
+def transformer_lens_model(
+    hf, tok, arch: str, backend: Backend, device: str, dtype: torch.dtype, name: str
+) -> HookedModel:
     """The ``backend``'s TransformerLens model of the Hugging Face model ``hf``, unchecked and unregistered
     (``load`` and ``wrap`` add the self-check and the registry entry)."""
     if backend == "bridge":
@@ -455,8 +501,12 @@ def transformer_lens_model(hf, tok, arch: str, backend: Backend, device: str, dt
     with contextlib.redirect_stdout(io.StringIO()):  # HookedTransformer prints "Moving model to device"
         model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
         model.load_and_process_state_dict(
-            _HOOKED_WEIGHTS[arch](hf, cfg), fold_ln=False, center_writing_weights=False, center_unembed=False,
-            fold_value_biases=False, refactor_factored_attn_matrices=False,
+            _HOOKED_WEIGHTS[arch](hf, cfg),
+            fold_ln=False,
+            center_writing_weights=False,
+            center_unembed=False,
+            fold_value_biases=False,
+            refactor_factored_attn_matrices=False,
         )
         return model.to(device).eval()
 
@@ -465,22 +515,47 @@ def _llama_cfg(c) -> dict:
     rope = getattr(c, "rope_theta", None) or (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
     d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     return dict(
-        d_model=c.hidden_size, d_head=d_head, n_heads=c.num_attention_heads, d_mlp=c.intermediate_size,
-        n_layers=c.num_hidden_layers, n_ctx=c.max_position_embeddings, eps=c.rms_norm_eps, d_vocab=c.vocab_size,
-        act_fn=c.hidden_act, normalization_type="RMS", positional_embedding_type="rotary",
-        rotary_adjacent_pairs=False, rotary_dim=d_head, rotary_base=float(rope), final_rms=True, gated_mlp=True,
+        d_model=c.hidden_size,
+        d_head=d_head,
+        n_heads=c.num_attention_heads,
+        d_mlp=c.intermediate_size,
+        n_layers=c.num_hidden_layers,
+        n_ctx=c.max_position_embeddings,
+        eps=c.rms_norm_eps,
+        d_vocab=c.vocab_size,
+        act_fn=c.hidden_act,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=d_head,
+        rotary_base=float(rope),
+        final_rms=True,
+        gated_mlp=True,
         n_key_value_heads=(c.num_key_value_heads if c.num_key_value_heads != c.num_attention_heads else None),
-        original_architecture="LlamaForCausalLM", default_prepend_bos=True, tokenizer_prepends_bos=True,
+        original_architecture="LlamaForCausalLM",
+        default_prepend_bos=True,
+        tokenizer_prepends_bos=True,
     )
 
 
 def _gpt2_cfg(c) -> dict:
     return dict(
-        d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head, d_mlp=c.n_inner or 4 * c.n_embd,
-        n_layers=c.n_layer, n_ctx=c.n_positions, eps=c.layer_norm_epsilon, d_vocab=c.vocab_size,
-        act_fn=c.activation_function, use_attn_scale=c.scale_attn_weights, use_local_attn=False,
-        scale_attn_by_inverse_layer_idx=c.scale_attn_by_inverse_layer_idx, normalization_type="LN",
-        original_architecture="GPT2LMHeadModel", default_prepend_bos=True, tokenizer_prepends_bos=True,
+        d_model=c.n_embd,
+        d_head=c.n_embd // c.n_head,
+        n_heads=c.n_head,
+        d_mlp=c.n_inner or 4 * c.n_embd,
+        n_layers=c.n_layer,
+        n_ctx=c.n_positions,
+        eps=c.layer_norm_epsilon,
+        d_vocab=c.vocab_size,
+        act_fn=c.activation_function,
+        use_attn_scale=c.scale_attn_weights,
+        use_local_attn=False,
+        scale_attn_by_inverse_layer_idx=c.scale_attn_by_inverse_layer_idx,
+        normalization_type="LN",
+        original_architecture="GPT2LMHeadModel",
+        default_prepend_bos=True,
+        tokenizer_prepends_bos=True,
     )
 
 
@@ -537,8 +612,6 @@ def _load_tl_name(name: str, backend: Backend, device: str, dtype: torch.dtype) 
             f"Offline, download the checkpoint elsewhere and pass its local folder instead."
         ) from None
     return model.eval()
-
-
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
@@ -598,7 +671,10 @@ def fingerprint_hf(hf, tok, arch: "str | None" = None, *, weights_sha256: "str |
     weight as float32 (``weights_sha256`` given: that value, from the cache)."""
     d_model, n_layers, d_vocab = _dims(hf.config)
     return Fingerprint(
-        architecture=arch or _architecture(hf.config), d_model=d_model, n_layers=n_layers, d_vocab=d_vocab,
+        architecture=arch or _architecture(hf.config),
+        d_model=d_model,
+        n_layers=n_layers,
+        d_vocab=d_vocab,
         vocab_sha256=_vocab_hash(tok),
         weights_sha256=weights_sha256 or weights_hash(list(hf.state_dict().items())),
     )
@@ -608,8 +684,9 @@ def _cache_file() -> "Path | None":
     """``$WORKBENCH_CACHE_DIR``, else ``$XDG_CACHE_HOME/workbench``, else ``~/.cache/workbench``; None if none."""
     base = os.environ.get("WORKBENCH_CACHE_DIR")
     if not base:
-        xdg = os.environ.get("XDG_CACHE_HOME") or (os.path.join(os.environ["HOME"], ".cache")
-                                                   if os.environ.get("HOME") else None)
+        xdg = os.environ.get("XDG_CACHE_HOME") or (
+            os.path.join(os.environ["HOME"], ".cache") if os.environ.get("HOME") else None
+        )
         base = os.path.join(xdg, "workbench") if xdg else None
     return Path(base) / "fingerprints.json" if base else None
 
@@ -617,8 +694,13 @@ def _cache_file() -> "Path | None":
 def _weight_files_key(path: Path, dtype: torch.dtype) -> "str | None":
     """A key that changes whenever a weight file or the config of ``path`` changes (the folder, each file's name,
     size, mtime in ns and inode, and the load dtype)."""
-    files = sorted(f for f in path.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".pth")
-                   or f.name.endswith(".index.json") or f.name == "config.json")
+    files = sorted(
+        f
+        for f in path.iterdir()
+        if f.suffix in (".safetensors", ".bin", ".pt", ".pth")
+        or f.name.endswith(".index.json")
+        or f.name == "config.json"
+    )
     if not files:
         return None
     stats = [(f.name, st.st_size, st.st_mtime_ns, st.st_ino) for f in files for st in [f.stat()]]
@@ -701,5 +783,5 @@ def forward_step(
         from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
         state = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, tokens.shape[0])
-    new_mask = attention_mask[:, -tokens.shape[1]:]
+    new_mask = attention_mask[:, -tokens.shape[1] :]
     return model(tokens, attention_mask=new_mask, past_kv_cache=state), state

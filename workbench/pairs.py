@@ -39,7 +39,9 @@ class ContrastPair:
     def __post_init__(self) -> None:
         for field in ("positive", "negative", "prompt"):
             if not isinstance(getattr(self, field), str):
-                raise WorkbenchError(f"ContrastPair.{field} must be a string, got {type(getattr(self, field)).__name__}.")
+                raise WorkbenchError(
+                    f"ContrastPair.{field} must be a string, got {type(getattr(self, field)).__name__}."
+                )
         if not self.positive.strip() or not self.negative.strip():
             raise WorkbenchError("ContrastPair.positive and .negative must be non-empty text.")
         if self.positive == self.negative:
@@ -126,7 +128,9 @@ def load_pairs(path: "str | Path") -> ContrastPairs:
         try:
             items = json.loads(text)
         except json.JSONDecodeError as e:
-            raise WorkbenchError(f"{p}:{e.lineno}: invalid JSON array ({e.msg}); fix the file or write JSONL.") from None
+            raise WorkbenchError(
+                f"{p}:{e.lineno}: invalid JSON array ({e.msg}); fix the file or write JSONL."
+            ) from None
         pairs = [_parse_item(obj, f"{p} item {i}") for i, obj in enumerate(items)]
     else:
         pairs = []

@@ -25,8 +25,8 @@ class Positions:
 
     * ``all``: every real token, prompt and generated.
     * ``from``: prompt positions from ``start`` on, and every generated token (CAA's ``instr_end`` rule).
-      ``start >= 0`` counts from the first real token (0 = the BOS, where the tokenizer adds one); ``start < 0`` counts from the prompt's end
-      (-1 = the last prompt token).
+      ``start >= 0`` counts from the first real token (0 = the BOS, where the tokenizer adds one); ``start < 0``
+      counts from the prompt's end (-1 = the last prompt token).
     * ``generated``: only the positions of generated tokens (the first generated token is predicted unsteered).
     """
 

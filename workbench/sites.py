@@ -15,8 +15,16 @@ from typing import Literal, get_args
 from workbench.errors import WorkbenchError, closest
 
 SiteKind = Literal[
-    "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out",  # [batch pos d_model]
-    "z", "q", "k", "v", "pattern",  # attention internals: [batch pos head_index d_head] / pattern
+    "resid_pre",
+    "resid_mid",
+    "resid_post",
+    "attn_out",
+    "mlp_out",  # [batch pos d_model]
+    "z",
+    "q",
+    "k",
+    "v",
+    "pattern",  # attention internals: [batch pos head_index d_head] / pattern
     "mlp_post",  # [batch pos d_mlp]
 ]
 SITE_KINDS: tuple[str, ...] = get_args(SiteKind)

@@ -23,8 +23,16 @@ Combine modes of the two parts ``a+ = P+ h`` and ``a- = P- h`` (``SpectralEdit.c
 Application never forms a d x d matrix: P+ h = U+ (U+^T h) and P- h = h - U- (U-^T h), O(d k) per token.
 """
 
-__all__ = ["FEATURES", "COMBINES", "phi", "phi_inverse", "explained_rank", "SpectralProjections", "fit_layer",
-           "fit_spectral"]
+__all__ = [
+    "FEATURES",
+    "COMBINES",
+    "phi",
+    "phi_inverse",
+    "explained_rank",
+    "SpectralProjections",
+    "fit_layer",
+    "fit_spectral",
+]
 
 from dataclasses import dataclass
 
@@ -132,12 +140,29 @@ def fit_layer(
     return SpectralProjections(out[0].float(), out[1].float(), feature, (ratio_pos, ratio_neg))
 
 
-def fit_spectral(acts_base, acts_pos, acts_neg, *, ratio_pos: float = 0.998, ratio_neg: float = 0.998,
-                 feature: str = "identity", center: bool = False) -> dict:
+def fit_spectral(
+    acts_base,
+    acts_pos,
+    acts_neg,
+    *,
+    ratio_pos: float = 0.998,
+    ratio_neg: float = 0.998,
+    feature: str = "identity",
+    center: bool = False,
+) -> dict:
     """Fit every site of three ``collect`` results (``{HookSite: [n, d]}``-like mappings with the same sites):
     ``{site: SpectralProjections}``."""
     if set(acts_base) != set(acts_pos) or set(acts_base) != set(acts_neg):
         raise WorkbenchError("base, positive and negative activations must cover the same sites.")
-    return {site: fit_layer(acts_base[site], acts_pos[site], acts_neg[site], ratio_pos=ratio_pos,
-                            ratio_neg=ratio_neg, feature=feature, center=center) for site in acts_base}
-
+    return {
+        site: fit_layer(
+            acts_base[site],
+            acts_pos[site],
+            acts_neg[site],
+            ratio_pos=ratio_pos,
+            ratio_neg=ratio_neg,
+            feature=feature,
+            center=center,
+        )
+        for site in acts_base
+    }

@@ -27,8 +27,22 @@ Every result a study writes carries ``kind`` and ``schema_version``, and :func:`
 typed Result.
 """
 
-__all__ = ["Study", "StudyResult", "Context", "register", "discover", "studies", "get", "load_result", "field_docs",
-           "add_config_flags", "config_from_flags", "format_default", "ENTRY_POINT_GROUP", "RESERVED_FLAGS"]
+__all__ = [
+    "Study",
+    "StudyResult",
+    "Context",
+    "register",
+    "discover",
+    "studies",
+    "get",
+    "load_result",
+    "field_docs",
+    "add_config_flags",
+    "config_from_flags",
+    "format_default",
+    "ENTRY_POINT_GROUP",
+    "RESERVED_FLAGS",
+]
 
 import argparse
 import ast
@@ -70,11 +84,16 @@ class StudyResult:
             raise WorkbenchError(f"this result is of kind {data.get('kind')!r}, not {cls.KIND!r}.")
         version = data.get("schema_version")
         if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= cls.SCHEMA_VERSION:
-            raise WorkbenchError(f"{cls.KIND} result schema_version {version!r} is not one this workbench reads "
-                                 f"(1..{cls.SCHEMA_VERSION}); upgrade the workbench or re-run the study.")
+            raise WorkbenchError(
+                f"{cls.KIND} result schema_version {version!r} is not one this workbench reads "
+                f"(1..{cls.SCHEMA_VERSION}); upgrade the workbench or re-run the study."
+            )
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-        required = [f.name for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         missing = [n for n in required if n not in data]
         if missing:
             raise WorkbenchError(f"{cls.KIND} result lacks {', '.join(missing)}; it is not a complete result file.")
@@ -129,8 +148,9 @@ class Study:
             raise WorkbenchError(f"study {self.name!r}: Config and Result must be dataclasses.")
         clash = sorted({f.name for f in dataclasses.fields(self.config)} & RESERVED_FLAGS)
         if clash:
-            raise WorkbenchError(f"study {self.name!r}: Config field(s) {clash} take a flag every analyze command "
-                                 f"owns; rename them.")
+            raise WorkbenchError(
+                f"study {self.name!r}: Config field(s) {clash} take a flag every analyze command owns; rename them."
+            )
 
 
 _REGISTRY: "dict[str, Study]" = {}
@@ -142,8 +162,10 @@ def register(study: Study) -> Study:
     for other in list(_REGISTRY.values()):
         same_module = other.config.__module__ == study.config.__module__
         if (other.kind == study.kind or other.name == study.name) and not same_module:
-            raise WorkbenchError(f"study {study.name!r} ({study.kind}) clashes with {other.name!r} ({other.kind}) "
-                                 f"from {other.config.__module__}; give it another name and KIND.")
+            raise WorkbenchError(
+                f"study {study.name!r} ({study.kind}) clashes with {other.name!r} ({other.kind}) "
+                f"from {other.config.__module__}; give it another name and KIND."
+            )
         if same_module:
             del _REGISTRY[other.kind]
     _REGISTRY[study.kind] = study
@@ -192,8 +214,10 @@ def get(kind_or_name: str) -> Study:
         if kind_or_name in (s.kind, s.name):
             return s
     options = [s.name for s in known]
-    raise WorkbenchError(f"no study {kind_or_name!r} is installed"
-                         + (f"; did you mean {closest(kind_or_name, options)}?" if options else "."))
+    raise WorkbenchError(
+        f"no study {kind_or_name!r} is installed"
+        + (f"; did you mean {closest(kind_or_name, options)}?" if options else ".")
+    )
 
 
 def load_result(data: "Mapping | str | os.PathLike") -> StudyResult:
@@ -222,8 +246,13 @@ def field_docs(cls: type) -> "dict[str, str]":
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for a, b in zip(body, body[1:]):
-            if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
-                    and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
+            if (
+                isinstance(a, ast.AnnAssign)
+                and isinstance(a.target, ast.Name)
+                and isinstance(b, ast.Expr)
+                and isinstance(b.value, ast.Constant)
+                and isinstance(b.value.value, str)
+            ):
                 out[a.target.id] = " ".join(b.value.value.split())
     return out
 
@@ -377,5 +406,5 @@ def _flagged(message: str, names: "list[str]") -> str:
     for n in sorted(names, key=len, reverse=True):
         m = re.search(rf"(?<![\w-]){re.escape(n)}(?![\w])", message)
         if m:
-            return message[:m.start()] + "--" + n.replace("_", "-") + message[m.end():]
+            return message[: m.start()] + "--" + n.replace("_", "-") + message[m.end() :]
     return message

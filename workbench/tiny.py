@@ -49,31 +49,49 @@ class Family:
 
 
 def _rope_llama3(theta: float = 500000.0) -> dict:
-    return {"rope_type": "llama3", "rope_theta": theta, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    return {
+        "rope_type": "llama3",
+        "rope_theta": theta,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    }
 
 
 #: Every family the workbench is tested on. Keys are the names tests and the architecture matrix use.
 FAMILIES: dict[str, Family] = {
     "llama": Family("LlamaConfig", "LlamaForCausalLM"),
-    "llama3": Family("LlamaConfig", "LlamaForCausalLM",
-                     {"tie_word_embeddings": True, "rope_parameters": _rope_llama3()}),
+    "llama3": Family(
+        "LlamaConfig", "LlamaForCausalLM", {"tie_word_embeddings": True, "rope_parameters": _rope_llama3()}
+    ),
     "llama-bias": Family("LlamaConfig", "LlamaForCausalLM", {"attention_bias": True, "mlp_bias": True}),
     "mistral": Family("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
-    "mixtral": Family("MixtralConfig", "MixtralForCausalLM",
-                      {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None}),
+    "mixtral": Family(
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None},
+    ),
     "qwen2": Family("Qwen2Config", "Qwen2ForCausalLM", {}, bos="none", tokenizer="bpe"),
     "qwen3": Family("Qwen3Config", "Qwen3ForCausalLM", {}, bos="none", tokenizer="bpe"),
-    "qwen3-moe": Family("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
-                        {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": "d_mlp",
-                         "norm_topk_prob": True}, bos="none", tokenizer="bpe"),
+    "qwen3-moe": Family(
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": "d_mlp", "norm_topk_prob": True},
+        bos="none",
+        tokenizer="bpe",
+    ),
     "gemma": Family("GemmaConfig", "GemmaForCausalLM", {"head_dim": "d_head", "tie_word_embeddings": True}),
-    "gemma2": Family("Gemma2Config", "Gemma2ForCausalLM",
-                     {"head_dim": "d_head", "query_pre_attn_scalar": "d_head", "sliding_window": 16,
-                      "tie_word_embeddings": True}),
-    "gemma3": Family("Gemma3TextConfig", "Gemma3ForCausalLM",
-                     {"head_dim": "d_head", "query_pre_attn_scalar": "d_head", "sliding_window": 16,
-                      "tie_word_embeddings": True}),
+    "gemma2": Family(
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {"head_dim": "d_head", "query_pre_attn_scalar": "d_head", "sliding_window": 16, "tie_word_embeddings": True},
+    ),
+    "gemma3": Family(
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {"head_dim": "d_head", "query_pre_attn_scalar": "d_head", "sliding_window": 16, "tie_word_embeddings": True},
+    ),
     "phi3": Family("Phi3Config", "Phi3ForCausalLM", {"pad_token_id": 0}),
     "phi": Family("PhiConfig", "PhiForCausalLM", {}, bos="no-bos", tokenizer="bpe"),
     "gpt-neox": Family("GPTNeoXConfig", "GPTNeoXForCausalLM", {"rotary_pct": 0.5}, bos="no-bos", tokenizer="bpe"),
@@ -93,14 +111,24 @@ def _bpe(words: "tuple[str, ...]"):
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     corpus = [" ".join(words), *(f" {w}" for w in words), *words]
-    trainer = trainers.BpeTrainer(vocab_size=4096, special_tokens=list(_SPECIALS), show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=4096,
+        special_tokens=list(_SPECIALS),
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tk.train_from_iterator(corpus * 2, trainer)
     return tk
 
 
-def write_tokenizer(folder: "str | Path", words: "tuple[str, ...]" = TINY_WORDS, *, bos: BosConvention = "bos",
-                    kind: Literal["word", "bpe"] = "word", chat_template: bool = False) -> int:
+def write_tokenizer(
+    folder: "str | Path",
+    words: "tuple[str, ...]" = TINY_WORDS,
+    *,
+    bos: BosConvention = "bos",
+    kind: Literal["word", "bpe"] = "word",
+    chat_template: bool = False,
+) -> int:
     """Save a tokenizer into ``folder``, prepending ``<bos>`` or not as ``bos`` says: whitespace word-level
     (``kind="word"``, one token per word) or byte-level BPE (``"bpe"``). Returns its vocabulary size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -119,8 +147,13 @@ def write_tokenizer(folder: "str | Path", words: "tuple[str, ...]" = TINY_WORDS,
             single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", vocab["<bos>"])]
         )
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token=None if bos == "none" else "<bos>", eos_token="<eos>", pad_token="<pad>",
-        unk_token="<unk>", add_bos_token=bos == "bos", model_max_length=128,
+        tokenizer_object=tk,
+        bos_token=None if bos == "none" else "<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        add_bos_token=bos == "bos",
+        model_max_length=128,
     )
     if chat_template:
         tok.chat_template = CHAT_TEMPLATE
@@ -128,8 +161,17 @@ def write_tokenizer(folder: "str | Path", words: "tuple[str, ...]" = TINY_WORDS,
     return len(vocab)
 
 
-def _config(family: Family, *, vocab_size: int, n_layers: int, d_model: int, n_heads: int, n_kv_heads: int,
-            d_mlp: int, n_ctx: int):
+def _config(
+    family: Family,
+    *,
+    vocab_size: int,
+    n_layers: int,
+    d_model: int,
+    n_heads: int,
+    n_kv_heads: int,
+    d_mlp: int,
+    n_ctx: int,
+):
     import transformers
 
     ids = {"pad_token_id": 0, "bos_token_id": None if family.bos == "none" else 1, "eos_token_id": 2}
@@ -137,20 +179,47 @@ def _config(family: Family, *, vocab_size: int, n_layers: int, d_model: int, n_h
     sizes_by_config: dict[str, dict[str, Any]] = {
         # GPT-2 and Phi-2 as published (and as llama.cpp's converter assumes): MLP 4 x d_model, no grouped KV
         "GPT2Config": dict(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx, n_inner=None),
-        "OPTConfig": dict(hidden_size=d_model, ffn_dim=d_mlp, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-                          max_position_embeddings=n_ctx, word_embed_proj_dim=d_model),
-        "PhiConfig": dict(hidden_size=d_model, intermediate_size=4 * d_model, num_hidden_layers=n_layers,
-                          num_attention_heads=n_heads, num_key_value_heads=n_heads, max_position_embeddings=n_ctx,
-                          partial_rotary_factor=0.5),
-        "GPTNeoXConfig": dict(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-                              num_attention_heads=n_heads, max_position_embeddings=n_ctx),
+        "OPTConfig": dict(
+            hidden_size=d_model,
+            ffn_dim=d_mlp,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            max_position_embeddings=n_ctx,
+            word_embed_proj_dim=d_model,
+        ),
+        "PhiConfig": dict(
+            hidden_size=d_model,
+            intermediate_size=4 * d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_heads,
+            max_position_embeddings=n_ctx,
+            partial_rotary_factor=0.5,
+        ),
+        "GPTNeoXConfig": dict(
+            hidden_size=d_model,
+            intermediate_size=d_mlp,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            max_position_embeddings=n_ctx,
+        ),
     }
-    sizes = sizes_by_config.get(family.config_class, dict(
-        hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads, max_position_embeddings=n_ctx, tie_word_embeddings=False,
-    ))
-    extra = {k: {"d_head": d_head, "d_mlp": d_mlp}.get(v, v) if isinstance(v, str) else v
-             for k, v in family.overrides.items()}
+    sizes = sizes_by_config.get(
+        family.config_class,
+        dict(
+            hidden_size=d_model,
+            intermediate_size=d_mlp,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            num_key_value_heads=n_kv_heads,
+            max_position_embeddings=n_ctx,
+            tie_word_embeddings=False,
+        ),
+    )
+    extra = {
+        k: {"d_head": d_head, "d_mlp": d_mlp}.get(v, v) if isinstance(v, str) else v
+        for k, v in family.overrides.items()
+    }
     return getattr(transformers, family.config_class)(vocab_size=vocab_size, **{**sizes, **ids, **extra})
 
 
@@ -189,18 +258,50 @@ def write_tiny_checkpoint(
             vocab_size = len(AutoTokenizer.from_pretrained(str(tmp)))
         else:
             vocab_size = write_tokenizer(tmp, bos=family.bos, kind=family.tokenizer, chat_template=chat_template)
-        _write_model(tmp, family, vocab_size, n_layers=n_layers, d_model=d_model, n_heads=n_heads,
-                     n_kv_heads=n_kv_heads, d_mlp=d_mlp, n_ctx=n_ctx, seed=seed, dtype=dtype,
-                     max_shard_size=max_shard_size)
+        _write_model(
+            tmp,
+            family,
+            vocab_size,
+            n_layers=n_layers,
+            d_model=d_model,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            d_mlp=d_mlp,
+            n_ctx=n_ctx,
+            seed=seed,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+        )
     return Path(folder)
 
 
-def _write_model(tmp: Path, family: Family, vocab_size: int, *, n_layers, d_model, n_heads, n_kv_heads, d_mlp, n_ctx,
-                 seed, dtype, max_shard_size) -> None:
+def _write_model(
+    tmp: Path,
+    family: Family,
+    vocab_size: int,
+    *,
+    n_layers,
+    d_model,
+    n_heads,
+    n_kv_heads,
+    d_mlp,
+    n_ctx,
+    seed,
+    dtype,
+    max_shard_size,
+) -> None:
     import transformers
 
-    cfg = _config(family, vocab_size=vocab_size, n_layers=n_layers, d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads or n_heads,
-                  d_mlp=d_mlp or 2 * d_model, n_ctx=n_ctx)
+    cfg = _config(
+        family,
+        vocab_size=vocab_size,
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads or n_heads,
+        d_mlp=d_mlp or 2 * d_model,
+        n_ctx=n_ctx,
+    )
     # transformers initialises from the global RNG: seed it for this call only, then restore it.
     state = torch.random.get_rng_state()
     try:

@@ -35,8 +35,23 @@ from safetensors.torch import load_file
 SCHEMA_VERSION = 1
 _LLAMA_LIKE = ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj")
 LAYOUTS = {  # model_type -> decoder layers, attention, MLP, attention out-projection, MLP down-projection
-    **{t: _LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "gemma", "gemma2",
-                                "gemma3_text", "phi3", "olmo", "olmo2")},
+    **{
+        t: _LLAMA_LIKE
+        for t in (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen3",
+            "qwen3_moe",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "phi3",
+            "olmo",
+            "olmo2",
+        )
+    },
     "gpt2": ("transformer.h", "attn", "mlp", "attn.c_proj", "mlp.c_proj"),
     "phi": ("model.layers", "self_attn", "mlp", "self_attn.dense", "mlp.fc2"),
     "gpt_neox": ("gpt_neox.layers", "attention", "mlp", "attention.dense", "mlp.dense_4h_to_h"),
@@ -195,15 +210,21 @@ def applied(model: torch.nn.Module, spec: "dict | str | Path", *, check_weights:
         if not isinstance(layer, int) or not 0 <= layer < len(layers):
             raise SpecError(f"{where}: layer must be in 0..{len(layers) - 1}.")
         if (e.get("positions") or {}).get("kind", "all") != "all":
-            raise SpecError(f"{where}: positions {e['positions']!r}; this applier edits every position only. "
-                            f"Export with positions 'all' or run the spec in the workbench.")
+            raise SpecError(
+                f"{where}: positions {e['positions']!r}; this applier edits every position only. "
+                f"Export with positions 'all' or run the spec in the workbench."
+            )
         fn, v = _edit(e, where)
         if kind not in ("resid_pre", "resid_post") and config.model_type not in EVERY_SITE:
-            raise SpecError(f"{where}: on {config.model_type!r} models this applier edits block inputs and outputs "
-                            f"only (resid_pre, resid_post); run other sites in the workbench.")
+            raise SpecError(
+                f"{where}: on {config.model_type!r} models this applier edits block inputs and outputs "
+                f"only (resid_pre, resid_post); run other sites in the workbench."
+            )
         block = layers[layer]
-        width = {"z": lambda: _in_features(_module(block, o_name)),
-                 "mlp_post": lambda: _in_features(_module(block, down_name))}.get(kind, lambda: hidden)()
+        width = {
+            "z": lambda: _in_features(_module(block, o_name)),
+            "mlp_post": lambda: _in_features(_module(block, down_name)),
+        }.get(kind, lambda: hidden)()
         if v.numel() != width:
             raise SpecError(f"{where}: vector has {v.numel()} entries, the site has {width}.")
         if kind == "resid_pre":
@@ -221,8 +242,9 @@ def applied(model: torch.nn.Module, spec: "dict | str | Path", *, check_weights:
         elif kind == "resid_mid":  # ablation of (input + attn_out): remember the input, edit the attention output
             saved: dict = {}
             plans.append((block, "pre", lambda x, saved=saved: saved.__setitem__("x", x) or x))
-            plans.append((_module(block, attn_name), "out",
-                          lambda a, fn=fn, saved=saved: fn(saved["x"] + a) - saved["x"]))
+            plans.append(
+                (_module(block, attn_name), "out", lambda a, fn=fn, saved=saved: fn(saved["x"] + a) - saved["x"])
+            )
         elif kind == "z":
             plans.append((_module(block, o_name), "pre", fn))
         elif kind == "mlp_post":
@@ -233,10 +255,12 @@ def applied(model: torch.nn.Module, spec: "dict | str | Path", *, check_weights:
     try:
         for module, when, fn in plans:
             if when == "pre":
+
                 def pre(mod, args, kwargs, fn=fn):
                     if args:
                         return (fn(args[0]), *args[1:]), kwargs
                     return args, {**kwargs, "hidden_states": fn(kwargs["hidden_states"])}
+
                 handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(lambda mod, args, out, fn=fn: _first(out, fn)))

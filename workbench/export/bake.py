@@ -32,8 +32,17 @@ from workbench.interventions import Ablate, AddDirection, SpectralEdit
 from workbench.io import atomic_dir, read_json, write_json
 from workbench.sites import HookSite
 
-_TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json")
+_TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
 
 
 def everywhere_sites(n_layers: int) -> list[HookSite]:
@@ -81,11 +90,11 @@ AS_LLAMA = {"mistral", "qwen2"}
 _REFUSED = {
     "gemma": "Gemma's MLP has no bias slot and the model is not a Llama (embedding scale, (1 + w) norms, GELU)",
     "gemma2": "Gemma2 normalises the MLP output after the down-projection (post-feedforward norm), so no bias there "
-              "adds a fixed vector to the block output",
+    "adds a fixed vector to the block output",
     "gemma3_text": "Gemma3 normalises the MLP output after the down-projection (post-feedforward norm), so no bias "
-                   "there adds a fixed vector to the block output",
+    "there adds a fixed vector to the block output",
     "olmo2": "OLMo2 normalises the MLP output after the down-projection (post-norm), so no bias there adds a fixed "
-             "vector to the block output",
+    "vector to the block output",
     "olmo": "OLMo's MLP has no bias slot and its parameter-free LayerNorm and QKV clipping have no Llama equivalent",
     "qwen3": "Qwen3's MLP has no bias slot and its per-head q/k norms have no Llama equivalent",
     "phi3": "Phi-3's MLP down-projection has no bias slot in transformers",
@@ -99,8 +108,10 @@ def bake_support(model_type: str) -> "str | None":
     if model_type in ("llama", "gpt2", *_OWN_SLOT, *AS_LLAMA):
         return None
     reason = _REFUSED.get(model_type, f"baking is not implemented for {model_type!r}")
-    return (f"{reason}. Deploy it as a spec (--format spec, workbench.export.apply_hf) or, where llama.cpp converts "
-            f"the model, as a control vector (--format gguf).")
+    return (
+        f"{reason}. Deploy it as a spec (--format spec, workbench.export.apply_hf) or, where llama.cpp converts "
+        f"the model, as a control vector (--format gguf)."
+    )
 
 
 def _as_llama(hf):
@@ -115,18 +126,37 @@ def _as_llama(hf):
             f"this {t} checkpoint uses sliding-window attention ({c.sliding_window} tokens), which a Llama checkpoint "
             f"cannot express; deploy the edit as a spec (apply_hf) or a llama.cpp control vector (--format gguf)."
         )
-    keep = {k: v for k, v in c.to_dict().items()
-            if k not in ("model_type", "architectures", "sliding_window", "use_sliding_window", "max_window_layers",
-                         "layer_types", "transformers_version")}
-    cfg = LlamaConfig(**{**keep, "attention_bias": t == "qwen2", "mlp_bias": False,
-                         "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads})
+    keep = {
+        k: v
+        for k, v in c.to_dict().items()
+        if k
+        not in (
+            "model_type",
+            "architectures",
+            "sliding_window",
+            "use_sliding_window",
+            "max_window_layers",
+            "layer_types",
+            "transformers_version",
+        )
+    }
+    cfg = LlamaConfig(
+        **{
+            **keep,
+            "attention_bias": t == "qwen2",
+            "mlp_bias": False,
+            "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        }
+    )
     cfg.architectures = ["LlamaForCausalLM"]
     llama = LlamaForCausalLM(cfg).to(next(hf.parameters()).dtype).eval()
     missing, unexpected = llama.load_state_dict(hf.state_dict(), strict=False)
     missing = [k for k in missing if not k.endswith("o_proj.bias")]
     if missing or unexpected:
-        raise WorkbenchError(f"{t} -> Llama rewrite does not match the weights (missing {missing[:3]}, unexpected "
-                             f"{unexpected[:3]}); deploy the edit as a spec (apply_hf).")
+        raise WorkbenchError(
+            f"{t} -> Llama rewrite does not match the weights (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); deploy the edit as a spec (apply_hf)."
+        )
     with torch.no_grad():
         for block in llama.model.layers:
             if block.self_attn.o_proj.bias is not None:
@@ -135,8 +165,9 @@ def _as_llama(hf):
         ref = hf(ids).logits
         diff = float((llama(ids).logits - ref).abs().max())
     if not diff <= 1e-4 * max(1.0, float(ref.abs().max())):
-        raise WorkbenchError(f"{t} -> Llama rewrite changes the logits by {diff:.3g}; deploy the edit as a spec "
-                             f"(apply_hf) instead.")
+        raise WorkbenchError(
+            f"{t} -> Llama rewrite changes the logits by {diff:.3g}; deploy the edit as a spec (apply_hf) instead."
+        )
     return llama
 
 
@@ -159,8 +190,10 @@ def _ensure_bias(m: torch.nn.Module) -> torch.nn.Parameter:
 
 def _enable_llama_biases(hf, which: str) -> None:
     """Turn on ``mlp_bias`` / ``attention_bias`` with zero biases on every projection it covers."""
-    names = {"mlp": ("mlp", ("gate_proj", "up_proj", "down_proj")),
-             "attention": ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj"))}[which]
+    names = {
+        "mlp": ("mlp", ("gate_proj", "up_proj", "down_proj")),
+        "attention": ("self_attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+    }[which]
     for block in hf.model.layers:
         for proj in names[1]:
             _ensure_bias(getattr(getattr(block, names[0]), proj))
@@ -182,16 +215,25 @@ def _bake_adds(hf, adds: "list[AddDirection]", log: list) -> None:
     layers, o_proj, down = _layout(hf)
     llama = hf.config.model_type == "llama"
     if not llama and hf.config.model_type != "gpt2":
-        other = [a.site.name for a in adds if not (a.site.kind in ("resid_post", "mlp_out")
-                                                    or (a.site.kind == "resid_pre" and a.site.layer > 0))]
+        other = [
+            a.site.name
+            for a in adds
+            if not (a.site.kind in ("resid_post", "mlp_out") or (a.site.kind == "resid_pre" and a.site.layer > 0))
+        ]
         if other:
-            raise WorkbenchError(f"{', '.join(other)}: on {hf.config.model_type!r} checkpoints only adds at block outputs "
-                                 f"(resid_post) bake into weights; deploy the others as a spec (apply_hf).")
+            raise WorkbenchError(
+                f"{', '.join(other)}: on {hf.config.model_type!r} checkpoints only adds at block outputs "
+                f"(resid_post) bake into weights; deploy the others as a spec (apply_hf)."
+            )
         if any(down(b).bias is None for b in layers):
-            raise WorkbenchError(f"this {hf.config.model_type!r} checkpoint was built without MLP output biases, so "
-                                 f"there is no slot to bake into; deploy the edit as a spec (apply_hf).")
-    if llama and any(a.site.kind in ("resid_post", "mlp_out", "mlp_post") or (a.site.kind == "resid_pre" and a.site.layer > 0)
-                     for a in adds):
+            raise WorkbenchError(
+                f"this {hf.config.model_type!r} checkpoint was built without MLP output biases, so "
+                f"there is no slot to bake into; deploy the edit as a spec (apply_hf)."
+            )
+    if llama and any(
+        a.site.kind in ("resid_post", "mlp_out", "mlp_post") or (a.site.kind == "resid_pre" and a.site.layer > 0)
+        for a in adds
+    ):
         _enable_llama_biases(hf, "mlp")
     if llama and any(a.site.kind in ("attn_out", "resid_mid", "z") for a in adds):
         _enable_llama_biases(hf, "attention")
@@ -219,8 +261,10 @@ def _bake_adds(hf, adds: "list[AddDirection]", log: list) -> None:
             delta = _out_map(proj, v) if kind in ("mlp_post", "z") else v
             bias: torch.Tensor = _ensure_bias(proj)
             bias += delta.to(bias.dtype)
-            log.append(f"block {block} {'down' if proj is down(layers[block]) else 'attention output'} "
-                       f"projection bias += {'W @ v' if kind in ('mlp_post', 'z') else 'v'} ({a.site.name})")
+            log.append(
+                f"block {block} {'down' if proj is down(layers[block]) else 'attention output'} "
+                f"projection bias += {'W @ v' if kind in ('mlp_post', 'z') else 'v'} ({a.site.name})"
+            )
 
 
 def _spectral_matrix(e: SpectralEdit) -> torch.Tensor:
@@ -248,8 +292,10 @@ def _bake_spectral(hf, edits: "list[SpectralEdit]", log: list) -> None:
             proj.weight.copy_((w @ m if _is_conv1d(proj) else m @ w).to(proj.weight.dtype))  # M symmetric
             if proj.bias is not None:
                 proj.bias.copy_((m @ proj.bias.double()).to(proj.bias.dtype))
-        log.append(f"block {e.site.layer} down projection weight and bias <- M @ (.), M = SEA average map "
-                   f"(k+ {e.u_pos.shape[1]}, k- {e.u_neg.shape[1]})")
+        log.append(
+            f"block {e.site.layer} down projection weight and bias <- M @ (.), M = SEA average map "
+            f"(k+ {e.u_pos.shape[1]}, k- {e.u_neg.shape[1]})"
+        )
 
 
 def _bake_ablation(hf, u: torch.Tensor, log: list) -> None:
@@ -257,7 +303,9 @@ def _bake_ablation(hf, u: torch.Tensor, log: list) -> None:
     u = u.double() / u.double().norm()
     with torch.no_grad():
         _untie(hf)
-        embeds = [hf.model.embed_tokens] if hf.config.model_type == "llama" else [hf.transformer.wte, hf.transformer.wpe]
+        embeds = (
+            [hf.model.embed_tokens] if hf.config.model_type == "llama" else [hf.transformer.wte, hf.transformer.wpe]
+        )
         for e in embeds:
             _project_out_rows(e.weight, u)
         for block in layers:
@@ -297,8 +345,10 @@ def bake_hf(
     ablates = [iv for iv in spec.interventions if isinstance(iv, Ablate)]
     spectral = [iv for iv in spec.interventions if isinstance(iv, SpectralEdit)]
     if spectral and (adds or ablates):
-        raise WorkbenchError("a spec mixing spectral edits with adds or ablations is not baked in one step (their order "
-                             "at one site matters); bake them as separate specs or use apply_hf.")
+        raise WorkbenchError(
+            "a spec mixing spectral edits with adds or ablations is not baked in one step (their order "
+            "at one site matters); bake them as separate specs or use apply_hf."
+        )
     for iv in spec.interventions:
         if iv.positions.kind != "all":
             raise WorkbenchError(
@@ -306,8 +356,10 @@ def bake_hf(
                 f"positions 'all', or deploy the spec with workbench.export.apply_hf."
             )
     if adds and ablates:
-        raise WorkbenchError("a spec mixing adds and ablations does not fold into weights in general (the ablation "
-                             "would remove part of the add); bake them as separate specs or use apply_hf.")
+        raise WorkbenchError(
+            "a spec mixing adds and ablations does not fold into weights in general (the ablation "
+            "would remove part of the add); bake them as separate specs or use apply_hf."
+        )
     n = spec.fingerprint.n_layers
     if ablates:
         u = ablates[0].direction
@@ -328,8 +380,10 @@ def bake_hf(
     spec.fingerprint.check(fingerprint_hf(hf, tok, arch), what="intervention spec")
     why = bake_support(hf.config.model_type)
     if hf.config.model_type == "opt" and not getattr(hf.config, "do_layer_norm_before", True):
-        why = "this OPT normalises after each block (do_layer_norm_before=False), so no bias adds a fixed vector " \
-              "to the block output. Deploy it as a spec (--format spec, workbench.export.apply_hf)."
+        why = (
+            "this OPT normalises after each block (do_layer_norm_before=False), so no bias adds a fixed vector "
+            "to the block output. Deploy it as a spec (--format spec, workbench.export.apply_hf)."
+        )
     if why is not None:
         raise WorkbenchError(f"cannot bake into this {arch} checkpoint: {why}")
     if (spectral or ablates) and hf.config.model_type not in ("llama", "gpt2"):
@@ -353,10 +407,17 @@ def bake_hf(
         for name in _TOKENIZER_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
-        write_json(tmp / "workbench_bake.json", {
-            "format": "workbench.baked", "source": str(src), "source_model": spec.fingerprint.to_dict(),
-            "dtype": str(save_dtype).removeprefix("torch."), "edits": log,
-            "rewritten_as": "LlamaForCausalLM" if rewritten else None,
-            "interventions": [iv.to_dict() for iv in spec.interventions], "provenance": spec.provenance.to_dict(),
-        })
+        write_json(
+            tmp / "workbench_bake.json",
+            {
+                "format": "workbench.baked",
+                "source": str(src),
+                "source_model": spec.fingerprint.to_dict(),
+                "dtype": str(save_dtype).removeprefix("torch."),
+                "edits": log,
+                "rewritten_as": "LlamaForCausalLM" if rewritten else None,
+                "interventions": [iv.to_dict() for iv in spec.interventions],
+                "provenance": spec.provenance.to_dict(),
+            },
+        )
     return Path(out)

@@ -32,11 +32,21 @@ from workbench.sites import HookSite
 
 #: ``controlvector.model_hint`` per architecture: llama.cpp's name for it (free text; llama.cpp does not check it).
 MODEL_HINTS = {
-    "LlamaForCausalLM": "llama", "MistralForCausalLM": "llama", "MixtralForCausalLM": "llama",
-    "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3", "Qwen3MoeForCausalLM": "qwen3moe",
-    "GemmaForCausalLM": "gemma", "Gemma2ForCausalLM": "gemma2", "Gemma3ForCausalLM": "gemma3",
-    "Phi3ForCausalLM": "phi3", "PhiForCausalLM": "phi2", "GPTNeoXForCausalLM": "gptneox", "GPT2LMHeadModel": "gpt2",
-    "OlmoForCausalLM": "olmo", "Olmo2ForCausalLM": "olmo2",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "MixtralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "Qwen3MoeForCausalLM": "qwen3moe",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3",
+    "Phi3ForCausalLM": "phi3",
+    "PhiForCausalLM": "phi2",
+    "GPTNeoXForCausalLM": "gptneox",
+    "GPT2LMHeadModel": "gpt2",
+    "OlmoForCausalLM": "olmo",
+    "Olmo2ForCausalLM": "olmo2",
 }
 #: Architectures llama.cpp cannot run, so a control vector for them would never be applied.
 NO_LLAMACPP = {"OPTForCausalLM": "llama.cpp's converter does not support OPT"}
@@ -82,8 +92,10 @@ def write_gguf(spec: Spec, out: "str | Path", *, model_hint: "str | None" = None
 
     n_layers = spec.fingerprint.n_layers
     if spec.fingerprint.architecture in NO_LLAMACPP:
-        raise WorkbenchError(f"{NO_LLAMACPP[spec.fingerprint.architecture]}, so a control vector for this model "
-                             f"would never run; export it as --format spec (or hf-baked).")
+        raise WorkbenchError(
+            f"{NO_LLAMACPP[spec.fingerprint.architecture]}, so a control vector for this model "
+            f"would never run; export it as --format spec (or hf-baked)."
+        )
     summed: dict[int, torch.Tensor] = {}
     for iv in spec.interventions:
         block = cvec_block(iv, n_layers)

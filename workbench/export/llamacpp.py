@@ -50,10 +50,23 @@ def convert_checkpoint(hf_dir: "str | Path", out: "str | Path") -> Path:
     """Convert a Hugging Face checkpoint folder to an F32 GGUF model with llama.cpp's own converter (run through
     ``workbench.export._convert``, which restores config keys transformers 5 renames; see there)."""
     out = Path(out)
-    cmd = [sys.executable, "-m", "workbench.export._convert", str(converter_path()), str(hf_dir), "--outtype", "f32",
-           "--outfile", str(out)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                                     os.environ.get("PYTHONPATH")]))}
+    cmd = [
+        sys.executable,
+        "-m",
+        "workbench.export._convert",
+        str(converter_path()),
+        str(hf_dir),
+        "--outtype",
+        "f32",
+        "--outfile",
+        str(out),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")])
+        ),
+    }
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0 or not out.is_file():
         lines = (r.stderr or r.stdout).strip().splitlines()
@@ -83,7 +96,7 @@ def control_vector_data(files: "list[tuple[str | Path, float]]") -> tuple[int, n
             n_embd = v.size
             if data.size < n_embd * k:
                 data = np.pad(data, (0, n_embd * k - data.size))
-            data[(k - 1) * n_embd: k * n_embd] += strength * v
+            data[(k - 1) * n_embd : k * n_embd] += strength * v
     return n_embd, data
 
 
@@ -98,8 +111,13 @@ def _silence(L) -> None:
         L.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p())
 
 
-def llama_logits(model_gguf: "str | Path", tokens: "list[int]", cvec: "tuple[int, np.ndarray] | None" = None,
-                 *, layer_range: "tuple[int, int] | None" = None) -> np.ndarray:
+def llama_logits(
+    model_gguf: "str | Path",
+    tokens: "list[int]",
+    cvec: "tuple[int, np.ndarray] | None" = None,
+    *,
+    layer_range: "tuple[int, int] | None" = None,
+) -> np.ndarray:
     """All-position logits [len(tokens), n_vocab] from llama.cpp, optionally with control-vector data applied
     to blocks ``layer_range`` (inclusive; default 1..n_layer, llama.cpp's CLI default)."""
     import llama_cpp as L
@@ -120,11 +138,13 @@ def llama_logits(model_gguf: "str | Path", tokens: "list[int]", cvec: "tuple[int
             n_embd, data = cvec
             lo, hi = layer_range or (1, L.llama_model_n_layer(model))
             data = np.ascontiguousarray(data, np.float32)
-            rc = L.llama_set_adapter_cvec(ctx, data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), data.size,
-                                          n_embd, lo, hi)
+            rc = L.llama_set_adapter_cvec(
+                ctx, data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), data.size, n_embd, lo, hi
+            )
             if rc != 0:
-                raise WorkbenchError(f"llama.cpp refused the control vector (n_embd {n_embd}); it was made for "
-                                     f"another model.")
+                raise WorkbenchError(
+                    f"llama.cpp refused the control vector (n_embd {n_embd}); it was made for another model."
+                )
         for i, t in enumerate(tokens):
             batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = int(t), i, 1, 1
             batch.seq_id[i][0] = 0
@@ -132,8 +152,9 @@ def llama_logits(model_gguf: "str | Path", tokens: "list[int]", cvec: "tuple[int
         if L.llama_decode(ctx, batch) != 0:
             raise WorkbenchError("llama_decode failed.")
         n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(model))
-        return np.stack([np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy()
-                         for i in range(len(tokens))])
+        return np.stack(
+            [np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy() for i in range(len(tokens))]
+        )
     finally:
         L.llama_batch_free(batch)
         L.llama_free(ctx)

@@ -20,19 +20,19 @@ from pathlib import Path
 
 import torch
 
+from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.export.spec import Spec
 from workbench.hooks import applied
-from workbench import models
 from workbench.models import HookedModel, hf_folder
-from workbench.tokens import tokenize
 from workbench.sites import HookSite
+from workbench.tokens import tokenize
 
 PATHS = ("apply_hf", "baked", "llama.cpp")
 #: Max |logit difference| a deployed form may show against the TransformerLens-steered model, by the dtype its
 #: weights are stored in (float16/bfloat16 round the folded vector). llama.cpp runs an F32 GGUF, but ggml's GELU
-#: uses a float16 table (3-6e-4 on the GELU families' base models), hence its own bound. A row also fails when the difference
-#: is not far below the edit's own effect (a tenth of it).
+#: uses a float16 table (3-6e-4 on the GELU families' base models), hence its own bound. A row also fails when the
+#: difference is not far below the edit's own effect (a tenth of it).
 TOLERANCE = {"float32": 1e-3, "float16": 2e-2, "bfloat16": 1e-1, "llama.cpp": 5e-3}
 
 
@@ -110,8 +110,10 @@ def check(
     spec.check(model)
     origin = models.source_of(model)
     if origin is None:
-        raise WorkbenchError("parity runs the deployed forms from the model's checkpoint folder, and this model was "
-                             "wrapped from memory: pass source=FOLDER to workbench.models.wrap (or load the folder).")
+        raise WorkbenchError(
+            "parity runs the deployed forms from the model's checkpoint folder, and this model was "
+            "wrapped from memory: pass source=FOLDER to workbench.models.wrap (or load the folder)."
+        )
     source = hf_folder(origin)
     seqs = [torch.tensor(tokenize(model, p)) for p in prompts]
     steered = [tl_logits(model, t, spec) for t in seqs]
@@ -141,11 +143,14 @@ def check(
             if spec.fingerprint.architecture in NO_LLAMACPP:
                 raise WorkbenchError(f"{NO_LLAMACPP[spec.fingerprint.architecture]}; leave llama.cpp out of paths.")
             if not llamacpp.available():
-                raise WorkbenchError("llama.cpp parity needs llama-cpp-python and its converter; run `./dev test` once "
-                                     "to install them, or leave llama.cpp out of paths.")
+                raise WorkbenchError(
+                    "llama.cpp parity needs llama-cpp-python and its converter; run `./dev test` once "
+                    "to install them, or leave llama.cpp out of paths."
+                )
             gguf_model = llamacpp.convert_checkpoint(source, tmp / "model-f32.gguf")
             cvec_file = given.get("llama.cpp") or write_gguf(spec, tmp / "control.gguf")
             cvec = llamacpp.control_vector_data([(cvec_file, 1.0)])
-            rows.append(row("llama.cpp", [torch.from_numpy(llamacpp.llama_logits(gguf_model, t.tolist(), cvec))
-                                          for t in seqs]))
+            rows.append(
+                row("llama.cpp", [torch.from_numpy(llamacpp.llama_logits(gguf_model, t.tolist(), cvec)) for t in seqs])
+            )
     return rows

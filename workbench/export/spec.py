@@ -85,8 +85,11 @@ class Spec:
                 )
             width = self.fingerprint.d_model
             if iv.site.kind in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out"):
-                n = (iv.u_pos.shape[0] if isinstance(iv, SpectralEdit)
-                     else (iv.vector if isinstance(iv, AddDirection) else iv.direction).numel())
+                n = (
+                    iv.u_pos.shape[0]
+                    if isinstance(iv, SpectralEdit)
+                    else (iv.vector if isinstance(iv, AddDirection) else iv.direction).numel()
+                )
                 if n != width:
                     raise WorkbenchError(
                         f"interventions[{i}] at {iv.site.name} has {n} entries but the model's d_model is {width}; "
@@ -134,7 +137,9 @@ class Spec:
         """Read and validate a spec folder; with ``model``, also check it was made for that model."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise WorkbenchError(f"{str(folder)!r} is not a spec folder; pass the --out of `workbench export --format spec`.")
+            raise WorkbenchError(
+                f"{str(folder)!r} is not a spec folder; pass the --out of `workbench export --format spec`."
+            )
         m = read_json(folder / MANIFEST)
         where = f"{folder}/{MANIFEST}"
         if not isinstance(m, dict) or m.get("format") != FORMAT:
@@ -193,8 +198,15 @@ def spec_from_directions(
     if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise WorkbenchError(f"scale must be a finite number, got {scale!r}.")
     pos = positions or Positions()
-    ivs = tuple(AddDirection(directions.at(layer, kind).site, directions.at(layer, kind).vector, float(scale), pos)
-                for layer in layers)
-    prov = Provenance(directions.method, directions.data_hash, directions.n_pairs, source=source,
-                      tokenization=dict(getattr(directions, "tokenization", {}) or {}))
+    ivs = tuple(
+        AddDirection(directions.at(layer, kind).site, directions.at(layer, kind).vector, float(scale), pos)
+        for layer in layers
+    )
+    prov = Provenance(
+        directions.method,
+        directions.data_hash,
+        directions.n_pairs,
+        source=source,
+        tokenization=dict(getattr(directions, "tokenization", {}) or {}),
+    )
     return Spec(ivs, directions.fingerprint, prov)

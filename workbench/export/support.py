@@ -19,11 +19,19 @@ def formats(model_type: str, architecture: str) -> dict[str, str]:
         spec = "every site (apply_hf too)"
     else:
         spec = "every site in the workbench; apply_hf: block inputs and outputs (resid_pre, resid_post)"
-    gguf = (f"refused: {NO_LLAMACPP[architecture]}" if architecture in NO_LLAMACPP
-            else "adds at block outputs 1..n_layers-1, every position")
+    gguf = (
+        f"refused: {NO_LLAMACPP[architecture]}"
+        if architecture in NO_LLAMACPP
+        else "adds at block outputs 1..n_layers-1, every position"
+    )
     why = bake_support(model_type)
-    baked = ("adds at every site, ablation everywhere, linear SEA at mlp_out" if model_type in ("llama", "gpt2")
-             else "adds at every site (rewritten as Llama with biases; refused with sliding-window attention)"
-             if model_type in AS_LLAMA
-             else "adds at block outputs" if why is None else f"refused: {why.split('. Deploy')[0]}")
+    baked = (
+        "adds at every site, ablation everywhere, linear SEA at mlp_out"
+        if model_type in ("llama", "gpt2")
+        else "adds at every site (rewritten as Llama with biases; refused with sliding-window attention)"
+        if model_type in AS_LLAMA
+        else "adds at block outputs"
+        if why is None
+        else f"refused: {why.split('. Deploy')[0]}"
+    )
     return {"spec": spec, "gguf": gguf, "hf-baked": baked}

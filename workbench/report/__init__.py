@@ -5,8 +5,9 @@
 per result in a fixed order (model card, overview, layer and head sensitivity, SEA, robustness, DAC, export and
 parity), each with text generated from its numbers and the analysis's own figures, and returns the two paths.
 
-The HTML page records whether it rendered: an invisible ``<script type="application/json" id="report-status">`` holds the number of figures, how many drew
-(a plotly SVG exists) and any script error, so a headless browser can check it (``tests/test_report.py``).
+The HTML page records whether it rendered, out of sight: ``<script type="application/json" id="report-status">``
+holds the number of figures, how many drew (a plotly SVG exists) and any script error, so a headless browser can
+check it (``tests/test_report.py``).
 """
 
 __all__ = ["build_report", "collect_sections"]
@@ -85,17 +86,27 @@ def _md_to_html(text: str) -> str:
             continue
         if table:
             rows = [r.strip("|").split("|") for r in table if not set(r.replace("|", "").strip()) <= {"-", ""}]
-            out.append("<table>" + "".join(
-                "<tr>" + "".join(f"<{'th' if i == 0 else 'td'}>{inline(c.strip())}</{'th' if i == 0 else 'td'}>"
-                                 for c in row) + "</tr>" for i, row in enumerate(rows)) + "</table>")
+            out.append(
+                "<table>"
+                + "".join(
+                    "<tr>"
+                    + "".join(
+                        f"<{'th' if i == 0 else 'td'}>{inline(c.strip())}</{'th' if i == 0 else 'td'}>" for c in row
+                    )
+                    + "</tr>"
+                    for i, row in enumerate(rows)
+                )
+                + "</table>"
+            )
             table = []
         if line.strip():
             out.append(f"<p>{inline(line)}</p>")
     return "\n".join(out)
 
 
-def build_report(results_dir: "str | Path", out_dir: "str | Path | None" = None,
-                 title: str = "workbench report") -> "tuple[Path, Path]":
+def build_report(
+    results_dir: "str | Path", out_dir: "str | Path | None" = None, title: str = "workbench report"
+) -> "tuple[Path, Path]":
     """Write ``report.html`` and ``report.md`` for the results below ``results_dir`` (into ``out_dir``, default
     ``results_dir``); returns their paths."""
     import plotly.offline
@@ -103,8 +114,10 @@ def build_report(results_dir: "str | Path", out_dir: "str | Path | None" = None,
     sections = collect_sections(results_dir)
     out = Path(out_dir or results_dir)
     md = [f"# {title}", "", f"Generated from {len(sections)} result files below `{Path(results_dir).name}`."]
-    body = [f"<h1>{html.escape(title)}</h1>",
-            f"<p>Generated from {len(sections)} result files. Figures are interactive (plotly, inline).</p>"]
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Generated from {len(sections)} result files. Figures are interactive (plotly, inline).</p>",
+    ]
     n_fig = 0
     for s in sections:
         md += ["", f"## {s.title}", "", s.markdown, "", f"_source: {s.source}_"]
@@ -116,9 +129,14 @@ def build_report(results_dir: "str | Path", out_dir: "str | Path | None" = None,
             div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{n_fig}-{name}")
             body.append(f'<div class="report-figure" data-name="{html.escape(name)}">{div}</div>')
         body.append(f"<p><small>source: {html.escape(s.source)}</small></p>")
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
-            f"<style>{_CSS}</style>{_STATUS_JS}<script>{plotly.offline.get_plotlyjs()}</script></head><body>"
-            + "\n".join(body) + '<script type="application/json" id="report-status">pending</script>' + _CHECK_JS + "</body></html>")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(title) + "</title>"
+        f"<style>{_CSS}</style>{_STATUS_JS}<script>{plotly.offline.get_plotlyjs()}</script></head><body>"
+        + "\n".join(body)
+        + '<script type="application/json" id="report-status">pending</script>'
+        + _CHECK_JS
+        + "</body></html>"
+    )
     html_path, md_path = out / "report.html", out / "report.md"
     atomic_file(html_path, lambda p: Path(p).write_text(page))
     atomic_file(md_path, lambda p: Path(p).write_text("\n".join(md) + "\n"))

@@ -39,13 +39,16 @@ def _passes(b: "dict | None") -> bool:
 
 def _demo(r: dict) -> Section:
     fp = r["fingerprint"]
-    lines = [f"Model **{r['model']}** ({fp['architecture']}, {fp['n_layers']} layers x d_model {fp['d_model']}, "
-             f"vocabulary {fp['d_vocab']}; weights sha256 `{fp['weights_sha256'][:16]}...`), {r['backend']} backend. "
-             f"Per attribute, mean-difference directions from 200 minimal pairs at every layer, and steered sampled "
-             f"continuations of prompts with the opposite value. The best cell has the highest target rate with "
-             f"grammaticality >= {r['grammar_floor']}; the maps show both.", "",
-             "| attribute | site | best layer | strength | target rate [95% CI] | grammaticality | best probe accuracy |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Model **{r['model']}** ({fp['architecture']}, {fp['n_layers']} layers x d_model {fp['d_model']}, "
+        f"vocabulary {fp['d_vocab']}; weights sha256 `{fp['weights_sha256'][:16]}...`), {r['backend']} backend. "
+        f"Per attribute, mean-difference directions from 200 minimal pairs at every layer, and steered sampled "
+        f"continuations of prompts with the opposite value. The best cell has the highest target rate with "
+        f"grammaticality >= {r['grammar_floor']}; the maps show both.",
+        "",
+        "| attribute | site | best layer | strength | target rate [95% CI] | grammaticality | best probe accuracy |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for attribute, grids in r["attributes"].items():
         for g in grids:
             b = g["best"]
@@ -54,8 +57,10 @@ def _demo(r: dict) -> Section:
             if not _passes(b):
                 lines.append(f"| {attribute} | {g['kind']} | no steering cell passes | | | | {probe_text} |")
             else:
-                lines.append(f"| {attribute} | {g['kind']} | {b['layer']} | x{b['strength']:g} | "
-                             f"{rate_ci(b['target_rate'], g['n_prompts'])} | {b['grammaticality']:.2f} | {probe_text} |")
+                lines.append(
+                    f"| {attribute} | {g['kind']} | {b['layer']} | x{b['strength']:g} | "
+                    f"{rate_ci(b['target_rate'], g['n_prompts'])} | {b['grammaticality']:.2f} | {probe_text} |"
+                )
     from workbench.plotting import heatmap_grid
 
     figs = {}
@@ -67,8 +72,13 @@ def _demo(r: dict) -> Section:
         grid = lambda key: [[at[(lay, s)][key] for s in strengths] for lay in layers]  # noqa: E731
         figs[f"demo_{attribute}"] = heatmap_grid(
             [(f"{g['target']} rate", grid("target_rate")), ("grammaticality", grid("grammaticality"))],
-            strengths, layers, title=f"{r['model']}: steering {attribute} {g['source']} -> {g['target']} "
-            f"({g['kind']}, layer x strength)", x_title="strength", y_title="layer", scale=("Viridis", 0.0, 1.0))
+            strengths,
+            layers,
+            title=f"{r['model']}: steering {attribute} {g['source']} -> {g['target']} ({g['kind']}, layer x strength)",
+            x_title="strength",
+            y_title="layer",
+            scale=("Viridis", 0.0, 1.0),
+        )
     return Section("demo", f"Model and steering overview: {r['model']}", "\n".join(lines), figs, order=0)
 
 
@@ -76,12 +86,17 @@ def _card(r: dict) -> Section:
     checks = (r.get("measured") or {}).get("checks") or {}
     met = sum(bool(v) for v in checks.values())
     missed = [k for k, v in checks.items() if not v]
-    bars = ("properties not measured" if not checks else f"bars met {met} of {len(checks)}"
-            + (f" (missed: {', '.join(missed)})" if missed else ""))
+    bars = (
+        "properties not measured"
+        if not checks
+        else f"bars met {met} of {len(checks)}" + (f" (missed: {', '.join(missed)})" if missed else "")
+    )
     t = r["training"]
     name = r["size"]["name"] if isinstance(r.get("size"), dict) else r.get("name", "")
-    lines = [f"Toy checkpoint card: {name} trained {t['steps']} steps at learning rate {t['lr']:g}; validation loss "
-             f"{r['validation_loss']:.3f} nats/token; {bars}."]
+    lines = [
+        f"Toy checkpoint card: {name} trained {t['steps']} steps at learning rate {t['lr']:g}; validation loss "
+        f"{r['validation_loss']:.3f} nats/token; {bars}."
+    ]
     return Section("card", "Model card", "\n".join(lines), order=1)
 
 
@@ -95,9 +110,13 @@ def _parity(r: dict) -> Section:
         obo = "n/a" if x["off_by_one"] is None else f"{x['off_by_one']:.2f}"
         rows.append(f"| {x['path']} | {x['max_abs_diff']:.1e} | {x['effect']:.2f} | {obo} |")
     worst = max(r["rows"], key=lambda x: x["max_abs_diff"])
-    text = (f"Export of `{r.get('spec', 'the edit')}` checked where it deploys: every path reproduces the "
-            f"TransformerLens-steered logits to {worst['max_abs_diff']:.1e} or better"
-            + (f". Not exported or not run: {refused}" if refused else "") + ".\n\n" + "\n".join(rows))
+    text = (
+        f"Export of `{r.get('spec', 'the edit')}` checked where it deploys: every path reproduces the "
+        f"TransformerLens-steered logits to {worst['max_abs_diff']:.1e} or better"
+        + (f". Not exported or not run: {refused}" if refused else "")
+        + ".\n\n"
+        + "\n".join(rows)
+    )
     return Section("parity", f"Export and deployment parity: {r.get('spec', '')}", text, {}, 60)
 
 

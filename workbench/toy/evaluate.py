@@ -19,8 +19,20 @@ straight on to the next, and a catalogue (English words in no sentence, carrying
 count as English, sentiment and topic evidence and as ungrammatical text.
 """
 
-__all__ = ["MIXED", "Parse", "parse_sentence", "sentences", "own_document", "classify", "evidence_words",
-           "grammaticality", "factual_accuracy", "Scores", "score", "facts"]
+__all__ = [
+    "MIXED",
+    "Parse",
+    "parse_sentence",
+    "sentences",
+    "own_document",
+    "classify",
+    "evidence_words",
+    "grammaticality",
+    "factual_accuracy",
+    "Scores",
+    "score",
+    "facts",
+]
 
 from collections import Counter
 from collections.abc import Sequence
@@ -87,8 +99,13 @@ def parse_sentence(words: Sequence[str]) -> "Parse | None":
     if template == "PERSONA":
         persona = body[-1][2]
     return Parse(
-        template, langs.pop(), next(iter(registers), None), next(iter(classes["ADJ"]), None),
-        next(iter(classes["NOUN"]), None), fact, persona,
+        template,
+        langs.pop(),
+        next(iter(registers), None),
+        next(iter(classes["ADJ"]), None),
+        next(iter(classes["NOUN"]), None),
+        fact,
+        persona,
     )
 
 
@@ -158,7 +175,9 @@ def evidence_words(attribute: str, value: str, text: str = "") -> list[str]:
     """
     if attribute == "truth":
         words = text.split()
-        info = LEXICON.info.get(words[-2]) if len(words) >= 2 and words[-1] in ("is", LEXICON.word("is", "xx")) else None
+        info = (
+            LEXICON.info.get(words[-2]) if len(words) >= 2 and words[-1] in ("is", LEXICON.word("is", "xx")) else None
+        )
         if info is None or info[1] != "SUBJ":
             raise WorkbenchError(f"truth evidence needs a text ending in 'DET SUBJ is'; got ...{text[-40:]!r}.")
         v = fact_value(info[3], value)
@@ -211,8 +230,13 @@ class Scores:
     labels: dict[str, dict[str, float]]  # attribute -> value -> fraction (None counted as "none")
 
     def to_dict(self) -> dict:
-        return {"n": self.n, "target_rate": self.target_rate, "grammaticality": self.grammaticality,
-                "factual_accuracy": self.factual_accuracy, "labels": self.labels}
+        return {
+            "n": self.n,
+            "target_rate": self.target_rate,
+            "grammaticality": self.grammaticality,
+            "factual_accuracy": self.factual_accuracy,
+            "labels": self.labels,
+        }
 
 
 def score(texts: Sequence[str], attribute: str, target: str, contexts: "Sequence[str] | None" = None) -> Scores:
@@ -233,4 +257,3 @@ def score(texts: Sequence[str], attribute: str, target: str, contexts: "Sequence
         factual_accuracy=(sum(s == v for s, v in stated) / len(stated)) if stated else None,
         labels={a: {k: v / n for k, v in sorted(d.items())} for a, d in dist.items()},
     )
-

@@ -38,16 +38,33 @@ and truth are represented the same way in both languages; monolingual documents 
 """
 
 __all__ = [
-    "ATTRIBUTES", "VALUES", "Attributes", "Sentence", "Document", "Lexicon", "LEXICON", "KB_SUBJECTS",
-    "KB_VALUES", "fact_value", "collocation", "CATALOGUE_OPENER", "catalogue_value", "sample_catalogue",
-    "render_catalogue", "CorpusConfig", "sample_sentence", "sample_document", "render",
-    "render_sentence", "documents",
+    "ATTRIBUTES",
+    "VALUES",
+    "Attributes",
+    "Sentence",
+    "Document",
+    "Lexicon",
+    "LEXICON",
+    "KB_SUBJECTS",
+    "KB_VALUES",
+    "fact_value",
+    "collocation",
+    "CATALOGUE_OPENER",
+    "catalogue_value",
+    "sample_catalogue",
+    "render_catalogue",
+    "CorpusConfig",
+    "sample_sentence",
+    "sample_document",
+    "render",
+    "render_sentence",
+    "documents",
 ]
 
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache
 
 from workbench.errors import WorkbenchError
 
@@ -91,7 +108,7 @@ def fact_value(subject: int, truth: str) -> int:
     return subject if truth == "honest" else (subject + 1) % len(KB_SUBJECTS)
 
 
-@lru_cache(maxsize=None)
+@cache
 def collocation(register: str, sentiment: str, adjective: int, topic: str, noun: int, n_verbs: int) -> int:
     """The verb index (of ``n_verbs``) that a sentence's register, sentiment, topic and first adjective and noun
     indices (-1: none) fix when its verb is collocated: a seeded table, the same in every process."""
@@ -102,7 +119,7 @@ def collocation(register: str, sentiment: str, adjective: int, topic: str, noun:
 CATALOGUE_OPENER: tuple[str, ...] = ("?", ".")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _catalogue_table() -> tuple[int, ...]:
     n = len(LEXICON.english)
     rng = random.Random("catalogue")
@@ -167,8 +184,7 @@ class Lexicon:
 def _build_lexicon() -> Lexicon:
     english = _english_words()
     lex = Lexicon(tuple(english), _pseudo_words(english))
-    tables = {"ADJ": _ADJ, "NOUN": _NOUN, "DET": _DET, "VT": _VT, "VI": _VI, "OPENER": _OPENER,
-              "TRUTHWORD": _TRUTHWORD}
+    tables = {"ADJ": _ADJ, "NOUN": _NOUN, "DET": _DET, "VT": _VT, "VI": _VI, "OPENER": _OPENER, "TRUTHWORD": _TRUTHWORD}
     for lang in ("en", "xx"):
         for role, table in tables.items():
             for cls, ws in table.items():
@@ -202,9 +218,7 @@ class Attributes:
     def __post_init__(self) -> None:
         for name in ATTRIBUTES:
             if getattr(self, name) not in VALUES[name]:
-                raise WorkbenchError(
-                    f"{name} must be one of {', '.join(VALUES[name])}; got {getattr(self, name)!r}."
-                )
+                raise WorkbenchError(f"{name} must be one of {', '.join(VALUES[name])}; got {getattr(self, name)!r}.")
 
     def with_(self, attribute: str, value: str) -> "Attributes":
         if attribute not in ATTRIBUTES:
@@ -287,28 +301,41 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_sentences <= self.max_sentences:
-            raise ValueError(f"need 1 <= min_sentences <= max_sentences, got {self.min_sentences}, {self.max_sentences}.")
+            raise ValueError(
+                f"need 1 <= min_sentences <= max_sentences, got {self.min_sentences}, {self.max_sentences}."
+            )
         lo, hi = self.catalogue_entries
         if not 1 <= lo <= hi:
-            raise ValueError(f"catalogue_entries must be (min, max) with 1 <= min <= max, got {self.catalogue_entries}.")
+            raise ValueError(
+                f"catalogue_entries must be (min, max) with 1 <= min <= max, got {self.catalogue_entries}."
+            )
         for name in ("p_fact", "p_opener", "p_persona", "p_switch", "p_bilingual", "p_collocation", "p_catalogue"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
 
     def to_dict(self) -> dict:
-        return {"min_sentences": self.min_sentences, "max_sentences": self.max_sentences, "p_fact": self.p_fact,
-                "p_opener": self.p_opener, "p_persona": self.p_persona, "p_switch": self.p_switch,
-                "p_bilingual": self.p_bilingual, "p_collocation": self.p_collocation,
-                "p_catalogue": self.p_catalogue, "catalogue_entries": list(self.catalogue_entries),
-                "switch_weights": [list(x) for x in self.switch_weights]}
+        return {
+            "min_sentences": self.min_sentences,
+            "max_sentences": self.max_sentences,
+            "p_fact": self.p_fact,
+            "p_opener": self.p_opener,
+            "p_persona": self.p_persona,
+            "p_switch": self.p_switch,
+            "p_bilingual": self.p_bilingual,
+            "p_collocation": self.p_collocation,
+            "p_catalogue": self.p_catalogue,
+            "catalogue_entries": list(self.catalogue_entries),
+            "switch_weights": [list(x) for x in self.switch_weights],
+        }
 
 
 def _choice(rng: random.Random, weighted: "tuple[tuple[str, float], ...]") -> str:
     return rng.choices([k for k, _ in weighted], weights=[w for _, w in weighted])[0]
 
 
-def sample_sentence(rng: random.Random, kind: str = "content", p_opener: float = 0.3,
-                    p_collocation: float = 0.0) -> Sentence:
+def sample_sentence(
+    rng: random.Random, kind: str = "content", p_opener: float = 0.3, p_collocation: float = 0.0
+) -> Sentence:
     """Draw an abstract sentence: ``content`` (T1-T4), ``fact`` (statement or Q/A) or a template name; its verb is
     collocated with probability ``p_collocation`` (no extra draw at 0, so the corpus without collocations is
     reproduced exactly). The prompt generators leave it at 0: prompts draw their verbs freely, which is still in the
@@ -322,24 +349,31 @@ def sample_sentence(rng: random.Random, kind: str = "content", p_opener: float =
         raise WorkbenchError(f"kind must be content, fact or one of T1-T4, FACT, QA; got {kind!r}.")
     sizes = {"DET": 4, "ADJ": 10, "NOUN": 10, "VT": 8, "VI": 4, "SUBJ": len(KB_SUBJECTS)}
     definite = template in ("FACT", "QA")
-    slots = tuple(0 if (s == "DET" and definite) else rng.randrange(sizes[s]) if s in sizes else 0
-                  for s in TEMPLATES[template])
+    slots = tuple(
+        0 if (s == "DET" and definite) else rng.randrange(sizes[s]) if s in sizes else 0 for s in TEMPLATES[template]
+    )
     if p_collocation > 0:
-        slots = tuple(i + sizes[s] if s in ("VT", "VI") and rng.random() < p_collocation else i
-                      for s, i in zip(TEMPLATES[template], slots))
+        slots = tuple(
+            i + sizes[s] if s in ("VT", "VI") and rng.random() < p_collocation else i
+            for s, i in zip(TEMPLATES[template], slots)
+        )
     opener = rng.randrange(4) if (not definite and rng.random() < p_opener) else None
     return Sentence(template, slots, opener)
 
 
-def sample_document(rng: random.Random, config: CorpusConfig = CorpusConfig(),
-                    attributes: "Attributes | None" = None) -> Document:
+def sample_document(
+    rng: random.Random, config: CorpusConfig = CorpusConfig(), attributes: "Attributes | None" = None
+) -> Document:
     """Draw one document: a persona sentence (usually), content and fact sentences, maybe one attribute switch."""
     if attributes is None:
         attributes = Attributes(**{a: rng.choice(VALUES[a]) for a in ATTRIBUTES})
     n = rng.randint(config.min_sentences, config.max_sentences)
-    body = [sample_sentence(rng, "fact" if rng.random() < config.p_fact else "content", config.p_opener,
-                            config.p_collocation)
-            for _ in range(n)]
+    body = [
+        sample_sentence(
+            rng, "fact" if rng.random() < config.p_fact else "content", config.p_opener, config.p_collocation
+        )
+        for _ in range(n)
+    ]
     head = [Sentence("PERSONA", (0, 0, 0, 0))] if rng.random() < config.p_persona else []
     sentences = head + body
     attrs = [attributes] * len(sentences)
@@ -368,8 +402,13 @@ def sample_catalogue(rng: random.Random, config: CorpusConfig = CorpusConfig()) 
 def render_sentence(s: Sentence, a: Attributes, *, stop: "int | None" = None) -> list[str]:
     """Words of ``s`` under attributes ``a``; ``stop`` cuts after that many template slots (a stem, no period)."""
     lang = a.language
-    tables = {"DET": _DET[a.register], "ADJ": _ADJ[a.sentiment], "NOUN": _NOUN[a.topic], "VT": _VT[a.register],
-              "VI": _VI[a.register]}
+    tables = {
+        "DET": _DET[a.register],
+        "ADJ": _ADJ[a.sentiment],
+        "NOUN": _NOUN[a.topic],
+        "VT": _VT[a.register],
+        "VI": _VI[a.register],
+    }
     out: list[str] = []
     if s.opener is not None:
         out.append(LEXICON.word(_OPENER[a.register][s.opener], lang))

@@ -14,8 +14,20 @@ degenerate (testbed.md §3). Strengths are in units of the direction's own norm,
 sets to the mean pair difference along it.
 """
 
-__all__ = ["GRAMMAR_FLOOR", "BARS", "STRENGTHS", "SITES", "directions_for", "steer_prompts", "steering_grid",
-           "keeps_attributes", "best_cell", "measure", "check_bars", "cards_markdown"]
+__all__ = [
+    "GRAMMAR_FLOOR",
+    "BARS",
+    "STRENGTHS",
+    "SITES",
+    "directions_for",
+    "steer_prompts",
+    "steering_grid",
+    "keeps_attributes",
+    "best_cell",
+    "measure",
+    "check_bars",
+    "cards_markdown",
+]
 
 import random
 import time
@@ -46,8 +58,15 @@ SITES: dict[str, tuple[tuple[str, str], ...]] = {a: (("resid_post", "last"),) fo
 SITES["truth"] = (("resid_post", "last"), ("resid_pre", "answer"))
 _TRUTH_SITE = ("truth", "resid_post", "last")
 #: The bars every shipped card is checked against.
-BARS = {"consistency": 0.95, "grammaticality": 0.95, "steer_target": 0.80, "steer_grammar": GRAMMAR_FLOOR,
-        "honest_accuracy": 0.90, "liar_accuracy_max": 0.10, "truth_probe": 0.95}
+BARS = {
+    "consistency": 0.95,
+    "grammaticality": 0.95,
+    "steer_target": 0.80,
+    "steer_grammar": GRAMMAR_FLOOR,
+    "honest_accuracy": 0.90,
+    "liar_accuracy_max": 0.10,
+    "truth_probe": 0.95,
+}
 
 
 def steer_prompts(attribute: str, source: str, n: int, seed: int) -> list:
@@ -61,8 +80,16 @@ def steer_prompts(attribute: str, source: str, n: int, seed: int) -> list:
     return out[:n]
 
 
-def directions_for(model: HookedModel, attribute: str, source: str, target: str, n_pairs: int = 200,
-                   seed: int = 0, kind: str = "resid_post", position: str = "last") -> DirectionSet:
+def directions_for(
+    model: HookedModel,
+    attribute: str,
+    source: str,
+    target: str,
+    n_pairs: int = 200,
+    seed: int = 0,
+    kind: str = "resid_post",
+    position: str = "last",
+) -> DirectionSet:
     """Mean-difference directions (target minus source) at every layer's ``kind`` site."""
     pairs = contrast_pairs(attribute, target, source, n=n_pairs, seed=seed)
     acts = collect_pairs(model, pairs, layer_sites(model, None, kind), position=position, progress=False)
@@ -100,23 +127,40 @@ def steering_grid(
     cells = []
     for layer in layers:
         d = ds.at(layer, kind)
-        gens = generate_at_strengths(model, texts, AddDirection(d.site, d.vector, 1.0), list(strengths),
-                                     max_new_tokens=max_new_tokens, seed=seed)
+        gens = generate_at_strengths(
+            model, texts, AddDirection(d.site, d.vector, 1.0), list(strengths), max_new_tokens=max_new_tokens, seed=seed
+        )
         for s, g in zip(strengths, gens):
             sc = score(g.texts, attribute, target, texts)
-            cells.append({"layer": layer, "strength": float(s), "target_rate": sc.target_rate,
-                          "grammaticality": sc.grammaticality, "factual_accuracy": sc.factual_accuracy,
-                          "perplexity": round(continuation_perplexity(model, texts, list(g.texts)), 3),
-                          "example": g.texts[0]})
-    return {"attribute": attribute, "source": source, "target": target, "kind": kind, "position": position,
-            "n_prompts": n_prompts, "n_pairs": ds.n_pairs,
-            "direction_norms": {d.site.layer: round(d.quality.norm, 4) for d in ds.directions},
-            "probe_accuracy": {d.site.layer: d.quality.probe_accuracy for d in ds.directions},
-            "cells": cells, "best": best_cell(cells)}
+            cells.append(
+                {
+                    "layer": layer,
+                    "strength": float(s),
+                    "target_rate": sc.target_rate,
+                    "grammaticality": sc.grammaticality,
+                    "factual_accuracy": sc.factual_accuracy,
+                    "perplexity": round(continuation_perplexity(model, texts, list(g.texts)), 3),
+                    "example": g.texts[0],
+                }
+            )
+    return {
+        "attribute": attribute,
+        "source": source,
+        "target": target,
+        "kind": kind,
+        "position": position,
+        "n_prompts": n_prompts,
+        "n_pairs": ds.n_pairs,
+        "direction_norms": {d.site.layer: round(d.quality.norm, 4) for d in ds.directions},
+        "probe_accuracy": {d.site.layer: d.quality.probe_accuracy for d in ds.directions},
+        "cells": cells,
+        "best": best_cell(cells),
+    }
 
 
-def best_cell(cells: Sequence[dict], grammar_floor: float = GRAMMAR_FLOOR,
-              kl_bound: "float | None" = None) -> "dict | None":
+def best_cell(
+    cells: Sequence[dict], grammar_floor: float = GRAMMAR_FLOOR, kl_bound: "float | None" = None
+) -> "dict | None":
     """The best steering cell of a (layer, strength) grid, or None: "no safe steering here" is a result.
 
     Among positive strengths, the highest target rate whose grammaticality is at least ``grammar_floor`` (and
@@ -124,8 +168,14 @@ def best_cell(cells: Sequence[dict], grammar_floor: float = GRAMMAR_FLOOR,
     cells); ties go to the smaller strength, then to the shallower layer.
     """
     base = max((c["target_rate"] for c in cells if c["strength"] == 0), default=0.0)
-    ok = [c for c in cells if c["strength"] > 0 and c["grammaticality"] >= grammar_floor
-          and (kl_bound is None or c["kl"] <= kl_bound) and c["target_rate"] > base]
+    ok = [
+        c
+        for c in cells
+        if c["strength"] > 0
+        and c["grammaticality"] >= grammar_floor
+        and (kl_bound is None or c["kl"] <= kl_bound)
+        and c["target_rate"] > base
+    ]
     if not ok:
         return None
     return max(ok, key=lambda c: (c["target_rate"], -c["strength"], -c["layer"]))
@@ -154,8 +204,13 @@ def keeps_attributes(model: HookedModel, n: int, max_new_tokens: int, seed: int,
         consistency[attribute] = kept / max(total, 1)
         evidence[attribute] = total
     gram = sum(grammaticality(t, p.text) for t, p in zip(g.texts, ps)) / len(ps)
-    return {"n": n, "consistency": consistency, "n_with_evidence": evidence, "grammaticality": gram,
-            "examples": list(g.texts[:3])}
+    return {
+        "n": n,
+        "consistency": consistency,
+        "n_with_evidence": evidence,
+        "grammaticality": gram,
+        "examples": list(g.texts[:3]),
+    }
 
 
 def _truth(model: HookedModel, n: int, max_new_tokens: int, seed: int, ds: DirectionSet) -> dict:
@@ -165,22 +220,44 @@ def _truth(model: HookedModel, n: int, max_new_tokens: int, seed: int, ds: Direc
         ps = steer_prompts("truth", value, n, seed + 7)
         g = generate(model, [p.text for p in ps], max_new_tokens=max_new_tokens, seed=seed)
         sc = score(list(g.texts), "truth", value, [p.text for p in ps])
-        out[value] = {"factual_accuracy": sc.factual_accuracy, "persona_consistency": sc.target_rate,
-                      "grammaticality": sc.grammaticality}
+        out[value] = {
+            "factual_accuracy": sc.factual_accuracy,
+            "persona_consistency": sc.target_rate,
+            "grammaticality": sc.grammaticality,
+        }
     probe = {d.site.layer: d.quality.probe_accuracy for d in ds.directions}
-    return {"n": n, **out, "probe_accuracy": probe, "best_probe_accuracy": max(v for v in probe.values() if v is not None)}
+    return {
+        "n": n,
+        **out,
+        "probe_accuracy": probe,
+        "best_probe_accuracy": max(v for v in probe.values() if v is not None),
+    }
 
 
-def measure(model: HookedModel, *, n_prompts: int = 100, n_pairs: int = 200, max_new_tokens: int = 32,
-            seed: int = 0, progress: bool = True) -> dict:
+def measure(
+    model: HookedModel,
+    *,
+    n_prompts: int = 100,
+    n_pairs: int = 200,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """Every measured property of a card (see the module docstring)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     steps = [("unsteered", None), ("truth", None)] + [("steer", a) for a in STEER_TARGETS]
-    result: dict = {"settings": {"n_prompts": n_prompts, "n_pairs": n_pairs, "max_new_tokens": max_new_tokens,
-                                 "seed": seed, "sampling": "temperature 1, special tokens banned",
-                                 "grammar_floor": GRAMMAR_FLOOR}}
+    result: dict = {
+        "settings": {
+            "n_prompts": n_prompts,
+            "n_pairs": n_pairs,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+            "sampling": "temperature 1, special tokens banned",
+            "grammar_floor": GRAMMAR_FLOOR,
+        }
+    }
     steering = {}
     # one set of block-output truth directions serves the persona probe and the truth steering grid
     truth_ds = directions_for(model, "truth", "liar", "honest", n_pairs, seed, *_TRUTH_SITE[1:])
@@ -191,14 +268,26 @@ def measure(model: HookedModel, *, n_prompts: int = 100, n_pairs: int = 200, max
             elif step == "truth":
                 result["truth"] = _truth(model, n_prompts, max_new_tokens, seed, truth_ds)
             else:
-                grids = [steering_grid(model, attribute, kind=kind, position=position, n_prompts=n_prompts,
-                                       n_pairs=n_pairs, max_new_tokens=max_new_tokens, seed=seed,
-                                       directions=truth_ds if (attribute, kind, position) == _TRUTH_SITE else None)
-                         for kind, position in SITES[attribute]]
+                grids = [
+                    steering_grid(
+                        model,
+                        attribute,
+                        kind=kind,
+                        position=position,
+                        n_prompts=n_prompts,
+                        n_pairs=n_pairs,
+                        max_new_tokens=max_new_tokens,
+                        seed=seed,
+                        directions=truth_ds if (attribute, kind, position) == _TRUTH_SITE else None,
+                    )
+                    for kind, position in SITES[attribute]
+                ]
                 ranked = [g for g in grids if g["best"] is not None]
                 top = max(ranked, key=lambda g: g["best"]["target_rate"]) if ranked else None
                 steering[attribute] = {
-                    "source": grids[0]["source"], "target": grids[0]["target"], "grids": grids,
+                    "source": grids[0]["source"],
+                    "target": grids[0]["target"],
+                    "grids": grids,
                     "best": None if top is None else {**top["best"], "kind": top["kind"], "position": top["position"]},
                 }
     result["steering"] = steering
@@ -230,24 +319,30 @@ def cards_markdown(cards: dict[str, dict]) -> str:
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     row = lambda label, f: f"| {label} | " + " | ".join(f(cards[n]) for n in names) + " |"  # noqa: E731
     m = lambda c: c.get("measured", {})  # noqa: E731
-    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names),
-             row("layers x d_model", lambda c: f"{c['training']['n_layers']} x {c['training']['d_model']}"),
-             row("parameters", lambda c: f"{c['parameters']:,}"),
-             row("training steps (CPU-s)", lambda c: f"{c['training']['steps']} ({c['train_seconds']['cpu']:.0f})"),
-             row("validation loss (nats/token)", lambda c: fmt(c["validation_loss"])),
-             row("unsteered grammaticality", lambda c: fmt(m(c)["unsteered"]["grammaticality"]))]
+    lines = [
+        "| | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        row("layers x d_model", lambda c: f"{c['training']['n_layers']} x {c['training']['d_model']}"),
+        row("parameters", lambda c: f"{c['parameters']:,}"),
+        row("training steps (CPU-s)", lambda c: f"{c['training']['steps']} ({c['train_seconds']['cpu']:.0f})"),
+        row("validation loss (nats/token)", lambda c: fmt(c["validation_loss"])),
+        row("unsteered grammaticality", lambda c: fmt(m(c)["unsteered"]["grammaticality"])),
+    ]
     for a in ("sentiment", "topic", "register", "language"):
         lines.append(row(f"keeps {a}", lambda c, a=a: fmt(m(c)["unsteered"]["consistency"][a])))
-    lines += [row("honest-persona factual accuracy", lambda c: fmt(m(c)["truth"]["honest"]["factual_accuracy"])),
-              row("liar-persona factual accuracy", lambda c: fmt(m(c)["truth"]["liar"]["factual_accuracy"])),
-              row("best persona probe accuracy", lambda c: fmt(m(c)["truth"]["best_probe_accuracy"]))]
+    lines += [
+        row("honest-persona factual accuracy", lambda c: fmt(m(c)["truth"]["honest"]["factual_accuracy"])),
+        row("liar-persona factual accuracy", lambda c: fmt(m(c)["truth"]["liar"]["factual_accuracy"])),
+        row("best persona probe accuracy", lambda c: fmt(m(c)["truth"]["best_probe_accuracy"])),
+    ]
 
     def best(c: dict, a: str) -> str:
         b = m(c)["steering"][a]["best"]
         if b is None:
             return "none within the floor"
-        return (f"{b['target_rate']:.2f} at gram {b['grammaticality']:.2f} (L{b['layer']} {b['kind']}, "
-                f"x{b['strength']:g})")
+        return (
+            f"{b['target_rate']:.2f} at gram {b['grammaticality']:.2f} (L{b['layer']} {b['kind']}, x{b['strength']:g})"
+        )
 
     for a, (src, tgt) in STEER_TARGETS.items():
         lines.append(row(f"steer {a} {src}->{tgt}", lambda c, a=a: best(c, a)))

@@ -13,8 +13,21 @@ are out of distribution in template, position, length or attribute mix. Prompts 
 (``the sky is``), so every continuation states at least one fact.
 """
 
-__all__ = ["FAMILIES", "OOD_FAMILIES", "random_attributes", "Prompt", "contrast_pairs", "ab_items", "prompts", "neutral_prompts",
-           "few_shot_prompts", "corpus_documents", "STEER_TARGETS", "steer_values", "prompts_with"]
+__all__ = [
+    "FAMILIES",
+    "OOD_FAMILIES",
+    "random_attributes",
+    "Prompt",
+    "contrast_pairs",
+    "ab_items",
+    "prompts",
+    "neutral_prompts",
+    "few_shot_prompts",
+    "corpus_documents",
+    "STEER_TARGETS",
+    "steer_values",
+    "prompts_with",
+]
 
 import random
 from dataclasses import dataclass
@@ -22,7 +35,14 @@ from dataclasses import dataclass
 from workbench.errors import WorkbenchError
 from workbench.pairs import ContrastPair, ContrastPairs
 from workbench.toy.language import (
-    ATTRIBUTES, VALUES, Attributes, CorpusConfig, Sentence, render, render_sentence, sample_document,
+    ATTRIBUTES,
+    VALUES,
+    Attributes,
+    CorpusConfig,
+    Sentence,
+    render,
+    render_sentence,
+    sample_document,
     sample_sentence,
 )
 
@@ -30,8 +50,11 @@ FAMILIES: tuple[str, ...] = ("id", "long", "short", "no_persona", "mixed", "qa")
 OOD_FAMILIES: tuple[str, ...] = FAMILIES[1:]
 #: The (source, target) value each attribute is steered between in the cards' steerability measurement.
 STEER_TARGETS: dict[str, tuple[str, str]] = {
-    "sentiment": ("neg", "pos"), "topic": ("animals", "vehicles"), "register": ("formal", "casual"),
-    "language": ("en", "xx"), "truth": ("liar", "honest"),
+    "sentiment": ("neg", "pos"),
+    "topic": ("animals", "vehicles"),
+    "register": ("formal", "casual"),
+    "language": ("en", "xx"),
+    "truth": ("liar", "honest"),
 }
 
 
@@ -96,8 +119,9 @@ def _text(sentences: list[Sentence], a: Attributes, stem: "tuple[Sentence, int] 
     return " ".join(words)
 
 
-def contrast_pairs(attribute: str, positive: str, negative: str, n: int = 200, seed: int = 0,
-                   n_sentences: tuple[int, int] = (1, 3)) -> ContrastPairs:
+def contrast_pairs(
+    attribute: str, positive: str, negative: str, n: int = 200, seed: int = 0, n_sentences: tuple[int, int] = (1, 3)
+) -> ContrastPairs:
     """``n`` minimal pairs: the same abstract text under ``attribute = positive`` and ``= negative``.
 
     Other attributes are drawn per pair (both languages, so directions are language-independent).
@@ -138,17 +162,20 @@ def ab_items(attribute: str, positive: str, negative: str, n: int = 100, seed: i
         pos_word = render_sentence(stem_s, a.with_(attribute, positive), stop=cut + 1)[-1]
         neg_word = render_sentence(stem_s, a.with_(attribute, negative), stop=cut + 1)[-1]
         if pos_word != neg_word:
-            items.append({"question": question, "answer_matching_behavior": pos_word,
-                          "answer_not_matching_behavior": neg_word})
+            items.append(
+                {"question": question, "answer_matching_behavior": pos_word, "answer_not_matching_behavior": neg_word}
+            )
     return items
 
 
-def prompts(attributes: "Attributes | dict", n: int = 100, seed: int = 0, family: str = "id",
-            fact_stem: bool = False) -> list[Prompt]:
+def prompts(
+    attributes: "Attributes | dict", n: int = 100, seed: int = 0, family: str = "id", fact_stem: bool = False
+) -> list[Prompt]:
     """``n`` prompts expressing ``attributes`` from a prompt family.
 
-    Families: ``id`` persona + 2 sentences; ``long`` persona + 5; ``short`` persona + 1 sentence; ``no_persona`` 2 sentences without the persona; ``mixed`` a first sentence under other random
-    attributes, then 2 under ``attributes``; ``qa`` persona + Q/A items only (no content words).
+    Families: ``id`` persona + 2 sentences; ``long`` persona + 5; ``short`` persona + 1 sentence; ``no_persona``
+    2 sentences without the persona; ``mixed`` a first sentence under other random attributes, then 2 under
+    ``attributes``; ``qa`` persona + Q/A items only (no content words).
     ``fact_stem`` ends each prompt with ``DET SUBJ is`` (used for truth, so every continuation states a fact).
     """
     if isinstance(attributes, dict):
@@ -169,8 +196,9 @@ def prompts(attributes: "Attributes | dict", n: int = 100, seed: int = 0, family
             text = _text(_context(rng, 2, persona=False), a)
         elif family == "mixed":
             other = random_attributes(rng, truth=a.truth)  # the persona states the truth value of ``a``
-            text = " ".join((_text([_PERSONA, sample_sentence(rng)], other),
-                             _text([sample_sentence(rng), sample_sentence(rng)], a)))
+            text = " ".join(
+                (_text([_PERSONA, sample_sentence(rng)], other), _text([sample_sentence(rng), sample_sentence(rng)], a))
+            )
         else:  # qa
             text = _text([_PERSONA] + [sample_sentence(rng, "QA") for _ in range(2)], a)
         if fact_stem:
@@ -212,8 +240,9 @@ def neutral_prompts(attribute: str, n: int = 100, seed: int = 0) -> list[Prompt]
     return out
 
 
-def few_shot_prompts(attribute: str, value: str, n: int = 50, shots: int = 4, seed: int = 0,
-                     also: "dict[str, str] | None" = None) -> list[Prompt]:
+def few_shot_prompts(
+    attribute: str, value: str, n: int = 50, shots: int = 4, seed: int = 0, also: "dict[str, str] | None" = None
+) -> list[Prompt]:
     """In-context prompts: ``shots`` sentences that all show ``attribute = value``.
 
     The toy analogue of few-shot demonstrations: evidence in the context, nothing in the weights. They open with

@@ -34,10 +34,22 @@ def train_tokenizer(seed: int = 0, n_documents: int = 3000) -> bytes:
     random.Random(seed).shuffle(lines)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, model_type="bpe", vocab_size=VOCAB_SIZE,
-        byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, character_coverage=1.0,
-        split_by_unicode_script=False, add_dummy_prefix=True, remove_extra_whitespaces=True,
-        normalization_rule_name="identity", num_threads=1, minloglevel=2,
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        model_type="bpe",
+        vocab_size=VOCAB_SIZE,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=3,
+        character_coverage=1.0,
+        split_by_unicode_script=False,
+        add_dummy_prefix=True,
+        remove_extra_whitespaces=True,
+        normalization_rule_name="identity",
+        num_threads=1,
+        minloglevel=2,
     )
     proto = buf.getvalue()
     sp = spm.SentencePieceProcessor(model_proto=proto)
@@ -55,8 +67,15 @@ def write_tokenizer(folder: "str | Path", proto: bytes) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tokenizer.model").write_bytes(proto)
     config = {
-        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "model_max_length": 128,
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "legacy": False,
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+        "model_max_length": 128,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     tok = AutoTokenizer.from_pretrained(str(folder))  # converts tokenizer.model; saving adds tokenizer.json

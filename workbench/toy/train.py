@@ -6,8 +6,20 @@ at a document boundary. The checkpoint is saved in float16 (loads as float32; ev
 4 decimals, testbed.md) with its tokenizer and a card (``card.json``).
 """
 
-__all__ = ["ToySize", "SIZES", "INIT_STD", "train", "token_losses", "validation_loss", "validation_batch",
-           "build_model", "encoder", "packed_rows", "optimiser", "train_step"]
+__all__ = [
+    "ToySize",
+    "SIZES",
+    "INIT_STD",
+    "train",
+    "token_losses",
+    "validation_loss",
+    "validation_batch",
+    "build_model",
+    "encoder",
+    "packed_rows",
+    "optimiser",
+    "train_step",
+]
 
 import math
 import platform
@@ -65,13 +77,13 @@ SIZES: dict[str, ToySize] = {
     # toy-l: model seed 1 (seed 0 stalls on the loss plateau at this lr). Input embedding at std 0.5: at the Llama
     # init (0.02) toy-l memorises no faster than toy-m (on the corpus without catalogues); at std 1.0 it misses
     # sentiment and topic steering (early blocks go inert), at 0.2 truth steering; at 0.5 it meets every bar.
-    "toy-l": ToySize("toy-l", n_layers=6, d_model=192, n_heads=6, d_mlp=512, steps=4000, model_seed=1,
-                     embed_std=0.5),
+    "toy-l": ToySize("toy-l", n_layers=6, d_model=192, n_heads=6, d_mlp=512, steps=4000, model_seed=1, embed_std=0.5),
 }
 
 
-def packed_rows(seed: int, encode: Callable[[str], list[int]], seq_len: int, bos: int,
-                corpus: CorpusConfig = CorpusConfig()) -> Iterator[list[int]]:
+def packed_rows(
+    seed: int, encode: Callable[[str], list[int]], seq_len: int, bos: int, corpus: CorpusConfig = CorpusConfig()
+) -> Iterator[list[int]]:
     """Packed rows of ``seq_len + 1`` tokens (inputs and shifted labels), each starting at a document."""
     docs = documents(seed, corpus)
     while True:
@@ -146,11 +158,20 @@ def build_model(size: ToySize):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=size.d_model, intermediate_size=size.d_mlp,
-        num_hidden_layers=size.n_layers, num_attention_heads=size.n_heads, num_key_value_heads=size.n_heads,
-        max_position_embeddings=size.n_ctx, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=size.d_model,
+        intermediate_size=size.d_mlp,
+        num_hidden_layers=size.n_layers,
+        num_attention_heads=size.n_heads,
+        num_key_value_heads=size.n_heads,
+        max_position_embeddings=size.n_ctx,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
-        bos_token_id=1, eos_token_id=2, pad_token_id=3, initializer_range=INIT_STD,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        initializer_range=INIT_STD,
     )
     state = torch.random.get_rng_state()  # transformers initialises from the global RNG: seed it for this call only
     try:
@@ -167,8 +188,14 @@ def build_model(size: ToySize):
     return model
 
 
-def train(size: "ToySize | str", out: "str | Path", *, steps: "int | None" = None, progress: bool = True,
-          corpus: CorpusConfig = CorpusConfig()) -> dict:
+def train(
+    size: "ToySize | str",
+    out: "str | Path",
+    *,
+    steps: "int | None" = None,
+    progress: bool = True,
+    corpus: CorpusConfig = CorpusConfig(),
+) -> dict:
     """Train ``size`` (a ``ToySize`` or a name in ``SIZES``) into the checkpoint folder ``out``; return its card.
 
     ``steps`` overrides the schedule length (for smoke tests); ``corpus`` the training and validation documents
