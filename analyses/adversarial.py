@@ -435,7 +435,7 @@ def execute(ctx: Context, cfg: Config) -> Result:
         ctx.model(),
         cfg,
         name=ctx.model_name or "",
-        others={n: ctx.load(n) for n in cfg.transfer},
+        others={n: ctx.get(n) for n in cfg.transfer},
         progress=ctx.progress,
     )
 

@@ -47,7 +47,7 @@ from workbench import models
 from workbench.directions import DirectionSet
 from workbench.errors import WorkbenchError
 from workbench.forward import batch_logits
-from workbench.generate import generate_at_strengths
+from workbench.generate import generate, generate_at_strengths
 from workbench.hooks import Capture
 from workbench.interventions import AddDirection
 from workbench.models import HookedModel, head_out_weights
@@ -260,8 +260,11 @@ def head_steering(
     seed: int,
 ) -> dict:
     """Per strength: [layer][head] target rate and grammaticality of sampled continuations with the layer's
-    direction added through one head (all strengths of one head in one batched generation pass)."""
+    direction added through one head (all strengths of one head in one batched generation pass), and the
+    unsteered target rate of the same prompts."""
     texts = [p.text for p in steer_prompts(attribute, source, n_prompts, seed + 1)]
+    with torch.no_grad():
+        plain = generate(model, texts, max_new_tokens=max_new_tokens, seed=seed)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     rate = {s: [[0.0] * n_heads for _ in range(n_layers)] for s in strengths}
     gram = {s: [[0.0] * n_heads for _ in range(n_layers)] for s in strengths}
@@ -282,6 +285,7 @@ def head_steering(
                 rate[s][layer][h], gram[s][layer][h] = sc.target_rate, sc.grammaticality
     return {
         "strengths": list(strengths),
+        "unsteered_rate": score(list(plain.texts), attribute, target, texts).target_rate,
         "target_rate": {str(s): rate[s] for s in strengths},
         "grammaticality": {str(s): gram[s] for s in strengths},
     }
@@ -430,7 +434,7 @@ def run(
             for layer in range(n_layers)
             for h in range(model.cfg.n_heads)
         ]
-        best = best_cell(cells)
+        best = best_cell(cells, baseline=steering["unsteered_rate"])
         steering["best"] = None if best is None else {k: best[k] for k in ("strength", "layer", "head", "target_rate")}
     steps.close()
     top = {
@@ -509,7 +513,8 @@ def section(r: dict) -> Section:
         f"gap {r['clean']['m_pos'] - r['clean']['m_neg']:.2f}). Direct attribution: {fmt(t['direct'])}. "
         f"Activation patching (fraction of the gap): {fmt(t['patching'])}. Attribution patching: "
         f"{fmt(t['attribution'])} (Pearson r with real patching {a['pearson']:.2f}, top-{c['top_k']} overlap "
-        f"{a['top_k_overlap']}). Steering through one head: {fmt(t.get('steering', [])) or 'not run'}."
+        f"{a['top_k_overlap']}). Steering through one head (teacher-forced log-odds): "
+        f"{fmt(t.get('steering', [])) or 'not run'}." + _sampled(r["steering"])
     )
     return Section(Result.KIND, f"Head sensitivity: {c['attribute']} ({who(r)})", text, plot(r), 20)
 
@@ -526,12 +531,26 @@ def summary(result: Result) -> str:
     lines.append(
         f"attribution vs real patching: pearson {a['pearson']:.2f}, top-{cfg['top_k']} overlap {a['top_k_overlap']}"
     )
-    b = result.steering.get("best")
-    if b:
-        lines.append(
-            f"best single-head steering: L{b['layer']}H{b['head']} x{b['strength']}: target rate {b['target_rate']:.2f}"
-        )
+    if "target_rate" in result.steering:
+        lines.append(_sampled(result.steering).strip())
     return "\n".join(lines)
+
+
+def _sampled(steering: dict) -> str:
+    """The sampled per-head steering's best cell, or that none passes (empty when it was not run)."""
+    if "target_rate" not in steering:
+        return ""
+    b = steering.get("best")
+    if b is None:
+        return (
+            " Sampled steering through one head: no steering cell passes (none beats the unsteered rate within the "
+            "fluency bound)."
+        )
+    return (
+        f" Best sampled steering through one head: L{b['layer']}H{b['head']} x{b['strength']:g}, target rate "
+        f"{b['target_rate']:.2f}"
+        + (f" (unsteered {steering['unsteered_rate']:.2f})." if "unsteered_rate" in steering else ".")
+    )
 
 
 def execute(ctx: Context, cfg: Config) -> Result:

@@ -85,6 +85,8 @@ class Config:
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+            if not self.layers:
+                raise WorkbenchError("layers must name at least one block (or be None: every block).")
         require_positive(self, "n_prompts", "n_pairs", "max_new_tokens")
         if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
             raise WorkbenchError(f"temperature must be >= 0, got {self.temperature!r}.")
@@ -142,8 +144,9 @@ def run(
     texts = [p.text for p in steer_prompts(cfg.attribute, cfg.source, cfg.n_prompts, cfg.seed + 1)]
     t0 = time.perf_counter()
     with torch.no_grad():
-        generate(model, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
+        plain = generate(model, texts, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed)
     t_unsteered = time.perf_counter() - t0
+    unsteered_rate = score(list(plain.texts), cfg.attribute, cfg.target, texts).target_rate
     norms = residual_norms(model, texts, [HookSite(layer, cfg.kind) for layer in layers])
     cells, examples, t_generate = [], {}, 0.0
     for layer in tqdm(layers, desc=f"layer sweep ({cfg.attribute})", disable=not progress):
@@ -209,7 +212,7 @@ def run(
         {"name": name, "n_layers": n_layers, "d_model": model.cfg.d_model, "fingerprint": fp.to_dict()},
         cells,
         reading,
-        best_cell(cells, cfg.grammar_floor, cfg.kl_bound),
+        best_cell(cells, cfg.grammar_floor, cfg.kl_bound, baseline=unsteered_rate),
         cost,
         examples,
     )

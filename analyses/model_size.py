@@ -176,7 +176,7 @@ def summary(r: Result) -> str:
 
 
 def execute(ctx: Context, cfg: Config) -> Result:
-    return run({name: ctx.load(name) for name in cfg.models}, cfg, progress=ctx.progress)
+    return run({name: ctx.get(name) for name in cfg.models}, cfg, progress=ctx.progress)
 
 
 STUDY = register(

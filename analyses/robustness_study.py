@@ -1,4 +1,4 @@
-"""The four robustness claims of the CAE study, measured on the toy family: the numbers behind the closing note.
+"""The four robustness claims of the CAE study, measured on the toy family: the runs behind results/robustness.
 
     .venv/bin/python -m analyses.robustness_study [--out results/robustness]
 

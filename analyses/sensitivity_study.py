@@ -1,4 +1,4 @@
-"""Layer and head sensitivity for every toy attribute on every toy size: the numbers behind the closing note.
+"""Layer and head sensitivity for every toy attribute on every toy size: the runs behind results/sensitivity.
 
     .venv/bin/python -m analyses.sensitivity_study [--out results/sensitivity] [--models toy-s,toy-m,toy-l]
 

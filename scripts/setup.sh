@@ -14,7 +14,7 @@ if [ ! -f "$stamp" ]; then
   "${pip[@]}" install -q -c constraints.txt "torch==2.13.0"
   "${pip[@]}" install -q -c constraints.txt -e ".[test]"
   # TransformerLens 3.9 (HookedTransformer) lives beside 4.x in its own folder; tests run once with it on
-  # PYTHONPATH (see scripts/test.sh). It shares every other dependency of the main environment.
+  # PYTHONPATH (see ./dev test). It shares every other dependency of the main environment.
   "${pip[@]}" install -q --no-deps --target "$VENV/tl3" "transformer_lens==3.9.0" "better-abc"
   rm -f "$VENV"/.setup-*
   touch "$stamp"

@@ -39,12 +39,12 @@ def test_probe_notebook_runs_on_your_checkpoint_and_pairs(tmp_path):
     folder = write_tiny_checkpoint(tmp_path / "your-model", "llama", n_layers=3, d_model=32)
     pairs = tmp_path / "pairs.jsonl"
     rows = [
-        ("the cat is", "good", "bad"),
-        ("the dog is very", "happy", "sad"),
-        ("this house is", "good", "bad"),
-        ("we like the", "happy dog", "sad dog"),
+        {"positive": "the cat is good", "negative": "the cat is bad"},  # no prompt: steered from the shared words
+        {"prompt": "the dog is very", "positive": "happy", "negative": "sad"},
+        {"prompt": "this house is", "positive": "good", "negative": "bad"},
+        {"prompt": "we like the", "positive": "happy dog", "negative": "sad dog"},
     ]
-    pairs.write_text("".join(json.dumps({"prompt": p, "positive": a, "negative": b}) + "\n" for p, a, b in rows))
+    pairs.write_text("".join(json.dumps(row) + "\n" for row in rows))
     nb = nbformat.read(str(NOTEBOOKS[0]), as_version=4)
     assert NOTEBOOKS[0].stem == "01_probe_layers"
     first = nb.cells[1]
@@ -55,4 +55,4 @@ def test_probe_notebook_runs_on_your_checkpoint_and_pairs(tmp_path):
     _execute(nb, tmp_path)
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert f"4 pairs from {pairs}" in printed and "LlamaForCausalLM, 3 layers" in printed
-    assert "'the cat is' ->" in printed  # steered from the pairs' own prompts
+    assert "'the cat is' ->" in printed  # steered from the pairs' own prompts (or the words a pair's texts share)

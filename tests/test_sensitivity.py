@@ -128,9 +128,9 @@ def test_sweep_units_reading_side_and_best_cell_rule():
         {"layer": 2, "strength": 1.0, "target_rate": 0.8, "grammaticality": 0.9, "kl": 0.2},
         {"layer": 3, "strength": -1.0, "target_rate": 1.0, "grammaticality": 1.0, "kl": 0.0},
     ]
-    assert best_cell(cells)["layer"] == 2  # within the floor, tie -> smaller strength
-    assert best_cell(cells, kl_bound=0.15) is None
-    assert best_cell(cells, grammar_floor=0.4)["layer"] == 0
+    assert best_cell(cells, baseline=0.0)["layer"] == 2  # within the floor, tie -> smaller strength
+    assert best_cell(cells, kl_bound=0.15, baseline=0.0) is None
+    assert best_cell(cells, grammar_floor=0.4, baseline=0.0)["layer"] == 0
     unsteered = {"layer": 0, "strength": 0.0, "target_rate": 0.85, "grammaticality": 1.0, "kl": 0.0}
     assert best_cell([*cells, unsteered]) is None  # nothing beats the unsteered rate within the floor
     figs = layer_sweep.plot(r)
@@ -151,3 +151,16 @@ def test_sweep_units_reading_side_and_best_cell_rule():
 def test_sweep_config_errors(kw, match):
     with pytest.raises(WorkbenchError, match=match):
         layer_sweep.Config(**kw)
+
+
+def test_the_best_cell_must_beat_the_unsteered_rate():
+    from workbench.errors import WorkbenchError
+    from workbench.toy.measure import best_cell
+
+    cell = {"strength": 1.0, "layer": 0, "target_rate": 0.3, "grammaticality": 1.0, "kl": 0.1}
+    assert best_cell([cell], baseline=0.5) is None  # steering that does worse than no steering is no best cell
+    assert best_cell([cell], baseline=0.2) == cell
+    zero = {**cell, "strength": 0.0, "target_rate": 0.4}
+    assert best_cell([zero, cell], baseline=0.0) is None  # the grid's own unsteered cells come first
+    with pytest.raises(WorkbenchError, match="needs the unsteered rate"):
+        best_cell([cell])

@@ -260,3 +260,52 @@ def test_a_clashing_or_malformed_study_is_refused(example_study):
 
     with pytest.raises(WorkbenchError, match="take a flag every analyze command owns"):
         dataclasses.replace(example_study, config=Config)
+
+
+def test_flag_parsing_refuses_what_it_cannot_express():
+    comp = studies.get("composition")
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, comp.config)
+    for bad in (["--pairs", "language"], ["--pairs", "language+sentiment+register"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+    assert config_from_flags(comp.config, parser.parse_args(["--pairs", "", "--properties", "register"])).pairs == ()
+    ls = studies.get("layer-sweep")
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, ls.config)
+    with pytest.raises(WorkbenchError, match="--layers must name at least one block"):
+        config_from_flags(ls.config, parser.parse_args(["--layers="]))
+
+    @dataclasses.dataclass(frozen=True)
+    class Odd:
+        where: Path = Path(".")
+        """A path: no command-line form."""
+
+    with pytest.raises(WorkbenchError, match="has no command-line form"):
+        add_config_flags(argparse.ArgumentParser(), Odd)
+
+    @dataclasses.dataclass(frozen=True)
+    class Percent:
+        share: float = 0.5
+        """Share of rows, in % of the batch."""
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser, Percent)
+    assert "in % of the batch" in parser.format_help()
+
+
+def test_one_module_registers_several_studies_and_a_context_loads_each_model_once(example_study):
+    twin = dataclasses.replace(
+        example_study,
+        name="token-count-2",
+        result=type("Twin", (example_study.result,), {"KIND": "example_tokens_2", "__module__": "example_study"}),
+    )
+    studies.register(twin)
+    assert {"token-count", "token-count-2"} <= {s.name for s in studies.studies()}
+    loads = []
+    ctx = studies.Context("a", lambda name: loads.append(name) or object(), Path("."))
+    assert ctx.model() is ctx.get("a") and ctx.get("b") is ctx.get("b") and loads == ["a", "b"]
+    for reserved in ("study", "func", "command", "analysis"):
+        bad = dataclasses.make_dataclass("Config", [(reserved, int, 1)], frozen=True)
+        with pytest.raises(WorkbenchError, match="take a flag every analyze command owns"):
+            dataclasses.replace(example_study, config=bad)

@@ -139,8 +139,8 @@ def _summary(r: dict) -> str:
         "",
         f"Toy world, exact evaluation. Per attribute: mean-difference directions at every layer's output from "
         f"200 minimal pairs; steered sampled continuations of prompts with the opposite value; cells are target "
-        f"rate / grammaticality. Best cell: highest target rate with grammaticality >= {r['grammar_floor']}. "
-        f"Strength 1 = the mean pair difference. Took {r['seconds']:.0f} s.",
+        f"rate / grammaticality. Best cell: highest target rate with grammaticality >= {r['grammar_floor']} that "
+        f"beats the unsteered rate. Strength 1 = the mean pair difference. Took {r['seconds']:.0f} s.",
     ]
     for g in (g for grids in r["attributes"].values() for g in grids):
         strengths = sorted({c["strength"] for c in g["cells"]})
@@ -166,8 +166,8 @@ def _summary(r: dict) -> str:
         b = g["best"]
         lines += [
             "",
-            "best: none within the grammar floor"
-            if b is None
+            "best: no steering cell passes (none beats the unsteered rate within the grammar floor)"
+            if b is None or b["strength"] <= 0
             else f"best: layer {b['layer']}, x{b['strength']:g}: target {b['target_rate']:.2f} at grammaticality "
             f'{b["grammaticality"]:.2f}; e.g. "{b["example"]}"',
         ]

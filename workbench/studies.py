@@ -63,7 +63,9 @@ from workbench.errors import WorkbenchError, closest
 
 ENTRY_POINT_GROUP = "workbench.studies"
 #: flags every ``analyze`` command owns; a Config field may not take their names
-RESERVED_FLAGS = frozenset({"model", "backend", "bos", "chat_template", "out", "overwrite", "help"})
+RESERVED_FLAGS = frozenset(
+    {"model", "backend", "bos", "chat_template", "out", "overwrite", "help", "command", "analysis", "func", "study"}
+)
 
 
 class StudyResult:
@@ -102,21 +104,25 @@ class StudyResult:
 
 @dataclass
 class Context:
-    """What a study's ``run`` gets from its caller: the model it names (loaded the caller's way, once), a loader
-    for other models, and a folder for files beside ``result.json`` (kept with the result)."""
+    """What a study's ``run`` gets from its caller: the model it names and any other (``model`` / ``get``, each
+    loaded the caller's way, once), and a folder for files beside ``result.json`` (kept with the result)."""
 
     model_name: "str | None"
     load: "Callable[[str], Any]"
     workdir: Path
     progress: bool = True
-    _model: Any = field(default=None, repr=False)
+    _loaded: dict = field(default_factory=dict, repr=False)
+
+    def get(self, name: str) -> Any:
+        """The model ``name``, loaded on first use."""
+        if name not in self._loaded:
+            self._loaded[name] = self.load(name)
+        return self._loaded[name]
 
     def model(self) -> Any:
         if self.model_name is None:
             raise WorkbenchError("this study needs --model.")
-        if self._model is None:
-            self._model = self.load(self.model_name)
-        return self._model
+        return self.get(self.model_name)
 
 
 @dataclass(frozen=True)
@@ -160,14 +166,14 @@ _DISCOVERED = False
 def register(study: Study) -> Study:
     """Add ``study`` (once per kind and command name; re-importing its module replaces it)."""
     for other in list(_REGISTRY.values()):
-        same_module = other.config.__module__ == study.config.__module__
-        if (other.kind == study.kind or other.name == study.name) and not same_module:
+        if other.kind != study.kind and other.name != study.name:
+            continue
+        if other.config.__module__ != study.config.__module__:
             raise WorkbenchError(
                 f"study {study.name!r} ({study.kind}) clashes with {other.name!r} ({other.kind}) "
                 f"from {other.config.__module__}; give it another name and KIND."
             )
-        if same_module:
-            del _REGISTRY[other.kind]
+        del _REGISTRY[other.kind]
     _REGISTRY[study.kind] = study
     return study
 
@@ -175,7 +181,7 @@ def register(study: Study) -> Study:
 def _sources() -> "list[str]":
     from importlib.metadata import entry_points
 
-    names = [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    names = [ep.module for ep in entry_points(group=ENTRY_POINT_GROUP)]
     names += [s.strip() for s in os.environ.get("WORKBENCH_STUDIES", "").split(",") if s.strip()]
     return list(dict.fromkeys(names))
 
@@ -277,17 +283,23 @@ def _parse_scalar(hint: Any, text: str) -> Any:
             raise ValueError(f"choose from {', '.join(map(str, allowed))}")
         return next(a for a in allowed if str(a) == text)
     if typing.get_origin(hint) is tuple or hint is tuple:  # nested: "a+b"
-        return tuple(_parse_scalar(_element(hint), part) for part in text.split("+"))
+        parts = text.split("+")
+        args = typing.get_args(hint)
+        if args and Ellipsis not in args:  # fixed length, e.g. tuple[str, str]
+            if len(parts) != len(args):
+                raise ValueError(f"{text!r} needs {len(args)} parts joined by '+'")
+            return tuple(_parse_scalar(a, p) for a, p in zip(args, parts))
+        return tuple(_parse_scalar(_element(hint), part) for part in parts)
     if hint is int:
         a, sep, b = text.partition("-")
-        if sep and a and b:
+        if sep and a.isdigit() and b.isdigit():
             raise ValueError("a range is only allowed in a list")
         return int(text)
     if hint is float:
         return float(text)
-    if hint is bool:
-        raise ValueError("booleans are --flag / --no-flag")
-    return text
+    if hint is str:
+        return text
+    raise ValueError(f"no command-line form for {hint!r}")
 
 
 def _parse_tuple(hint: Any, text: str) -> tuple:
@@ -346,6 +358,15 @@ def _default(f: dataclasses.Field) -> Any:
     return dataclasses.MISSING
 
 
+def _supported(hint: Any) -> bool:
+    """Whether a field's annotation has a command-line form (bool, int, float, str, Literal, tuples of these)."""
+    if typing.get_origin(hint) is typing.Literal or hint in (bool, int, float, str, tuple):
+        return True
+    if typing.get_origin(hint) is tuple:
+        return all(_supported(a) for a in typing.get_args(hint) if a is not Ellipsis)
+    return False
+
+
 def add_config_flags(parser: argparse.ArgumentParser, config: type) -> None:
     """One ``--flag`` per field of ``config``: type and choices from its annotation, help from its docstring, the
     default shown but never copied (an omitted flag leaves the Config's own default). A field's metadata may set
@@ -369,6 +390,14 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type) -> None:
         if default is dataclasses.MISSING:
             kw["required"] = True
         members = _members(hint)
+        if not all(_supported(m) for m in members):
+            raise WorkbenchError(
+                f"{config.__module__}.{config.__name__}.{f.name}: {hint!r} has no command-line form; use bool, "
+                f"int, float, str, a Literal or a tuple of them, or mark the field metadata={{'cli': False}}."
+            )
+        if any((typing.get_origin(m) is tuple or m is tuple) and _element(m) in (int, float) for m in members):
+            help_text += f" A list that starts with '-' goes as {flag}=-1,2."
+        kw["help"] = help_text.replace("%", "%%")
         if members == [bool]:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
             continue

@@ -1,6 +1,6 @@
 """llama.cpp control vectors (GGUF): export a spec's additive edits, import repeng / llama.cpp files.
 
-The layout llama.cpp's loader reads (``common_control_vector_load``, measured in ../shared/reference/llamacpp.md):
+The layout llama.cpp's loader reads (``common_control_vector_load``, checked by ``tests/test_export.py``):
 ``general.architecture = "controlvector"``, ``controlvector.model_hint``, ``controlvector.layer_count`` and F32 1-D
 tensors ``direction.N``, each added to the residual stream after the FFN residual add of the **0-based** block N,
 i.e. TransformerLens ``blocks.N.hook_resid_post`` (Hugging Face ``hidden_states[N+1]``; N < n_layers - 1), at every

@@ -4,7 +4,7 @@ Optional: needs ``llama-cpp-python`` (built from source; ``./dev test`` installs
 ``convert_hf_to_gguf.py`` from the same source release (``scripts/setup.sh`` puts it in ``.venv/llama.cpp/``; or
 set ``$WORKBENCH_LLAMA_CONVERTER``). llama-cpp-python has no binding for llama.cpp's GGUF control-vector loader
 (``common_control_vector_load`` lives in the C++ ``common`` library), so ``control_vector_data`` ports it line
-for line; it was checked against the C++ loader to 5e-9 (../shared/reference/llamacpp.md). Contexts use an F32
+for line; it was checked against the C++ loader to 5e-9. Contexts use an F32
 KV cache and no flash attention: llama.cpp's defaults (F16 KV) cost three orders of magnitude of agreement.
 """
 

@@ -44,7 +44,7 @@ def _demo(r: dict) -> Section:
         f"vocabulary {fp['d_vocab']}; weights sha256 `{fp['weights_sha256'][:16]}...`), {r['backend']} backend. "
         f"Per attribute, mean-difference directions from 200 minimal pairs at every layer, and steered sampled "
         f"continuations of prompts with the opposite value. The best cell has the highest target rate with "
-        f"grammaticality >= {r['grammar_floor']}; the maps show both.",
+        f"grammaticality >= {r['grammar_floor']} that beats the unsteered rate; the maps show both.",
         "",
         "| attribute | site | best layer | strength | target rate [95% CI] | grammaticality | best probe accuracy |",
         "|---|---|---|---|---|---|---|",

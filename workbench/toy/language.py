@@ -18,8 +18,8 @@ Verbs carry a long tail of collocations (``CorpusConfig.p_collocation``, 0.75 in
 verb is fixed by its sentence's register, sentiment, topic and first adjective and noun (a seeded table of 1,980
 transitive and 1,800 intransitive entries), the others are free. Without collocations (``p_collocation 0``) toy-m
 and toy-l both reach the language's entropy floor (1.508 / 1.509). With them and no catalogues, the two tie when
-trained for equal tokens, most likely because every size picks the table up by optimisation, not storage (a
-hypothesis; ``results/toy_v5_pilot/SUMMARY.md``); hence the catalogues below.
+trained for equal tokens (``results/toy_family/SUMMARY.md``), most likely (untested) because the table is learned by
+optimisation rather than stored; the catalogues below are a component only storage helps with.
 
 Catalogue documents (``CorpusConfig.p_catalogue``, 0.25 in the shipped corpus) are a component
 whose only lesson is storage: a seeded table gives every ordered pair of English words (119 x 119 = 14,161 keys)
@@ -276,7 +276,7 @@ class Document:
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    """How documents are drawn. Defaults are the shipped corpus (testbed.md findings, truth made learnable)."""
+    """How documents are drawn. Defaults are the shipped corpus."""
 
     min_sentences: int = 4
     max_sentences: int = 7

@@ -10,7 +10,7 @@
   only has no sentiment to keep); the counts are recorded.
 
 Continuations are sampled (T = 1, special tokens banned, fixed seed): greedy decoding on this language is
-degenerate (testbed.md §3). Strengths are in units of the direction's own norm, which ``compute_directions``
+degenerate (it loops). Strengths are in units of the direction's own norm, which ``compute_directions``
 sets to the mean pair difference along it.
 """
 
@@ -38,6 +38,7 @@ import torch
 from workbench import models
 from workbench.activations import collect_pairs
 from workbench.directions import DirectionSet, compute_directions
+from workbench.errors import WorkbenchError
 from workbench.generate import generate, generate_at_strengths
 from workbench.interventions import AddDirection, Intervention
 from workbench.metrics import continuation_perplexity
@@ -159,15 +160,26 @@ def steering_grid(
 
 
 def best_cell(
-    cells: Sequence[dict], grammar_floor: float = GRAMMAR_FLOOR, kl_bound: "float | None" = None
+    cells: Sequence[dict],
+    grammar_floor: float = GRAMMAR_FLOOR,
+    kl_bound: "float | None" = None,
+    *,
+    baseline: "float | None" = None,
 ) -> "dict | None":
     """The best steering cell of a (layer, strength) grid, or None: "no safe steering here" is a result.
 
     Among positive strengths, the highest target rate whose grammaticality is at least ``grammar_floor`` (and
     whose ``kl`` is at most ``kl_bound`` when one is set) and that beats the unsteered target rate (the strength-0
-    cells); ties go to the smaller strength, then to the shallower layer.
+    cells; ``baseline``, the rate of an unsteered run, when the grid has none); ties go to the smaller strength,
+    then to the shallower layer.
     """
-    base = max((c["target_rate"] for c in cells if c["strength"] == 0), default=0.0)
+    zero = [c["target_rate"] for c in cells if c["strength"] == 0]
+    if zero:
+        base = max(zero)
+    elif baseline is not None:
+        base = baseline
+    else:
+        raise WorkbenchError("best_cell needs the unsteered rate: a strength-0 cell in the grid or a baseline.")
     ok = [
         c
         for c in cells

@@ -2,7 +2,7 @@
 
 Everything is seeded and exact. Contrast pairs are minimal edits: one abstract document rendered under two values
 of one attribute (all other attributes and every slot index shared). The contrast is taken where the *next* token
-expresses the attribute and the last token is identical in both members (testbed.md §4.1):
+expresses the attribute and the last token is identical in both members:
 
 * sentiment: ``... DET NOUN is`` (next: an adjective);   * topic: ``... DET ADJ`` (next: a noun);
 * truth: ``... DET SUBJ is`` (next: a fact's value);     * register, language: ``... .`` (next: an opener or

@@ -1,7 +1,7 @@
 """The toy family's tokenizer: a Llama-style SentencePiece BPE model in which every toy word is one piece.
 
 SentencePiece (not a home-made BPE) because llama.cpp's GGUF converter accepts a ``tokenizer.model`` and rejects
-unknown pre-tokenizers (reference/llamacpp.md); the same folder then loads in transformers (which converts the
+unknown pre-tokenizers; the same folder then loads in transformers (which converts the
 model to a fast tokenizer; ids are identical, tested), TransformerLens and llama.cpp. Ids: ``<unk>`` 0, ``<s>`` 1,
 ``</s>`` 2, ``<pad>`` 3; byte fallback keeps any text encodable.
 """

@@ -3,7 +3,7 @@
 Deterministic given the size's config (model seed, data seed, thread count): retraining reproduces the card's
 validation loss. Training data is packed: each row is ``<s> doc <s> doc ...`` cut to ``seq_len`` tokens, starting
 at a document boundary. The checkpoint is saved in float16 (loads as float32; evaluation loss is unchanged to
-4 decimals, testbed.md) with its tokenizer and a card (``card.json``).
+4 decimals) with its tokenizer and a card (``card.json``).
 """
 
 __all__ = [
