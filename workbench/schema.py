@@ -1,0 +1,152 @@
+"""Declared schemas for the files the workbench reads: one strict pydantic model per format, read one way.
+
+Every JSON artifact (pairs records, ``directions.json``, ``intervention.json``, ``workbench_bake.json``, GGUF
+metadata, cards, study results) is parsed by :func:`read_json` (size and nesting bounded before parsing) and
+checked by :func:`validate` against a :class:`Strict` model: types exact (no bool for a number, no float for an
+int, no string for a number), numbers finite, unknown fields refused. A failure is one ``WorkbenchError`` naming
+the file, the field path and the fix.
+
+The bounds a value must keep are declared once here and shared by the library and the CLI (``MAX_SCALE``, ...).
+"""
+
+__all__ = [
+    "Strict",
+    "validate",
+    "read_json",
+    "parse_json",
+    "field_path",
+    "MAX_JSON_BYTES",
+    "MAX_DEPTH",
+    "MAX_SCALE",
+    "Scale",
+    "Layer",
+    "Sha256",
+]
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from workbench.errors import WorkbenchError
+
+#: the largest JSON file any loader reads (manifests are kilobytes; a result with examples a few megabytes)
+MAX_JSON_BYTES = 64 * 1024 * 1024
+#: the deepest nesting any of our formats has is 6; this bounds a malicious file long before Python's recursion
+MAX_DEPTH = 32
+#: the largest |strength| the workbench accepts anywhere (library, CLI, files): far past any useful steering, far
+#: below float overflow in float16 (65504) once multiplied by a direction's norm
+MAX_SCALE = 1e4
+
+T = TypeVar("T", bound="Strict")
+
+
+class Strict(BaseModel):
+    """Base of every file schema: exact types, finite numbers, unknown fields refused, immutable."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+def _finite_scale(v: float) -> float:
+    if not math.isfinite(v) or abs(v) > MAX_SCALE:
+        raise ValueError(f"must be finite with |scale| <= {MAX_SCALE:g}")
+    return v
+
+
+#: a steering strength: a finite number with |value| <= MAX_SCALE (an int is accepted as a number)
+Scale = Annotated[float, AfterValidator(_finite_scale)]
+#: a 0-based block index (checked against a model where one is known)
+Layer = Annotated[int, Field(ge=0, le=100_000)]
+#: a lowercase hex sha256 digest
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def field_path(loc: "tuple[Any, ...]") -> str:
+    """A pydantic error location as a JSON path: ``interventions[0].positions.start``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON text (strings skipped), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_json(text: str, source: str, fix: str) -> Any:
+    """Parse JSON text from ``source``, bounded in nesting; NaN and Infinity literals are refused."""
+    if _depth(text) > MAX_DEPTH:
+        raise WorkbenchError(f"{source}: JSON nested deeper than {MAX_DEPTH} levels; {fix}")
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    def finite(token: str) -> float:
+        value = float(token)
+        if not math.isfinite(value):
+            raise ValueError(f"{token} overflows a float")
+        return value
+
+    try:
+        return json.loads(text, parse_constant=no_constant, parse_float=finite)
+    except (json.JSONDecodeError, ValueError, RecursionError) as e:
+        raise WorkbenchError(f"{source}: not valid JSON ({e}); {fix}") from None
+
+
+def read_json(path: "str | os.PathLike", *, fix: str = "re-create it with the workbench.") -> Any:
+    """Read a JSON file: it must be a regular file of at most ``MAX_JSON_BYTES``, UTF-8 (a BOM is accepted), not
+    nested deeper than ``MAX_DEPTH``."""
+    p = Path(path)
+    if p.is_dir():
+        raise WorkbenchError(f"{str(p)!r} is a directory; expected a JSON file. {fix}")
+    if not p.exists():
+        raise WorkbenchError(f"{str(p)!r} does not exist; expected a JSON file. {fix}")
+    if not p.is_file():
+        raise WorkbenchError(f"{str(p)!r} is not a regular file (a FIFO or device?); expected a JSON file. {fix}")
+    size = p.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise WorkbenchError(f"{str(p)!r} is {size} bytes, more than the {MAX_JSON_BYTES} a JSON file may have. {fix}")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise WorkbenchError(f"{str(p)!r} is not UTF-8 (byte {e.start}). {fix}") from None
+    except OSError as e:
+        raise WorkbenchError(f"{str(p)!r} could not be read ({type(e).__name__}: {e.strerror}). {fix}") from None
+    return parse_json(text, repr(str(p)), fix)
+
+
+def validate(data: Any, schema: "type[T]", *, source: str, fix: str) -> T:
+    """``data`` checked against ``schema``; the first failure is one WorkbenchError naming ``source``, the field
+    path, what was wrong and ``fix``."""
+    try:
+        return schema.model_validate(data, strict=True)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        got = err.get("input")
+        shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+        raise WorkbenchError(
+            f"{source}: {field_path(err['loc'])}: {err['msg'].lower()}, got {shown}{more}; {fix}"
+        ) from None
