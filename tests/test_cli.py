@@ -94,7 +94,7 @@ def test_directions_then_steer(ckpt_dirs, pairs_file, tmp_path, capsys):
         (["directions", "--model", "{llama}", "--pairs", "{pairs}", "--out", "{out}", "--layers", "7"], "has 3 blocks"),
         (
             ["directions", "--model", "{llama}", "--pairs", "{pairs}", "--out", "{out}", "--layers", "x"],
-            "--layers must be",
+            "--layers: takes blocks like 2",
         ),
         (
             ["directions", "--model", "{llama}", "--pairs", "{pairs}", "--out", "{out}", "--kind", "resid"],
@@ -200,9 +200,9 @@ def test_demo_writes_a_complete_folder(tmp_path, capsys):
     code, _, err = run(
         capsys, "toy", "train", "--size", "toy-s", "--out", str(tmp_path / "new"), "--p-collocation", "2"
     )
-    assert code == 2 and "p_collocation must be in [0, 1]" in err and not (tmp_path / "new").exists()
+    assert code == 2 and "--p-collocation: takes a number in [0, 1]" in err and not (tmp_path / "new").exists()
     code, _, err = run(capsys, "toy", "train", "--size", "toy-s", "--out", str(tmp_path / "new"), "--p-catalogue", "-1")
-    assert code == 2 and "--p-catalogue: p_catalogue must be in [0, 1]" in err and not (tmp_path / "new").exists()
+    assert code == 2 and "--p-catalogue: takes a number in [0, 1]" in err and not (tmp_path / "new").exists()
     code, _, err = run(capsys, "toy", "train", "--size", "toy-s", "--out", str(tmp_path / "new"), "--embed-std", "0")
     assert code == 2 and "--embed-std: embed_std must be positive" in err and not (tmp_path / "new").exists()
 
@@ -457,7 +457,7 @@ def test_analyze_commands_write_results_and_figures(tmp_path, capsys):
         (["layer-sweep", "--attribute", "topic", "--layers", "1-"], "--layers: invalid value '1-'"),
         (
             ["layer-sweep", "--attribute", "topic", "--strengths=-1,nan"],
-            "strengths must be a non-empty tuple of finite",
+            "--strengths: invalid value .*not a finite number",
         ),
         (["layer-sweep", "--attribute", "topic", "--layers", "9"], "has 4 blocks"),
         (["heads", "--attribute", "topic", "--readout-layer", "7"], "readout_layer must be in 0..3"),

@@ -39,7 +39,7 @@ def test_hash_ignores_formatting(tmp_path):
 @pytest.mark.parametrize(
     "text, match",
     [
-        ('{"positive": "x", "negative": "y"}\n{"positive": "x"\n', r"p.jsonl:2: invalid JSON"),
+        ('{"positive": "x", "negative": "y"}\n{"positive": "x"\n', r"p.jsonl:2: not valid JSON"),
         ('{"positive": "x", "negative": "y"}\n{"positive": "x"}\n', r"p.jsonl:2: missing key 'negative'"),
         ('{"question": "q", "answer_matching_behavior": "(A)"}\n', r"p.jsonl:1: missing key 'answer_not_matching"),
         ('{"pos": "x", "neg": "y"}\n', r"p.jsonl:1: unknown format"),

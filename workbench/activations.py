@@ -90,24 +90,27 @@ def pair_spans(model: HookedModel, pairs: ContrastPairs, position: str) -> tuple
     * ``last``: the last token;
     * ``answer``: the first token where positive and negative differ (the answer letter of an A/B item);
     * ``mean``: the mean over the completion (the tokens after the shared prompt).
+
+    A text longer than the model's context is refused, naming the pair (and its file line) and its token length.
     """
     if position not in POSITIONS:
         raise WorkbenchError(f"position must be one of {', '.join(POSITIONS)}, got {position!r}.")
     pos_ids, neg_ids, pos_spans, neg_spans = [], [], [], []
     for i, pair in enumerate(pairs.pairs):
+        where = pairs.describe(i)
         p, n = (
-            tokenize(model, pair.prompt, c) if pair.prompt else tokenize(model, c)
-            for c in (pair.positive, pair.negative)
+            tokenize(model, *((pair.prompt, c) if pair.prompt else (c,)), what=f"{where}: the {side} text")
+            for side, c in (("positive", pair.positive), ("negative", pair.negative))
         )
         if p == n:
-            raise WorkbenchError(f"pair {i} tokenises identically for positive and negative; the texts must differ.")
+            raise WorkbenchError(f"{where} tokenises identically for positive and negative; the texts must differ.")
         if position == "last":
             sp, sn = (len(p) - 1, len(p)), (len(n) - 1, len(n))
         elif position == "answer":
             k = first_difference(p, n)
             if k >= min(len(p), len(n)):
                 raise WorkbenchError(
-                    f"pair {i}: one text is a prefix of the other, so there is no answer token; use --position last."
+                    f"{where}: one text is a prefix of the other, so there is no answer token; use --position last."
                 )
             sp = sn = (k, k + 1)
         else:

@@ -8,11 +8,13 @@ __all__ = ["main"]
 
 import argparse
 import json
+import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from workbench.errors import WorkbenchError
 
@@ -24,17 +26,101 @@ class _Parser(argparse.ArgumentParser):
         raise WorkbenchError(f"{self.prog}: {message} (see --help)")
 
 
+# --- validated argument types: a bad value is refused while parsing, before any model loads -------------------
+
+MAX_COUNT = 1_000_000  # prompts, tokens, pairs, steps, batch rows: far past what a run on one machine does
+
+
+def _blocks(text: str) -> "list[int]":
+    """0-based blocks: '2', '0,2,5' or '2-6' (ASCII digits, ascending ranges, each block once)."""
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([0-9]{1,6})\s*(?:-\s*([0-9]{1,6})\s*)?", part)
+        if not m:
+            raise argparse.ArgumentTypeError(f"takes blocks like 2, 0,2,5 or 2-6, got {text!r}")
+        a, b = int(m[1]), int(m[2] or m[1])
+        if b < a:
+            raise argparse.ArgumentTypeError(f"the range {part.strip()!r} is empty; write it low-high")
+        out.extend(range(a, b + 1))
+    twice = sorted({x for x in out if out.count(x) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"block {twice[0]} is named twice in {text!r}; name each block once")
+    return out
+
+
+def _edit_blocks(text: str) -> "list[int]":
+    """The blocks an exported edit steers (``_blocks``; 'all' is refused: it is not an edit)."""
+    if text.strip() == "all":
+        return _refuse("'all' is not an edit; pass the blocks to steer, e.g. --layers 2 or 1,3")
+    return _blocks(text)
+
+
 def _layers(text: str) -> "list[int] | None":
-    if text == "all":
-        return None
+    """'all' (None) or blocks as ``_blocks``."""
+    return None if text == "all" else _blocks(text)
+
+
+def _block(text: str) -> int:
+    return _blocks(text)[0] if re.fullmatch(r"\s*[0-9]{1,6}\s*", text) else _refuse(f"takes one block, got {text!r}")
+
+
+def _refuse(message: str) -> Any:
+    raise argparse.ArgumentTypeError(message)
+
+
+def _number(text: str) -> float:
     try:
-        out: list[int] = []
-        for part in text.split(","):
-            a, _, b = part.partition("-")
-            out.extend(range(int(a), int(b) + 1) if b else [int(a)])
-        return out
+        value = float(text)
     except ValueError:
-        raise WorkbenchError(f"--layers must be 'all', a list like 0,2,5 or a range like 2-6; got {text!r}.") from None
+        return _refuse(f"takes a number, got {text!r}")
+    return value if math.isfinite(value) else _refuse(f"takes a finite number, got {text!r}")
+
+
+def _scale(text: str) -> float:
+    from workbench.schema import MAX_SCALE
+
+    value = _number(text)
+    return value if abs(value) <= MAX_SCALE else _refuse(f"takes a strength with |scale| <= {MAX_SCALE:g}, got {text}")
+
+
+def _temperature(text: str) -> float:
+    value = _number(text)
+    return value if 0 <= value <= 100 else _refuse(f"takes a temperature in [0, 100] (0 = greedy), got {text}")
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    return value if 0 <= value <= 1 else _refuse(f"takes a number in [0, 1], got {text}")
+
+
+def _count(text: str) -> int:
+    if not re.fullmatch(r"\s*[0-9]{1,9}\s*", text) or not 1 <= int(text) <= MAX_COUNT:
+        return _refuse(f"takes a whole number in 1..{MAX_COUNT}, got {text!r}")
+    return int(text)
+
+
+def _seed(text: str) -> int:
+    if not re.fullmatch(r"\s*[0-9]{1,18}\s*", text):
+        return _refuse(f"takes a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def _positions(text: str) -> Any:
+    from workbench.positions import Positions
+
+    try:
+        return Positions.parse(text)
+    except WorkbenchError as e:
+        return _refuse(str(e).rstrip("."))
+
+
+def _text(text: str) -> str:
+    """A prompt typed on the command line: valid UTF-8 (a shell passes undecodable bytes as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return _refuse(f"is not valid UTF-8 at character {e.start} ({text[max(0, e.start - 10) : e.start]!r}...)")
+    return text
 
 
 def _fresh_out(out: "str | Path", overwrite: bool) -> None:
@@ -108,7 +194,7 @@ def cmd_directions(args) -> int:
     pairs = load_pairs(args.pairs)  # validate the cheap inputs before loading a model
     _fresh_out(args.out, args.overwrite)
     m = _load(args)
-    sites = layer_sites(m, _layers(args.layers), args.kind)
+    sites = layer_sites(m, args.layers, args.kind)
     acts = collect_pairs(m, pairs, sites, position=args.position, batch_size=args.batch_size)
     ds = compute_directions(acts, args.method, seed=args.seed)
     ds.save(args.out)
@@ -130,9 +216,8 @@ def cmd_steer(args) -> int:
     from workbench.directions import DirectionSet
     from workbench.generate import generate_at_strengths
     from workbench.interventions import AddDirection
-    from workbench.positions import Positions
 
-    positions = Positions.parse(args.positions)
+    positions = args.positions
     m = _load(args)
     ds = DirectionSet.load(args.vector, m)
     d = ds.at(args.layer, args.kind)
@@ -156,21 +241,20 @@ def _export_spec(args):
     """The spec to export: a spec folder as it is, or directions folder + --layers + --scale."""
     from workbench.directions import DirectionSet
     from workbench.export.spec import MANIFEST, Spec, spec_from_directions
-    from workbench.positions import Positions
 
     folder = Path(args.vector)
+    if not folder.is_dir():
+        what = "a file" if folder.exists() else "missing"
+        raise WorkbenchError(f"--vector {str(folder)!r} is {what}; pass a directions folder or a spec folder.")
     if (folder / MANIFEST).is_file():
         if args.layers is not None or args.scale is not None:
             raise WorkbenchError(f"{folder} is a spec: it already fixes layers and scale; drop --layers/--scale.")
         return Spec.load(folder)
     if args.layers is None or args.scale is None:
         raise WorkbenchError("exporting from a directions folder needs --layers (0-based blocks) and --scale.")
-    layers = _layers(args.layers)
-    if layers is None:
-        raise WorkbenchError("--layers all is not an edit; pass the blocks to steer, e.g. --layers 2 or 1,3.")
     ds = DirectionSet.load(folder)
     return spec_from_directions(
-        ds, layers, args.scale, kind=args.kind, positions=Positions.parse(args.positions), source=str(folder)
+        ds, args.layers, args.scale, kind=args.kind, positions=args.positions, source=str(folder)
     )
 
 
@@ -214,8 +298,14 @@ def _check_prompts(args) -> "list[str]":
     if args.prompt:
         return list(args.prompt)
     if args.prompts:
+        path = Path(args.prompts)
+        if not path.is_file():
+            what = "a directory" if path.is_dir() else "not a regular file" if path.exists() else "missing"
+            raise WorkbenchError(f"--prompts {args.prompts!r} is {what}; pass a text file with one prompt per line.")
+        if path.stat().st_size > 16 * 1024 * 1024:
+            raise WorkbenchError(f"--prompts {args.prompts!r} is over 16 MiB; --check reads its first 16 prompts only.")
         try:
-            lines = [ln for ln in Path(args.prompts).read_text(encoding="utf-8").splitlines() if ln.strip()]
+            lines = [ln for ln in path.read_bytes().decode("utf-8-sig").splitlines() if ln.strip()]
         except (OSError, UnicodeDecodeError) as e:
             raise WorkbenchError(
                 f"--prompts {args.prompts!r} could not be read ({type(e).__name__}); pass a UTF-8 "
@@ -254,9 +344,9 @@ def _check_export(args, model, spec, out: Path, prompts: "list[str]") -> int:
         return 0
     dtype = "float32"
     if path == "baked":
-        from workbench.io import read_json
+        from workbench.export.bake import read_bake_manifest
 
-        dtype = str(read_json(out / "workbench_bake.json").get("dtype", "float32"))
+        dtype = read_bake_manifest(out).dtype
     tol = tolerance(path, dtype)
     failed = False
     for row in check(model, spec, prompts, paths=(path,), artifacts={path: out}):
@@ -444,24 +534,24 @@ def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output folder (directions.json + directions.safetensors)")
     sp.add_argument("--method", choices=["mean", "pca", "probe"], default="mean")
     sp.add_argument("--position", choices=["last", "answer", "mean"], default="last")
-    sp.add_argument("--layers", default="all", help="'all', '0,2,5' or '2-6' (0-based blocks)")
+    sp.add_argument("--layers", type=_layers, default=None, help="'all' (default), '0,2,5' or '2-6' (0-based blocks)")
     sp.add_argument("--kind", default="resid_post", help="site kind (resid_post = output of the block)")
-    sp.add_argument("--batch-size", type=int, default=32)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--batch-size", type=_count, default=32)
+    sp.add_argument("--seed", type=_seed, default=0)
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_directions)
 
     sp = sub.add_parser("steer", help="generate with a saved direction added")
     model_args(sp)
     sp.add_argument("--vector", required=True, help="a folder written by `workbench directions`")
-    sp.add_argument("--layer", type=int, required=True, help="0-based block whose output is steered")
+    sp.add_argument("--layer", type=_block, required=True, help="0-based block whose output is steered")
     sp.add_argument("--kind", default="resid_post")
-    sp.add_argument("--scale", type=float, required=True, help="multiple of the direction (1 = mean pair difference)")
-    sp.add_argument("--prompt", action="append", required=True, help="repeat for several prompts")
-    sp.add_argument("--positions", default="all", help="all | generated | from:K")
-    sp.add_argument("--max-new-tokens", type=int, default=32)
-    sp.add_argument("--temperature", type=float, default=1.0)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--scale", type=_scale, required=True, help="multiple of the direction (1 = mean pair difference)")
+    sp.add_argument("--prompt", type=_text, action="append", required=True, help="repeat for several prompts")
+    sp.add_argument("--positions", type=_positions, default="all", help="all | generated | from:K")
+    sp.add_argument("--max-new-tokens", type=_count, default=32)
+    sp.add_argument("--temperature", type=_temperature, default=1.0)
+    sp.add_argument("--seed", type=_seed, default=0)
     sp.add_argument("--compare", action="store_true", help="also print the unsteered continuation (scale 0)")
     sp.set_defaults(func=cmd_steer)
 
@@ -469,10 +559,12 @@ def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
     sp.add_argument("--vector", required=True, help="a directions folder (with --layers, --scale) or a spec folder")
     sp.add_argument("--format", required=True, choices=["spec", "gguf", "hf-baked"])
     sp.add_argument("--out", required=True, help="spec folder, .gguf file or checkpoint folder")
-    sp.add_argument("--layers", default=None, help="0-based blocks to steer: '2', '1,3' or '1-3'")
+    sp.add_argument("--layers", type=_edit_blocks, default=None, help="0-based blocks to steer: '2', '1,3' or '1-3'")
     sp.add_argument("--kind", default="resid_post", help="site kind of the directions (resid_post = block output)")
-    sp.add_argument("--scale", type=float, default=None, help="strength (1 = the mean pair difference)")
-    sp.add_argument("--positions", default="all", help="all | generated | from:K (GGUF and baked need all)")
+    sp.add_argument("--scale", type=_scale, default=None, help="strength (1 = the mean pair difference)")
+    sp.add_argument(
+        "--positions", type=_positions, default="all", help="all | generated | from:K (GGUF and baked need all)"
+    )
     sp.add_argument("--model", default=None, help="the checkpoint it was made for (needed by hf-baked and --check)")
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
     sp.add_argument("--bos", choices=["auto", "always", "never"], default="auto", help="BOS handling (see directions)")
@@ -488,7 +580,9 @@ def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="prove parity: run the exported form where it deploys and compare with TransformerLens",
     )
-    sp.add_argument("--prompt", action="append", default=None, help="a prompt for --check (repeat for several)")
+    sp.add_argument(
+        "--prompt", type=_text, action="append", default=None, help="a prompt for --check (repeat for several)"
+    )
     sp.add_argument("--prompts", default=None, help="a text file of prompts for --check, one per line (first 16)")
     sp.add_argument("--pairs", default=None, help="a pairs file whose texts --check runs on (first 8 pairs)")
     sp.add_argument("--overwrite", action="store_true")
@@ -534,44 +628,44 @@ def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
     sp = toy.add_parser("train", help="train a toy model from scratch (plain torch, fixed seeds) and measure it")
     sp.add_argument("--size", required=True, choices=["toy-s", "toy-m", "toy-l"])
     sp.add_argument("--out", default=None, help="checkpoint folder (default: ./<size>)")
-    sp.add_argument("--steps", type=int, default=None, help="override the schedule length (smoke tests)")
+    sp.add_argument("--steps", type=_count, default=None, help="override the schedule length (smoke tests)")
     sp.add_argument("--no-measure", action="store_true", help="skip measuring the card's properties")
     sp.add_argument(
         "--p-collocation",
-        type=float,
+        type=_fraction,
         default=None,
         help="share of verbs fixed by the collocation table (default 0.75, the shipped corpus; 0: no collocations)",
     )
     sp.add_argument(
         "--p-catalogue",
-        type=float,
+        type=_fraction,
         default=None,
         help="share of documents that are catalogue documents, a seeded table to store "
         "(default 0.25, the shipped corpus; 0: no catalogues)",
     )
     sp.add_argument(
         "--embed-std",
-        type=float,
+        type=_number,
         default=None,
         help="redraw the input embedding at this init std (default: the size's own: toy-l 0.5, the "
         "others the Llama initialiser's 0.02; any value here redraws it)",
     )
-    sp.add_argument("--n-prompts", type=int, default=100)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--n-prompts", type=_count, default=100)
+    sp.add_argument("--seed", type=_seed, default=0)
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_toy_train)
     sp = toy.add_parser("measure", help="re-measure a toy checkpoint's properties into its card")
     sp.add_argument("--model", required=True, help="toy-s|toy-m|toy-l (shipped) or a checkpoint folder")
-    sp.add_argument("--n-prompts", type=int, default=100)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--n-prompts", type=_count, default=100)
+    sp.add_argument("--seed", type=_seed, default=0)
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
     sp.set_defaults(func=cmd_toy_measure)
     sp = toy.add_parser("cards", help="the shipped cards' numbers as a Markdown table")
     sp.set_defaults(func=cmd_toy_cards)
     sp = toy.add_parser("sample", help="print documents of the toy language")
-    sp.add_argument("-n", type=int, default=5)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("-n", type=_count, default=5)
+    sp.add_argument("--seed", type=_seed, default=0)
     sp.set_defaults(func=cmd_toy_sample)
 
     sp = sub.add_parser("report", help="self-contained HTML + Markdown report from a folder of results")
@@ -583,7 +677,7 @@ def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
     sp = sub.add_parser("demo", help="end-to-end run on the embedded default model")
     sp.add_argument("--out", default="demo_out")
     sp.add_argument("--model", default="toy-m", help="toy-s | toy-m | toy-l or a toy checkpoint folder")
-    sp.add_argument("--n-prompts", type=int, default=48, help="steered prompts per cell")
+    sp.add_argument("--n-prompts", type=_count, default=48, help="steered prompts per cell")
     sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
     sp.add_argument("--overwrite", action="store_true")
     sp.set_defaults(func=cmd_demo)

@@ -5,6 +5,13 @@ it, so ``scale=1`` means "one average positive-minus-negative step" whatever the
 exactly CAA's unnormalised vector). Quality is measured on held-out pairs: the accuracy of a linear probe (ridge
 classifier, penalty by leave-one-out on the training pairs), AUROC and effect size of the projections on a
 direction fitted without them.
+
+A saved set is a folder of ``directions.json`` (schema ``DirectionsManifest``: every field typed exactly, unknown
+fields refused, sites within the fingerprint's ``n_layers``, at least one direction, no site twice, each tensor
+named by its site's hook) and ``directions.safetensors`` (float32 vectors of exactly [d_model] at residual-width
+sites, finite). The manifest records ``tensors_sha256``, the sha256 of the tensor file, and loading refuses bytes
+that do not hash to it; a manifest without it predates checksums and is read unverified (saving it again records
+one).
 """
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "ridge_probe",
     "RIDGE_GRID",
     "gram_spectrum",
+    "DirectionsManifest",
 ]
 
 import math
@@ -30,17 +38,32 @@ from typing import Literal
 
 import torch
 from jaxtyping import Float
+from pydantic import Field, field_validator, model_validator
 
 import workbench
-from workbench.activations import ActivationSet
+from workbench.activations import POSITIONS, ActivationSet
 from workbench.errors import WorkbenchError
-from workbench.io import atomic_dir, read_json, read_tensors, write_json, write_tensors
+from workbench.io import atomic_dir, read_tensor_file, sha256_file, write_json, write_tensors
+from workbench.manifests import (
+    RESIDUAL_KINDS,
+    Checksum,
+    FingerprintModel,
+    SiteModel,
+    TokenizationModel,
+    check_checksum,
+    check_only,
+    check_tensor,
+    read_folder,
+)
 from workbench.models import Fingerprint, HookedModel, fingerprint
+from workbench.schema import Strict, validate
 from workbench.sites import HookSite
 
 Method = Literal["mean", "pca", "probe"]
 METHODS: tuple[str, ...] = ("mean", "pca", "probe")
 SCHEMA_VERSION = 1
+MANIFEST = "directions.json"
+TENSORS = "directions.safetensors"
 Acts = Float[torch.Tensor, "n width"]
 
 
@@ -199,6 +222,74 @@ def _quality(pos: Acts, neg: Acts, vector: torch.Tensor, method: str, gen: torch
     return Quality(float(vector.norm()), acc, _auroc(pp, pn), float((pp.mean() - pn.mean()) / pooled))
 
 
+class _QualityModel(Strict):
+    norm: float = Field(ge=0.0)
+    probe_accuracy: "float | None" = Field(ge=0.0, le=1.0)  # None: too few pairs to hold any out
+    auroc: "float | None" = Field(ge=0.0, le=1.0)
+    effect_size: "float | None"
+
+
+class _DirectionEntry(Strict):
+    site: SiteModel
+    tensor: str
+    quality: _QualityModel
+
+    @model_validator(mode="after")
+    def _named_by_site(self) -> "_DirectionEntry":
+        name = HookSite(self.site.layer, self.site.kind).name
+        if self.tensor != name:
+            raise ValueError(f"tensor {self.tensor!r} is not the site's hook name {name!r} (entries were edited)")
+        return self
+
+
+class _DirectionsProvenance(Strict):
+    data_hash: str = Field(max_length=100_000)
+    n_pairs: int = Field(ge=0, le=10**12)
+    workbench_version: str = Field(max_length=100_000)
+    tokenization: TokenizationModel
+
+
+class DirectionsManifest(Strict):
+    """``directions.json``."""
+
+    schema_version: int = Field(ge=SCHEMA_VERSION, le=SCHEMA_VERSION)  # an int: True is not 1
+    kind: Literal["directions"]
+    method: str
+    position: str
+    basis: Literal["unprocessed"]  # Hugging Face hidden-state basis: no LayerNorm folding, no centring
+    model: FingerprintModel
+    provenance: _DirectionsProvenance
+    directions: list[_DirectionEntry] = Field(min_length=1, max_length=100_000)
+    tensors_sha256: Checksum = None
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"must be one of {', '.join(METHODS)}")
+        return v
+
+    @field_validator("position")
+    @classmethod
+    def _known_position(cls, v: str) -> str:
+        if v not in POSITIONS:
+            raise ValueError(f"must be one of {', '.join(POSITIONS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _fits_the_model(self) -> "DirectionsManifest":
+        n, seen = self.model.n_layers, set()
+        for i, e in enumerate(self.directions):
+            if e.site.layer >= n:
+                raise ValueError(
+                    f"directions[{i}].site.layer is {e.site.layer} but the model has {n} blocks (0..{n - 1})"
+                )
+            if e.tensor in seen:
+                raise ValueError(f"directions[{i}] repeats the site {e.tensor!r}")
+            seen.add(e.tensor)
+        return self
+
+
 @dataclass(frozen=True, eq=False)
 class Direction:
     """One direction at one site."""
@@ -250,60 +341,68 @@ class DirectionSet:
         }
         with atomic_dir(out) as tmp:
             write_tensors(
-                tmp / "directions.safetensors",
-                {d.site.name: d.vector for d in self.directions},
+                tmp / TENSORS,
+                {d.site.name: d.vector.float() for d in self.directions},
                 {"format": "workbench.directions"},
             )
-            write_json(tmp / "directions.json", manifest)
+            manifest["tensors_sha256"] = sha256_file(tmp / TENSORS)
+            write_json(tmp / MANIFEST, manifest)
         return Path(out)
 
     @classmethod
     def load(cls, folder: "str | Path", model: "HookedModel | None" = None) -> "DirectionSet":
-        """Read a saved set; with ``model``, check the fingerprint and widths against it."""
+        """Read and check a saved set; with ``model``, check the fingerprint and widths against it."""
         folder = Path(folder)
-        if not folder.is_dir():
+        fix = "pass the --out of `workbench directions`, or recompute the directions."
+        raw, tensor_path = read_folder(folder, MANIFEST, TENSORS, what="directions", fix=fix)
+        where = f"{folder}/{MANIFEST}"
+        if not isinstance(raw, dict) or raw.get("kind") != "directions":
+            got = raw.get("kind") if isinstance(raw, dict) else type(raw).__name__
+            raise WorkbenchError(f"{where} is not a directions manifest (kind={got!r}); {fix}")
+        version = raw.get("schema_version")
+        if type(version) is not int or version != SCHEMA_VERSION:
             raise WorkbenchError(
-                f"{str(folder)!r} is not a directions folder; pass the --out of `workbench directions`."
-            )
-        m = read_json(folder / "directions.json")
-        if m.get("kind") != "directions":
-            raise WorkbenchError(f"{folder}/directions.json is not a directions manifest (kind={m.get('kind')!r}).")
-        if m.get("schema_version") != SCHEMA_VERSION:
-            raise WorkbenchError(
-                f"{folder}: schema_version {m.get('schema_version')!r} is not supported (this workbench reads "
+                f"{where}: schema_version {version!r} is not supported (this workbench reads "
                 f"{SCHEMA_VERSION}); recompute the directions with this version."
             )
-        tensors = read_tensors(folder / "directions.safetensors")
-        fp = Fingerprint.from_dict(m["model"])
-        if model is not None:
-            fp.check(fingerprint(model), what="directions set")
+        m = validate(raw, DirectionsManifest, source=where, fix="recompute the directions with the workbench.")
+        tensors, digest = read_tensor_file(tensor_path)
+        fp = Fingerprint(**m.model.model_dump())
         dirs = []
-        for e in m["directions"]:
-            site = HookSite.from_dict(e["site"])
-            if e["tensor"] not in tensors:
-                raise WorkbenchError(f"{folder}: tensor {e['tensor']!r} is missing from directions.safetensors.")
-            v = tensors[e["tensor"]]
-            if not torch.isfinite(v).all():
-                raise WorkbenchError(f"{folder}: tensor {e['tensor']!r} has non-finite values; recompute it.")
-            q = e.get("quality", {})
+        for i, e in enumerate(m.directions):
+            width = fp.d_model if e.site.kind in RESIDUAL_KINDS else None
+            note = f" (the model's d_model is {width})" if width is not None else ""
+            what = f"directions[{i}] ({e.site.kind} of block {e.site.layer})"
+            v = check_tensor(tensors, e.tensor, (width,), where=where, what=what, note=note)
+            q = e.quality
             dirs.append(
                 Direction(
-                    site,
+                    HookSite(e.site.layer, e.site.kind),
                     v,
-                    Quality(
-                        q.get("norm", float(v.norm())), q.get("probe_accuracy"), q.get("auroc"), q.get("effect_size")
-                    ),
+                    Quality(q.norm, q.probe_accuracy, q.auroc, q.effect_size),
                 )
             )
-        prov = m.get("provenance", {})
+        check_only(tensors, {e.tensor for e in m.directions}, where=where)
+        check_checksum(m.tensors_sha256, digest, where=where)
+        if model is not None:
+            fp.check(fingerprint(model), what="directions set")
+            for d in dirs:
+                d.site.check(model)
+                width = math.prod(d.site.shape(model))
+                if d.vector.numel() != width:
+                    raise WorkbenchError(
+                        f"{where}: tensor {d.site.name!r} has {d.vector.numel()} entries but the site has {width}; "
+                        f"recompute the directions on this model."
+                    )
+        prov = m.provenance
         return cls(
             tuple(dirs),
-            m["method"],
-            m["position"],
+            m.method,
+            m.position,
             fp,
-            prov.get("data_hash", ""),
-            prov.get("n_pairs", 0),
-            prov.get("tokenization") or {},
+            prov.data_hash,
+            prov.n_pairs,
+            prov.tokenization.model_dump(exclude_none=True),
         )
 
 

@@ -8,6 +8,7 @@ of one intervention in a single batch (one row per prompt and strength).
 
 __all__ = ["Generation", "Decoder", "generate", "generate_at_strengths"]
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -116,7 +117,12 @@ def generate(
         raise WorkbenchError("prompts must be a non-empty list of strings (wrap a single prompt in a list).")
     if max_new_tokens < 1:
         raise WorkbenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}.")
-    if temperature < 0 or (top_p is not None and not 0 < top_p <= 1) or (top_k is not None and top_k < 1):
+    if (
+        not math.isfinite(temperature)
+        or temperature < 0
+        or (top_p is not None and not 0 < top_p <= 1)
+        or (top_k is not None and top_k < 1)
+    ):
         raise WorkbenchError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}.")
     tok = tokenizer_of(model)
     device = model.cfg.device

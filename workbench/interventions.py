@@ -22,7 +22,9 @@ import torch
 
 from workbench.errors import WorkbenchError
 from workbench.hooks import HookFn, Intervention, capture_hook
+from workbench.manifests import META_MODELS, TENSOR_NAMES, AblateMeta, AddMeta, SpectralMeta
 from workbench.positions import Positions, TokenLayout
+from workbench.schema import MAX_SCALE, validate
 from workbench.sites import HookSite
 
 
@@ -34,6 +36,10 @@ def _check_vector(v: Any, what: str) -> torch.Tensor:
     if not v.is_floating_point() or not torch.isfinite(v).all():
         raise WorkbenchError(f"{what} must be a finite float vector; it has non-finite entries or is not float.")
     return v.detach()
+
+
+def _strength(s: Any) -> bool:
+    return not isinstance(s, bool) and isinstance(s, (int, float)) and -MAX_SCALE <= s <= MAX_SCALE
 
 
 def _check_width(site: HookSite, model: Any, v: torch.Tensor, what: str) -> tuple[int, ...]:
@@ -61,7 +67,8 @@ def _edit_mask(layout: "TokenLayout | None", positions: Positions, x: torch.Tens
 class AddDirection:
     """Add ``scale * vector`` to the activation at ``site`` at the positions chosen by ``positions``.
 
-    ``scale`` may be a tuple with one strength per batch row, so several strengths run in one batch.
+    ``scale`` may be a tuple with one strength per batch row, so several strengths run in one batch. Each strength
+    is a number (not a boolean) with ``|scale| <= schema.MAX_SCALE``.
     """
 
     site: HookSite
@@ -72,8 +79,11 @@ class AddDirection:
     def __post_init__(self) -> None:
         object.__setattr__(self, "vector", _check_vector(self.vector, "AddDirection.vector"))
         scales = self.scale if isinstance(self.scale, tuple) else (self.scale,)
-        if not scales or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in scales):
-            raise WorkbenchError(f"AddDirection.scale must be a finite number or a tuple of them, got {self.scale!r}.")
+        if not scales or not all(_strength(s) for s in scales):
+            raise WorkbenchError(
+                f"AddDirection.scale must be a finite number with |scale| <= {MAX_SCALE:g} (not a boolean) or a "
+                f"tuple of them, got {self.scale!r}."
+            )
 
     def to_hooks(self, model: Any, layout: "TokenLayout | None" = None) -> list[tuple[str, HookFn]]:
         shape = _check_width(self.site, model, self.vector, "AddDirection.vector")
@@ -99,7 +109,8 @@ class AddDirection:
         return [(self.site.name, add)]
 
     def to_dict(self) -> dict:
-        return {"kind": "add", "site": self.site.to_dict(), "scale": self.scale, "positions": self.positions.to_dict()}
+        scale = list(self.scale) if isinstance(self.scale, tuple) else self.scale
+        return {"kind": "add", "site": self.site.to_dict(), "scale": scale, "positions": self.positions.to_dict()}
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"vector": self.vector}
@@ -253,28 +264,26 @@ class SpectralEdit:
         return {"u_pos": self.u_pos, "u_neg": self.u_neg}
 
 
-def intervention_from_dict(meta: dict, tensors: dict[str, torch.Tensor]) -> "AddDirection | Ablate | SpectralEdit":
-    """Rebuild an intervention from ``to_dict()`` and ``tensors()`` output."""
-    kind = meta.get("kind")
-    try:
-        site = HookSite.from_dict(meta["site"])
-        positions = Positions.from_dict(meta.get("positions", {}))
-        if kind == "add":
-            scale = meta.get("scale", 1.0)
-            return AddDirection(site, tensors["vector"], tuple(scale) if isinstance(scale, list) else scale, positions)
-        if kind == "ablate":
-            return Ablate(site, tensors["direction"], positions)
-        if kind == "spectral":
-            return SpectralEdit(
-                site,
-                tensors["u_pos"],
-                tensors["u_neg"],
-                meta.get("combine", "norm"),
-                meta.get("feature", "identity"),
-                meta.get("parts", "both"),
-                bool(meta.get("reverse", False)),
-                positions,
-            )
-    except KeyError as e:
-        raise WorkbenchError(f"intervention entry lacks {e}; re-export it with the workbench.") from None
-    raise WorkbenchError(f"unknown intervention kind {kind!r}; expected 'add', 'ablate' or 'spectral'.")
+def intervention_from_dict(meta: Any, tensors: dict[str, torch.Tensor]) -> "AddDirection | Ablate | SpectralEdit":
+    """Rebuild an intervention from ``to_dict()`` and ``tensors()`` output; ``meta`` is checked against its kind's
+    schema in ``workbench.manifests`` (exact types, no unknown or missing fields)."""
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    schema = META_MODELS.get(kind) if isinstance(kind, str) else None
+    if schema is None or not isinstance(kind, str):
+        raise WorkbenchError(f"unknown intervention kind {kind!r}; expected 'add', 'ablate' or 'spectral'.")
+    fix = "re-export it with the workbench."
+    m = cast("AddMeta | AblateMeta | SpectralMeta", validate(meta, schema, source=f"{kind} intervention", fix=fix))
+    missing = [name for name in TENSOR_NAMES[kind] if name not in tensors]
+    if missing:
+        raise WorkbenchError(f"{kind} intervention lacks the tensor(s) {missing}; {fix}")
+    site = HookSite(m.site.layer, m.site.kind)
+    positions = Positions(m.positions.kind, m.positions.start)
+    if isinstance(m, AddMeta):
+        return AddDirection(
+            site, tensors["vector"], tuple(m.scale) if isinstance(m.scale, list) else m.scale, positions
+        )
+    if isinstance(m, SpectralMeta):
+        return SpectralEdit(
+            site, tensors["u_pos"], tensors["u_neg"], m.combine, m.feature, m.parts, m.reverse, positions
+        )
+    return Ablate(site, tensors["direction"], positions)

@@ -3,22 +3,77 @@
 Two file formats are read (one JSON object per line, or a JSON array of such objects):
 
 * pairs: ``{"positive": "...", "negative": "...", "prompt": "..."}`` (``prompt`` optional, shared by both);
-* CAA A/B items: ``{"question": "...", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}``.
+* CAA A/B items: ``{"question": "...", "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}``,
+  optionally with the metadata Anthropic's model-written evaluations carry (``statement``, ``label_confidence``),
+  which is checked and ignored.
 
-Each pair becomes ``prompt + sep + completion`` for both members, where ``sep`` is a space when neither side
-supplies whitespace. Errors name the file, the line and the fix.
+Every record is checked against its declared schema (``PairRecord``, ``ABRecord``): texts are JSON strings of valid
+Unicode (a lone surrogate escape such as ``"\\ud800"`` is refused), other fields are refused. The file is UTF-8 (a
+BOM is accepted) of at most ``MAX_JSON_BYTES``; lines holding only spaces or tabs are skipped. Each pair becomes
+``prompt + sep + completion`` for both members, where ``sep`` is a space when neither side supplies whitespace.
+Errors name the file, the line (or the array item), the field and the fix.
 """
 
-__all__ = ["ContrastPair", "ContrastPairs", "load_pairs", "join"]
+__all__ = ["ContrastPair", "ContrastPairs", "PairRecord", "ABRecord", "load_pairs", "join"]
 
-import json
-from dataclasses import dataclass
+import os
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from workbench.errors import WorkbenchError
 from workbench.io import sha256_json
+from workbench.schema import MAX_JSON_BYTES, Strict, parse_json, validate
 
 _AB_KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
+_FIX = 'write each record as {"positive": "...", "negative": "..."[, "prompt": "..."]} or a CAA A/B item.'
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _surrogate(text: str) -> "str | None":
+    """The first lone surrogate in ``text`` as a ``\\uXXXX`` escape, or None when ``text`` is valid Unicode."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"\\u{ord(text[e.start]):04x}"
+    return None
+
+
+def _text(value: object) -> object:
+    if not isinstance(value, str):
+        raise PydanticCustomError("string_type", "must be a string in double quotes")
+    bad = _surrogate(value)
+    if bad is not None:
+        raise PydanticCustomError("surrogate", "contains a lone surrogate {code}, which is not text", {"code": bad})
+    return value
+
+
+#: a text field: a str of valid Unicode (no lone surrogates)
+Text = Annotated[str, BeforeValidator(_text)]
+
+
+class PairRecord(Strict):
+    """One record of the pairs format."""
+
+    positive: Text
+    negative: Text
+    prompt: Text = ""
+
+
+class ABRecord(Strict):
+    """One CAA A/B item; ``statement`` and ``label_confidence`` (model-written evaluations' metadata) are ignored."""
+
+    question: Text
+    answer_matching_behavior: Text
+    answer_not_matching_behavior: Text
+    statement: "Text | None" = None
+    label_confidence: "float | None" = None
 
 
 def join(prompt: str, completion: str) -> str:
@@ -30,18 +85,24 @@ def join(prompt: str, completion: str) -> str:
 
 @dataclass(frozen=True)
 class ContrastPair:
-    """Two completions of one (possibly empty) prompt: ``positive`` has the property, ``negative`` lacks it."""
+    """Two completions of one (possibly empty) prompt: ``positive`` has the property, ``negative`` lacks it.
+
+    ``line`` is the 1-based line of the JSONL file the pair was read from (None for other sources); it is not part
+    of the pair's identity."""
 
     positive: str
     negative: str
     prompt: str = ""
+    line: "int | None" = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        for field in ("positive", "negative", "prompt"):
-            if not isinstance(getattr(self, field), str):
-                raise WorkbenchError(
-                    f"ContrastPair.{field} must be a string, got {type(getattr(self, field)).__name__}."
-                )
+        for name in ("positive", "negative", "prompt"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise WorkbenchError(f"ContrastPair.{name} must be a string, got {type(value).__name__}.")
+            bad = _surrogate(value)
+            if bad is not None:
+                raise WorkbenchError(f"ContrastPair.{name} contains a lone surrogate {bad}, which is not text.")
         if not self.positive.strip() or not self.negative.strip():
             raise WorkbenchError("ContrastPair.positive and .negative must be non-empty text.")
         if self.positive == self.negative:
@@ -72,6 +133,11 @@ class ContrastPairs:
         """sha256 of the pairs' content (not of the file's bytes), so reformatting keeps the hash."""
         return sha256_json([[p.prompt, p.positive, p.negative] for p in self.pairs])
 
+    def describe(self, i: int) -> str:
+        """Pair ``i`` for an error message: its index, and its file and line when it was read from a JSONL file."""
+        line = self.pairs[i].line
+        return f"pair {i} ({self.source} line {line})" if line is not None else f"pair {i} of {self.source}"
+
     def subset(self, indices: "list[int]") -> "ContrastPairs":
         return ContrastPairs(tuple(self.pairs[i] for i in indices), source=f"{self.source}[subset]")
 
@@ -84,64 +150,84 @@ class ContrastPairs:
         return cls(tuple(out), source)
 
 
-def _parse_item(obj: object, where: str) -> ContrastPair:
+def _parse_item(obj: object, where: str, line: "int | None" = None) -> ContrastPair:
+    """The pair in one record, checked against its format's schema; errors start with ``where``."""
     if not isinstance(obj, dict):
-        raise WorkbenchError(f"{where}: expected a JSON object, got {type(obj).__name__}.")
+        kind = "null" if obj is None else _JSON_TYPES.get(type(obj), type(obj).__name__)
+        raise WorkbenchError(f"{where}: expected a JSON object, got a JSON {kind}; {_FIX}")
     if "positive" in obj or "negative" in obj:
         missing = [k for k in ("positive", "negative") if k not in obj]
         if missing:
             raise WorkbenchError(f"{where}: missing key {missing[0]!r}; a pair needs 'positive' and 'negative'.")
-        fields = {"positive": obj["positive"], "negative": obj["negative"], "prompt": obj.get("prompt", "")}
+        rec = validate(obj, PairRecord, source=where, fix=_FIX)
+        positive, negative, prompt = rec.positive, rec.negative, rec.prompt
     elif any(k in obj for k in _AB_KEYS):
         missing = [k for k in _AB_KEYS if k not in obj]
         if missing:
             raise WorkbenchError(f"{where}: missing key {missing[0]!r}; an A/B item needs {', '.join(_AB_KEYS)}.")
-        fields = {
-            "positive": obj["answer_matching_behavior"],
-            "negative": obj["answer_not_matching_behavior"],
-            "prompt": obj["question"],
-        }
+        ab = validate(obj, ABRecord, source=where, fix=_FIX)
+        positive, negative, prompt = ab.answer_matching_behavior, ab.answer_not_matching_behavior, ab.question
     else:
+        keys = sorted(map(repr, obj))[:8]
         raise WorkbenchError(
-            f"{where}: unknown format with keys {sorted(obj)}; expected 'positive'/'negative' (optional 'prompt') "
-            f"or the CAA A/B keys {', '.join(_AB_KEYS)}."
+            f"{where}: unknown format with keys [{', '.join(keys)}]; expected 'positive'/'negative' (optional "
+            f"'prompt') or the CAA A/B keys {', '.join(_AB_KEYS)}."
         )
-    for key, value in fields.items():
-        if not isinstance(value, str):
-            raise WorkbenchError(f"{where}: {key!r} must be a string, got {type(value).__name__}.")
     try:
-        return ContrastPair(**fields)
+        return ContrastPair(positive, negative, prompt, line)
     except WorkbenchError as e:
         raise WorkbenchError(f"{where}: {e}") from None
 
 
-def load_pairs(path: "str | Path") -> ContrastPairs:
-    """Read contrast pairs from a JSONL file (or a JSON array), validating every line."""
-    p = Path(path)
-    if not p.is_file():
-        raise WorkbenchError(f"pairs file {str(p)!r} does not exist; pass a JSONL file of contrast pairs.")
+def _read_text(p: Path) -> str:
+    """The text of a pairs file: a regular file of at most ``MAX_JSON_BYTES``, UTF-8 with or without a BOM."""
+    fix = "pass a JSONL file of contrast pairs."
     try:
-        text = p.read_text(encoding="utf-8")
+        st = p.stat()
+    except FileNotFoundError:
+        raise WorkbenchError(f"pairs file {str(p)!r} does not exist; {fix}") from None
+    except (OSError, ValueError) as e:
+        raise WorkbenchError(f"pairs file {str(p)!r} cannot be read ({e}); {fix}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WorkbenchError(f"pairs file {str(p)!r} is a directory; {fix}")
+    if stat.S_ISFIFO(st.st_mode):
+        raise WorkbenchError(f"pairs file {str(p)!r} is a FIFO (named pipe), which is read only once; {fix}")
+    if not stat.S_ISREG(st.st_mode):
+        raise WorkbenchError(f"pairs file {str(p)!r} is not a regular file (a device or socket?); {fix}")
+    too_big = f"pairs file {str(p)!r} is larger than {MAX_JSON_BYTES} bytes; split it into several files."
+    if st.st_size > MAX_JSON_BYTES:
+        raise WorkbenchError(too_big)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise WorkbenchError(f"pairs file {str(p)!r} cannot be read ({e.strerror}); {fix}") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise WorkbenchError(too_big)
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise WorkbenchError(f"{p}: not UTF-8 text ({e}); save the pairs file as UTF-8 JSONL.") from None
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise WorkbenchError(
-                f"{p}:{e.lineno}: invalid JSON array ({e.msg}); fix the file or write JSONL."
-            ) from None
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise WorkbenchError(
+            f"{p}:{line}: not UTF-8 text (byte {e.object[e.start : e.start + 1]!r}); save the pairs file as UTF-8."
+        ) from None
+
+
+def load_pairs(path: "str | os.PathLike") -> ContrastPairs:
+    """Read contrast pairs from a JSONL file (or a JSON array), validating every record.
+
+    JSONL lines are split on ``\\n`` only (a ``\\r`` before it is ignored), so a U+2028 inside a string stays
+    in its line; pairs read from JSONL carry their line number (``ContrastPair.line``)."""
+    p = Path(path)
+    text = _read_text(p)
+    if text.lstrip(" \t\r\n").startswith("["):
+        items = parse_json(text, str(p), _FIX)
         pairs = [_parse_item(obj, f"{p} item {i}") for i, obj in enumerate(items)]
     else:
         pairs = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            if not line.strip(" \t\r"):
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise WorkbenchError(
-                    f"{p}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); each line must be one JSON object."
-                ) from None
-            pairs.append(_parse_item(obj, f"{p}:{lineno}"))
+            where = f"{p}:{lineno}"
+            pairs.append(_parse_item(parse_json(line, where, _FIX), where, lineno))
     return ContrastPairs(tuple(pairs), source=str(p))

@@ -9,12 +9,14 @@ positions; that is what makes cached and full-recompute generation steer identic
 __all__ = ["Positions", "TokenLayout"]
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Bool, Int
 
 from workbench.errors import WorkbenchError
+from workbench.manifests import MAX_POSITION, PositionsModel
+from workbench.schema import validate
 
 PositionKind = Literal["all", "from", "generated"]
 
@@ -36,8 +38,8 @@ class Positions:
     def __post_init__(self) -> None:
         if self.kind not in ("all", "from", "generated"):
             raise WorkbenchError(f"Positions.kind must be 'all', 'from' or 'generated', got {self.kind!r}.")
-        if isinstance(self.start, bool) or not isinstance(self.start, int):
-            raise WorkbenchError(f"Positions.start must be an int, got {self.start!r}.")
+        if isinstance(self.start, bool) or not isinstance(self.start, int) or abs(self.start) > MAX_POSITION:
+            raise WorkbenchError(f"Positions.start must be an int within +-{MAX_POSITION}, got {self.start!r}.")
         if self.kind != "from" and self.start != 0:
             raise WorkbenchError(f"Positions.start only applies to kind='from' (got kind={self.kind!r}).")
 
@@ -45,8 +47,10 @@ class Positions:
         return {"kind": self.kind, "start": self.start}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Positions":
-        return cls(kind=d.get("kind", "all"), start=int(d.get("start", 0)))
+    def from_dict(cls, d: Any, *, source: str = "positions") -> "Positions":
+        """The policy ``to_dict()`` wrote, checked against ``manifests.PositionsModel`` (``start`` an exact int)."""
+        m = validate(d, PositionsModel, source=source, fix="write it as {'kind': 'from', 'start': -1} or similar.")
+        return cls(m.kind, m.start)
 
     @classmethod
     def parse(cls, text: str) -> "Positions":

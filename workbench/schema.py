@@ -95,7 +95,8 @@ def _depth(text: str) -> int:
 
 
 def parse_json(text: str, source: str, fix: str) -> Any:
-    """Parse JSON text from ``source``, bounded in nesting; NaN and Infinity literals are refused."""
+    """Parse JSON text from ``source``, bounded in nesting; NaN, Infinity, overflowing numbers and a key repeated
+    within one object are refused."""
     if _depth(text) > MAX_DEPTH:
         raise WorkbenchError(f"{source}: JSON nested deeper than {MAX_DEPTH} levels; {fix}")
 
@@ -108,8 +109,18 @@ def parse_json(text: str, source: str, fix: str) -> Any:
             raise ValueError(f"{token} overflows a float")
         return value
 
+    def unique(pairs: "list[tuple[str, Any]]") -> dict:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise ValueError(f"the key {key!r} appears twice in one object")
+                seen.add(key)
+        return out
+
     try:
-        return json.loads(text, parse_constant=no_constant, parse_float=finite)
+        return json.loads(text, parse_constant=no_constant, parse_float=finite, object_pairs_hook=unique)
     except (json.JSONDecodeError, ValueError, RecursionError) as e:
         raise WorkbenchError(f"{source}: not valid JSON ({e}); {fix}") from None
 

@@ -49,8 +49,10 @@ import ast
 import dataclasses
 import importlib
 import inspect
+import math
 import os
 import pkgutil
+import re
 import textwrap
 import types
 import typing
@@ -60,6 +62,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from workbench.errors import WorkbenchError, closest
+from workbench.schema import Strict, validate
 
 ENTRY_POINT_GROUP = "workbench.studies"
 #: flags every ``analyze`` command owns; a Config field may not take their names
@@ -70,7 +73,8 @@ RESERVED_FLAGS = frozenset(
 
 class StudyResult:
     """Base of a study's frozen Result dataclass: ``to_dict`` adds ``kind`` and ``schema_version``, ``from_dict``
-    reads them back (refusing another kind or a newer schema)."""
+    reads them back (refusing another kind or a newer schema, a missing or unknown field, or a field whose JSON
+    type is not its annotation's: ``cells: list`` must be a list, ``rate: float`` a number, never a boolean)."""
 
     KIND: ClassVar[str] = ""
     SCHEMA_VERSION: ClassVar[int] = 1
@@ -79,7 +83,8 @@ class StudyResult:
         return {"kind": self.KIND, "schema_version": self.SCHEMA_VERSION, **asdict(self)}  # type: ignore[call-overload]
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> Any:
+    def from_dict(cls, data: Mapping, *, source: "str | None" = None) -> Any:
+        """The Result held by ``data`` (read from ``source``, named in errors)."""
         if not isinstance(data, Mapping):
             raise WorkbenchError(f"a {cls.KIND} result must be a JSON object, got {type(data).__name__}.")
         if data.get("kind") != cls.KIND:
@@ -99,7 +104,42 @@ class StudyResult:
         missing = [n for n in required if n not in data]
         if missing:
             raise WorkbenchError(f"{cls.KIND} result lacks {', '.join(missing)}; it is not a complete result file.")
+        values = {k: v for k, v in data.items() if k not in ("kind", "schema_version")}
+        validate(
+            values,
+            _fields_schema(cls),
+            source=source or f"{cls.KIND} result",
+            fix=f"re-run the study (its fields are {', '.join(names)}).",
+        )
         return cls(**{n: data[n] for n in names if n in data})
+
+
+_FIELD_SCHEMAS: "dict[type, type[Strict]]" = {}
+
+
+def _fields_schema(cls: type) -> "type[Strict]":
+    """A strict schema of a Result dataclass's fields, typed by its annotations (``Any`` where pydantic has no
+    schema for one), built once per class."""
+    if cls not in _FIELD_SCHEMAS:
+        from pydantic import Field, TypeAdapter, create_model
+        from pydantic.errors import PydanticSchemaGenerationError
+
+        hints = typing.get_type_hints(cls)
+        spec: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            hint = hints.get(f.name, Any)
+            try:
+                TypeAdapter(hint)
+            except PydanticSchemaGenerationError:
+                hint = Any
+            if f.default is not dataclasses.MISSING:
+                spec[f.name] = (hint, f.default)
+            elif f.default_factory is not dataclasses.MISSING:
+                spec[f.name] = (hint, Field(default_factory=f.default_factory))
+            else:
+                spec[f.name] = (hint, ...)
+        _FIELD_SCHEMAS[cls] = create_model(f"{cls.__name__}Fields", __base__=Strict, **spec)
+    return _FIELD_SCHEMAS[cls]
 
 
 @dataclass
@@ -228,13 +268,18 @@ def get(kind_or_name: str) -> Study:
 
 def load_result(data: "Mapping | str | os.PathLike") -> StudyResult:
     """A study's ``result.json`` (or its parsed dict) as its typed Result."""
+    source = None
     if not isinstance(data, Mapping):
-        from workbench.io import read_json
+        from workbench.schema import read_json
 
-        data = read_json(data)
+        source = str(data)
+        data = read_json(data, fix="pass a result.json written by `workbench analyze`.")
     if not isinstance(data, Mapping) or not isinstance(data.get("kind"), str):
-        raise WorkbenchError("this JSON has no study 'kind'; it is not a study result written by the workbench.")
-    return get(data["kind"]).result.from_dict(data)
+        where = f"{source}: " if source else ""
+        raise WorkbenchError(
+            f"{where}this JSON has no study 'kind'; it is not a study result written by the workbench."
+        )
+    return get(data["kind"]).result.from_dict(data, source=source)
 
 
 # --- Config fields as command-line flags -----------------------------------------------------------------------
@@ -294,9 +339,14 @@ def _parse_scalar(hint: Any, text: str) -> Any:
         a, sep, b = text.partition("-")
         if sep and a.isdigit() and b.isdigit():
             raise ValueError("a range is only allowed in a list")
+        if not re.fullmatch(r"\s*-?[0-9]{1,9}\s*", text):
+            raise ValueError("not a whole number of at most 9 digits")
         return int(text)
     if hint is float:
-        return float(text)
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError("not a finite number")
+        return value
     if hint is str:
         return text
     raise ValueError(f"no command-line form for {hint!r}")
@@ -311,7 +361,7 @@ def _parse_tuple(hint: Any, text: str) -> tuple:
         part = part.strip()
         a, sep, b = part.partition("-")
         if element is int and sep and a and b:  # 2-5: an inclusive range of blocks
-            lo, hi = int(a), int(b)
+            lo, hi = _parse_scalar(int, a), _parse_scalar(int, b)
             if hi < lo:
                 raise ValueError(f"empty range {part}")
             out.extend(range(lo, hi + 1))

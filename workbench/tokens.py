@@ -20,13 +20,15 @@ from workbench.pairs import join
 Padding = Literal["left", "right"]
 
 
-def tokenize(model: HookedModel, text: str, completion: str = "") -> list[int]:
+def tokenize(model: HookedModel, text: str, completion: str = "", *, what: str = "text") -> list[int]:
     """Token ids of ``text`` (then ``completion``) under the model's tokenisation policy (``models.Tokenization``).
 
     By default this is exactly the Hugging Face tokenizer's ``tokenizer(text)``: a BOS where the tokenizer adds
     one, none where it adds none. With the chat template, ``text`` becomes a user turn followed by the generation
     prompt, and ``completion`` (a pair's answer) follows it; without, ``completion`` is joined to ``text`` as
     ``workbench.pairs.join`` does.
+
+    Nothing is truncated: a sequence longer than ``model.cfg.n_ctx`` is refused, naming it as ``what``.
     """
     for name, value in (("text", text), ("completion", completion)):
         if not isinstance(value, str):
@@ -34,9 +36,9 @@ def tokenize(model: HookedModel, text: str, completion: str = "") -> list[int]:
     tok, policy = tokenizer_of(model), tokenization_of(model)
     if policy.chat_template:
         turn = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-        ids = list(tok(turn + completion, add_special_tokens=False)["input_ids"])
+        ids = list(tok(turn + completion, add_special_tokens=False, truncation=False)["input_ids"])
     else:
-        ids = list(tok(join(text, completion))["input_ids"])
+        ids = list(tok(join(text, completion), truncation=False)["input_ids"])
     bos = tok.bos_token_id
     if policy.bos == "always" and (not ids or ids[0] != bos):
         ids = [bos, *ids]
@@ -44,7 +46,11 @@ def tokenize(model: HookedModel, text: str, completion: str = "") -> list[int]:
         ids = ids[1:]
     n_ctx = model.cfg.n_ctx
     if len(ids) > n_ctx:
-        raise WorkbenchError(f"text of {len(ids)} tokens exceeds the model's context of {n_ctx}: {text[:60]!r}...")
+        shown = join(text, completion)
+        shown = repr(shown) if len(shown) <= 60 else f"{shown[:60]!r}..."
+        raise WorkbenchError(
+            f"{what} of {len(ids)} tokens exceeds the model's context of {n_ctx} tokens ({shown}); shorten it."
+        )
     return ids
 
 

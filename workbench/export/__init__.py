@@ -3,7 +3,7 @@
 * ``spec``: the workbench's own format (versioned JSON manifest + safetensors), checked against the model on load;
 * ``gguf``: llama.cpp control vectors (export, and import of repeng / llama.cpp files);
 * ``bake``: a Hugging Face checkpoint with the edit folded into its weights;
-* ``apply_hf``: a standalone applier for plain transformers models (imports only torch and transformers);
+* ``apply_hf``: an applier for plain transformers models (no TransformerLens; the spec schema from ``manifests``);
 * ``llamacpp`` / ``parity``: run the deployed forms and compare them with the TransformerLens-steered logits;
 * ``support``: which formats hold an edit for a model family (``workbench info``).
 

@@ -1,7 +1,10 @@
 """Apply a workbench intervention spec to a plain Hugging Face model with forward hooks.
 
-Standalone on purpose: this file imports only the standard library, torch and transformers (never TransformerLens
-nor the rest of the workbench), so a service can vendor it as one file. Usage::
+Free of TransformerLens on purpose: besides the standard library, torch and transformers (through the model it is
+given), it imports only the workbench's light modules that declare and check the spec folder
+(``workbench.manifests``, ``workbench.schema``, ``workbench.io``, ``workbench.sites``, ``workbench.errors``; they
+need pydantic and safetensors), so a service reads a spec through exactly the checks ``Spec.load`` applies: the
+manifest's schema, each tensor's dtype, shape and finiteness, and the tensor file's sha256. Usage::
 
     from transformers import AutoModelForCausalLM
     from workbench.export.apply_hf import applied, load_spec
@@ -23,16 +26,16 @@ __all__ = ["SpecError", "SCHEMA_VERSION", "LAYOUTS", "EVERY_SITE", "load_spec", 
 
 import contextlib
 import hashlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-from safetensors import SafetensorError  # safetensors: a dependency of transformers
-from safetensors.torch import load_file
 
-SCHEMA_VERSION = 1
+from workbench.errors import WorkbenchError
+from workbench.manifests import SPEC_SCHEMA_VERSION, read_spec_folder
+
+SCHEMA_VERSION = SPEC_SCHEMA_VERSION
 _LLAMA_LIKE = ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj")
 LAYOUTS = {  # model_type -> decoder layers, attention, MLP, attention out-projection, MLP down-projection
     **{
@@ -64,34 +67,19 @@ EVERY_SITE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "phi3", "gp
 _ARCH = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
 
 
-class SpecError(ValueError):
-    """A spec that cannot be applied to this model; the message names the fix."""
+class SpecError(WorkbenchError):
+    """A spec that cannot be read or applied to this model; the message names the fix."""
 
 
 def load_spec(folder: "str | Path") -> dict:
-    """Read and validate a spec folder; returns the manifest with each entry's tensors under ``"_tensors"``."""
-    folder = Path(folder)
+    """Read and check a spec folder as ``Spec.load`` does (``workbench.manifests.read_spec_folder``); returns the
+    manifest as parsed JSON with each entry's tensors under ``"_tensors"``. Any failure is a SpecError."""
     try:
-        m = json.loads((folder / "intervention.json").read_text())
-        tensors = load_file(str(folder / "tensors.safetensors"))
-    except (OSError, ValueError, SafetensorError) as e:  # missing files, bad JSON, corrupt safetensors
-        raise SpecError(f"{folder} is not a readable spec folder ({type(e).__name__}: {e}); re-export it.") from None
-    if m.get("format") != "workbench.intervention" or m.get("schema_version") != SCHEMA_VERSION:
-        raise SpecError(
-            f"{folder}: format {m.get('format')!r} schema {m.get('schema_version')!r}; this applier reads "
-            f"workbench.intervention schema {SCHEMA_VERSION}. Re-export with a matching workbench."
-        )
-    if m.get("basis") != "unprocessed":
-        raise SpecError(f"{folder}: basis {m.get('basis')!r}; only the unprocessed Hugging Face basis is supported.")
-    for i, entry in enumerate(m.get("interventions") or []):
-        entry["_tensors"] = {}
-        for name, key in (entry.get("tensors") or {}).items():
-            t = tensors.get(key)
-            if t is None or not torch.isfinite(t).all():
-                raise SpecError(f"{folder}: tensor {key!r} of interventions[{i}] is missing or non-finite.")
-            entry["_tensors"][name] = t
-    if not m.get("interventions"):
-        raise SpecError(f"{folder} lists no interventions.")
+        _, m, tensors = read_spec_folder(Path(folder))
+    except WorkbenchError as e:
+        raise SpecError(str(e)) from None
+    for entry, own in zip(m["interventions"], tensors):
+        entry["_tensors"] = own
     return m
 
 

@@ -18,19 +18,59 @@ Anything else (per-position policies, ablation at some layers only, adds mixed w
 activation, not only on the weights, and is refused with the reason; deploy it with ``workbench.export.apply_hf``.
 """
 
-__all__ = ["AS_LLAMA", "bake_hf", "bake_support", "ablation_everywhere", "everywhere_sites"]
+__all__ = [
+    "AS_LLAMA",
+    "BAKE_MANIFEST",
+    "BakeManifest",
+    "bake_hf",
+    "bake_support",
+    "ablation_everywhere",
+    "everywhere_sites",
+    "read_bake_manifest",
+]
 
+import math
 import shutil
 from pathlib import Path
-from typing import cast
+from typing import Annotated, Any, Literal, cast
 
 import torch
+from pydantic import Field
 
 from workbench.errors import WorkbenchError
 from workbench.export.spec import Spec
 from workbench.interventions import Ablate, AddDirection, SpectralEdit
 from workbench.io import atomic_dir, read_json, write_json
+from workbench.manifests import AblateMeta, AddMeta, FingerprintModel, ProvenanceModel, SpectralMeta
+from workbench.schema import MAX_SCALE, Strict, validate
+from workbench.schema import read_json as read_json_bounded
 from workbench.sites import HookSite
+
+#: the file beside a baked checkpoint's weights that says what was baked into it, from what
+BAKE_MANIFEST = "workbench_bake.json"
+
+
+class BakeManifest(Strict):
+    """``workbench_bake.json``: the source checkpoint, the edit folded into the weights and how."""
+
+    format: Literal["workbench.baked"]
+    source: str
+    source_model: FingerprintModel
+    dtype: Literal["float32", "float16", "bfloat16", "float64"]
+    edits: list[str]  # one line per weight change, in the order applied
+    rewritten_as: "Literal['LlamaForCausalLM'] | None"  # a Mistral / Qwen2 checkpoint saved as a Llama
+    interventions: list[Annotated[AddMeta | AblateMeta | SpectralMeta, Field(discriminator="kind")]] = Field(
+        min_length=1
+    )
+    provenance: ProvenanceModel
+
+
+def read_bake_manifest(folder: "str | Path") -> BakeManifest:
+    """The validated ``workbench_bake.json`` of a checkpoint written by :func:`bake_hf`."""
+    path = Path(folder) / BAKE_MANIFEST
+    fix = "pass a checkpoint written by `workbench export --format hf-baked`, or bake it again."
+    return validate(read_json_bounded(path, fix=fix), BakeManifest, source=str(path), fix=fix)
+
 
 _TOKENIZER_FILES = (
     "tokenizer.model",
@@ -360,6 +400,13 @@ def bake_hf(
             "a spec mixing adds and ablations does not fold into weights in general (the ablation "
             "would remove part of the add); bake them as separate specs or use apply_hf."
         )
+    for a in adds:
+        scales = a.scale if isinstance(a.scale, tuple) else (a.scale,)
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) and abs(x) <= MAX_SCALE for x in scales):
+            raise WorkbenchError(
+                f"{a.site.name}: scale {a.scale!r} is not a finite number with |scale| <= {MAX_SCALE:g}; pick a "
+                f"strength in that range."
+            )
     n = spec.fingerprint.n_layers
     if ablates:
         u = ablates[0].direction
@@ -402,22 +449,26 @@ def bake_hf(
     else:
         _bake_ablation(hf, ablates[0].direction, log)
     hf = hf.to(save_dtype)
+    if not all(bool(torch.isfinite(p).all()) for p in hf.parameters()):
+        raise WorkbenchError(
+            f"the baked weights overflow {str(save_dtype).removeprefix('torch.')} (scale x vector is too large for "
+            f"it); use a smaller scale or dtype='float32' (--dtype float32)."
+        )
+    manifest: dict[str, Any] = {
+        "format": "workbench.baked",
+        "source": str(src),
+        "source_model": spec.fingerprint.to_dict(),
+        "dtype": str(save_dtype).removeprefix("torch."),
+        "edits": log,
+        "rewritten_as": "LlamaForCausalLM" if rewritten else None,
+        "interventions": [iv.to_dict() for iv in spec.interventions],
+        "provenance": spec.provenance.to_dict(),
+    }
+    validate(manifest, BakeManifest, source=BAKE_MANIFEST, fix="build the spec with the workbench.")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         hf.save_pretrained(str(tmp))
         for name in _TOKENIZER_FILES:
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
-        write_json(
-            tmp / "workbench_bake.json",
-            {
-                "format": "workbench.baked",
-                "source": str(src),
-                "source_model": spec.fingerprint.to_dict(),
-                "dtype": str(save_dtype).removeprefix("torch."),
-                "edits": log,
-                "rewritten_as": "LlamaForCausalLM" if rewritten else None,
-                "interventions": [iv.to_dict() for iv in spec.interventions],
-                "provenance": spec.provenance.to_dict(),
-            },
-        )
+        write_json(tmp / BAKE_MANIFEST, manifest)
     return Path(out)

@@ -8,35 +8,49 @@ A spec folder holds ``intervention.json`` and ``tensors.safetensors``::
      "interventions": [{"kind": "add", "site": {"layer": 3, "kind": "resid_post", "hook": "blocks.3.hook_resid_post"},
                         "scale": 4.0, "positions": {"kind": "all", "start": 0},
                         "tensors": {"vector": "0.vector"}}],
-     "provenance": {"method": "mean", "data_hash": ..., "n_pairs": 200, "workbench_version": "0.1.0", "source": ...}}
+     "provenance": {"method": "mean", "data_hash": ..., "n_pairs": 200, "workbench_version": "0.1.0", "source": ...,
+                    "tokenization": {"bos": "auto", "chat_template": false}},
+     "tensors_sha256": "<sha256 of tensors.safetensors>"}
 
 Layers are 0-based blocks; ``resid_post`` of block N is Hugging Face ``hidden_states[N+1]`` (but for the last
 block, which Hugging Face returns after the final norm) and llama.cpp's
-``direction.N``. ``Spec.load`` checks every field, and against a model when one is given, and rejects with one
-error that names the fix: unknown format or schema version, wrong model or width, a missing, corrupt or
-non-finite tensor. ``workbench.export.apply_hf`` reads the same folder without TransformerLens.
+``direction.N``. The manifest's schema is ``workbench.manifests.SpecManifest``: every field is typed exactly (no
+boolean for a number, no float for an int), unknown fields are refused, scales are finite within
+``schema.MAX_SCALE``, layers lie within the fingerprint's ``n_layers``, and each tensor is float32 of exactly its
+shape ([d_model] for a vector at a residual-width site), finite, and named as the writer names it (an ablation
+direction a unit vector, spectral factors orthonormal columns, as the writer stores them). The tensor file
+must hash to ``tensors_sha256`` (a manifest without the field predates checksums: it is read unverified, and
+saving it again records one). ``Spec.load`` also checks the spec against a model when one is given; every failure
+is one error naming the file, the field and the fix. ``workbench.export.apply_hf`` reads the same folder through
+the same checks, without TransformerLens.
 """
 
 __all__ = ["SCHEMA_VERSION", "FORMAT", "MANIFEST", "TENSORS", "Provenance", "Spec", "spec_from_directions"]
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import workbench
 from workbench.errors import WorkbenchError
 from workbench.interventions import Ablate, AddDirection, SpectralEdit, intervention_from_dict
-from workbench.io import atomic_dir, read_json, read_tensors, write_json, write_tensors
+from workbench.io import atomic_dir, sha256_file, write_json, write_tensors
+from workbench.manifests import (
+    SPEC_FORMAT,
+    SPEC_MANIFEST,
+    SPEC_SCHEMA_VERSION,
+    SPEC_TENSORS,
+    ProvenanceModel,
+    read_spec_folder,
+)
 from workbench.models import Fingerprint, HookedModel, fingerprint
 from workbench.positions import Positions
+from workbench.schema import MAX_SCALE, validate
 
-SCHEMA_VERSION = 1
-FORMAT = "workbench.intervention"
-MANIFEST = "intervention.json"
-TENSORS = "tensors.safetensors"
+SCHEMA_VERSION = SPEC_SCHEMA_VERSION
+FORMAT = SPEC_FORMAT
+MANIFEST = SPEC_MANIFEST
+TENSORS = SPEC_TENSORS
 
 
 @dataclass(frozen=True)
@@ -54,10 +68,21 @@ class Provenance:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Provenance":
-        keys = ("method", "data_hash", "n_pairs", "workbench_version", "source", "tokenization")
-        known = {k: d[k] for k in keys if k in d}
-        return cls(**known)
+    def from_dict(cls, d: Any, *, source: str = "provenance") -> "Provenance":
+        """The provenance ``to_dict()`` wrote, checked against ``manifests.ProvenanceModel``."""
+        return cls.from_model(validate(d, ProvenanceModel, source=source, fix="re-export it with the workbench."))
+
+    @classmethod
+    def from_model(cls, m: ProvenanceModel) -> "Provenance":
+        """The provenance of a validated manifest."""
+        return cls(
+            m.method,
+            m.data_hash,
+            m.n_pairs,
+            m.workbench_version,
+            m.source,
+            m.tokenization.model_dump(exclude_none=True),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,54 +154,26 @@ class Spec:
         }
         with atomic_dir(out, overwrite=overwrite) as tmp:
             write_tensors(tmp / TENSORS, tensors, {"format": FORMAT})
+            manifest["tensors_sha256"] = sha256_file(tmp / TENSORS)
             write_json(tmp / MANIFEST, manifest)
         return Path(out)
 
     @classmethod
     def load(cls, folder: "str | Path", model: "HookedModel | None" = None) -> "Spec":
         """Read and validate a spec folder; with ``model``, also check it was made for that model."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise WorkbenchError(
-                f"{str(folder)!r} is not a spec folder; pass the --out of `workbench export --format spec`."
-            )
-        m = read_json(folder / MANIFEST)
+        m, raw, tensors = read_spec_folder(folder)
         where = f"{folder}/{MANIFEST}"
-        if not isinstance(m, dict) or m.get("format") != FORMAT:
-            got = m.get("format") if isinstance(m, dict) else type(m).__name__
-            raise WorkbenchError(f"{where} is not a workbench intervention spec (format={got!r}).")
-        if m.get("schema_version") != SCHEMA_VERSION:
-            raise WorkbenchError(
-                f"{where}: schema_version {m.get('schema_version')!r} is not supported (this workbench reads "
-                f"{SCHEMA_VERSION}); re-export the spec with this version."
-            )
-        if m.get("basis") != "unprocessed":
-            raise WorkbenchError(
-                f"{where}: basis {m.get('basis')!r} is not supported; the workbench exports in the unprocessed "
-                f"(Hugging Face hidden-state) basis only."
-            )
-        if not isinstance(m.get("interventions"), list) or not m["interventions"]:
-            raise WorkbenchError(f"{where} lists no interventions; re-export it.")
-        tensors = read_tensors(folder / TENSORS)
-        fp = Fingerprint.from_dict(m.get("model") or {})
         ivs = []
-        for i, entry in enumerate(m["interventions"]):
-            own = {}
-            for name, key in (entry.get("tensors") or {}).items():
-                if key not in tensors:
-                    raise WorkbenchError(f"{where}: tensor {key!r} of interventions[{i}] is missing from {TENSORS}.")
-                t = tensors[key]
-                if not t.is_floating_point() or not torch.isfinite(t).all():
-                    raise WorkbenchError(f"{where}: tensor {key!r} has non-finite values; re-export the spec.")
-                own[name] = t
-            scale = entry.get("scale", 1.0)
-            if entry.get("kind") == "add" and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
-                raise WorkbenchError(f"{where}: interventions[{i}].scale must be a finite number, got {scale!r}.")
+        for i, (entry, own) in enumerate(zip(raw["interventions"], tensors)):
+            meta = {k: v for k, v in entry.items() if k != "tensors"}
             try:
-                ivs.append(intervention_from_dict(entry, own))
+                ivs.append(intervention_from_dict(meta, own))
             except WorkbenchError as e:
                 raise WorkbenchError(f"{where}: interventions[{i}]: {e}") from None
-        spec = cls(tuple(ivs), fp, Provenance.from_dict(m.get("provenance") or {}))
+        try:
+            spec = cls(tuple(ivs), Fingerprint(**m.model.model_dump()), Provenance.from_model(m.provenance))
+        except WorkbenchError as e:
+            raise WorkbenchError(f"{where}: {e}") from None
         if model is not None:
             spec.check(model)
         return spec
@@ -195,8 +192,8 @@ def spec_from_directions(
     layers = [layers] if isinstance(layers, int) else list(layers)
     if not layers:
         raise WorkbenchError("layers is empty; pass the 0-based blocks to export.")
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
-        raise WorkbenchError(f"scale must be a finite number, got {scale!r}.")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not -MAX_SCALE <= scale <= MAX_SCALE:
+        raise WorkbenchError(f"scale must be a finite number with |scale| <= {MAX_SCALE:g}, got {scale!r}.")
     pos = positions or Positions()
     ivs = tuple(
         AddDirection(directions.at(layer, kind).site, directions.at(layer, kind).vector, float(scale), pos)

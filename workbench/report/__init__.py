@@ -13,12 +13,12 @@ check it (``tests/test_report.py``).
 __all__ = ["build_report", "collect_sections"]
 
 import html
-import json
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
 from workbench.io import atomic_file
 from workbench.report.sections import Section, section_for
+from workbench.schema import MAX_JSON_BYTES, parse_json
 
 _STATUS_JS = """
 <script>
@@ -57,11 +57,11 @@ def collect_sections(results_dir: "str | Path") -> "list[Section]":
     for path in sorted(root.rglob("*.json")):
         if "figures" in path.parts or path.name.startswith("."):
             continue
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        try:  # a JSON file that is not a workbench result (or not JSON at all) is not part of the report
+            data = parse_json(path.read_text(), str(path), "") if path.stat().st_size <= MAX_JSON_BYTES else None
+        except (WorkbenchError, UnicodeDecodeError, OSError):
             continue
-        sec = section_for(data)
+        sec = section_for(data, source=str(path))
         if sec is not None:
             sec.source = str(path.relative_to(root))
             sections.append(sec)

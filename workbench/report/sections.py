@@ -7,6 +7,7 @@ reversal rate, ...); nothing is canned. Figures come from each analysis's own ``
 __all__ = ["Section", "section_for", "CORE_KINDS", "who", "rate_ci"]
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from workbench.errors import WorkbenchError
 from workbench.metrics import wilson
@@ -124,12 +125,17 @@ def _parity(r: dict) -> Section:
 CORE_KINDS = {"demo": _demo, "card": _card, "parity": _parity}
 
 
-def section_for(result: dict) -> "Section | None":
-    """The section of a result dict by its ``kind`` (a core result or a registered study's), or None when it is
-    not a workbench result or no installed study reads it."""
+def section_for(result: Any, source: str = "<memory>") -> "Section | None":
+    """The section of a result dict (read from ``source``) by its ``kind`` (a core result or a registered study's),
+    or None when it is not a workbench result or no installed study reads it. A result of a known kind that does
+    not hold what its kind declares is one WorkbenchError naming ``source``."""
     if not isinstance(result, dict) or not isinstance(result.get("kind"), str):
         return None
     kind = result["kind"]
+    if kind == "card":
+        from workbench.shipped import check_card
+
+        check_card(result, source)
     if kind in CORE_KINDS:
         return CORE_KINDS[kind](result)
     from workbench import studies
@@ -138,5 +144,5 @@ def section_for(result: dict) -> "Section | None":
         study = studies.get(kind)
     except WorkbenchError:
         return None
-    study.result.from_dict(result)  # refuses a newer schema or a truncated file with the reason
+    study.result.from_dict(result, source=source)  # refuses a newer schema or a truncated file with the reason
     return study.section(result)
