@@ -118,9 +118,15 @@ def _depth(value: object) -> int:
     return 0
 
 
+def _unique(pairs: "list[tuple[str, object]]") -> dict:
+    if len({k for k, _ in pairs}) != len(pairs):
+        raise ValueError("a key appears twice")
+    return dict(pairs)
+
+
 def _json(text: str) -> object:
     """A JSON value as the loader must read it, or the exception it must refuse it with."""
-    value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float, object_pairs_hook=_unique)
     if _depth(value) > MAX_DEPTH:
         raise ValueError("too deep")
     return value
