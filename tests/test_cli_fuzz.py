@@ -120,3 +120,24 @@ def test_prompts_file_that_is_a_directory_is_named(made, tmp_path, capsys):
     code = main(["export", "--vector", str(root / "spec"), "--format", "spec", "--out", str(tmp_path / "o"),
                  "--model", "toy-s", "--check", "--prompts", str(tmp_path), "--backend", BACKEND])  # fmt: skip
     assert code == 2 and "is a directory" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_a_block_named_twice_is_refused_by_the_library_too(made):
+    from workbench.directions import DirectionSet
+    from workbench.errors import WorkbenchError
+    from workbench.export.spec import spec_from_directions
+
+    root, _ = made
+    with pytest.raises(WorkbenchError, match="layer 1 is named twice"):
+        spec_from_directions(DirectionSet.load(root / "d"), [1, 2, 1], 1.0)
+
+
+def test_runs_without_a_home_directory(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["info", "--model", "toy-s", "--backend", BACKEND]) == 0, capsys.readouterr().err
+    monkeypatch.delenv("WORKBENCH_CACHE_DIR")
+    code = main(["info", "--model", "toy-s", "--backend", BACKEND])
+    err = capsys.readouterr().err
+    assert "internal error" not in err and code in (0, 2), err

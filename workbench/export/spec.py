@@ -192,6 +192,11 @@ def spec_from_directions(
     layers = [layers] if isinstance(layers, int) else list(layers)
     if not layers:
         raise WorkbenchError("layers is empty; pass the 0-based blocks to export.")
+    twice = sorted({x for x in layers if layers.count(x) > 1})
+    if twice:
+        raise WorkbenchError(
+            f"layer {twice[0]} is named twice in {layers}; name each block once (twice would add the direction twice)."
+        )
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not -MAX_SCALE <= scale <= MAX_SCALE:
         raise WorkbenchError(f"scale must be a finite number with |scale| <= {MAX_SCALE:g}, got {scale!r}.")
     pos = positions or Positions()
