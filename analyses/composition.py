@@ -35,7 +35,7 @@ from workbench.generate import generate
 from workbench.models import HookedModel
 from workbench.positions import TokenLayout
 from workbench.report.sections import Section, who
-from workbench.studies import Context, Study, StudyResult, register
+from workbench.studies import Study, StudyResult, on_model, register
 from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import grammaticality, own_document, score
 from workbench.toy.prompts import few_shot_prompts, prompts_with, steer_values
@@ -261,10 +261,6 @@ def summary(r: Result) -> str:
     return "\n".join(lines)
 
 
-def execute(ctx: Context, cfg: Config) -> Result:
-    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
-
-
 def table(results: "list[dict]") -> str:
     """The DAC study's table and alpha traces (``analyses.composition.Result`` as saved)."""
     if len(results) != 1:
@@ -305,7 +301,7 @@ STUDY = register(
         "DAC: fixed / start / diminishing / dynamic strengths, 1-2 properties",
         Config,
         Result,
-        execute,
+        on_model(run),
         plot,
         section,
         summary,

@@ -19,7 +19,7 @@ from workbench.errors import WorkbenchError
 from workbench.metrics import wilson
 from workbench.models import HookedModel
 from workbench.report.sections import Section, who
-from workbench.studies import Context, Study, StudyResult, register
+from workbench.studies import Study, StudyResult, on_model, register
 from workbench.toy.prompts import FAMILIES, prompts_with
 
 
@@ -153,17 +153,13 @@ def summary(r: Result) -> str:
     return "\n".join(lines)
 
 
-def execute(ctx: Context, cfg: Config) -> Result:
-    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
-
-
 STUDY = register(
     Study(
         "distribution-shift",
         "effect on in- vs out-of-distribution prompt families",
         Config,
         Result,
-        execute,
+        on_model(run),
         plot,
         section,
         summary,

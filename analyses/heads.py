@@ -54,7 +54,7 @@ from workbench.models import HookedModel, head_out_weights
 from workbench.pairs import ContrastPairs
 from workbench.report.sections import Section, who
 from workbench.sites import HookSite
-from workbench.studies import Context, Study, StudyResult, register
+from workbench.studies import Study, StudyResult, on_model, register
 from workbench.tokens import Batch, make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import evidence_words, score
 from workbench.toy.measure import best_cell, directions_for, steer_prompts
@@ -553,17 +553,13 @@ def _sampled(steering: dict) -> str:
     )
 
 
-def execute(ctx: Context, cfg: Config) -> Result:
-    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
-
-
 STUDY = register(
     Study(
         "heads",
         "direct attribution, patching, attribution patching, per-head steering",
         Config,
         Result,
-        execute,
+        on_model(run),
         plot,
         section,
         summary,

@@ -39,7 +39,7 @@ from workbench.models import HookedModel
 from workbench.pairs import join
 from workbench.report.sections import Section, rate_ci, who
 from workbench.sites import HookSite
-from workbench.studies import Context, Study, StudyResult, register
+from workbench.studies import Study, StudyResult, on_model, register
 from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import score
 from workbench.toy.measure import GRAMMAR_FLOOR, best_cell, directions_for, steer_prompts
@@ -307,17 +307,13 @@ def summary(result: Result) -> str:
     return "\n".join(lines)
 
 
-def execute(ctx: Context, cfg: Config) -> Result:
-    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
-
-
 STUDY = register(
     Study(
         "layer-sweep",
         "behaviour and fluency cost over layers x strengths",
         Config,
         Result,
-        execute,
+        on_model(run),
         plot,
         section,
         summary,

@@ -23,7 +23,7 @@ from workbench.metrics import mean_ci
 from workbench.models import HookedModel
 from workbench.report.sections import Section, who
 from workbench.sites import HookSite
-from workbench.studies import Context, Study, StudyResult, register
+from workbench.studies import Study, StudyResult, on_model, register
 from workbench.toy.measure import steer_prompts
 from workbench.toy.prompts import contrast_pairs
 
@@ -191,12 +191,15 @@ def summary(r: Result) -> str:
     return "\n".join(lines)
 
 
-def execute(ctx: Context, cfg: Config) -> Result:
-    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
-
-
 STUDY = register(
     Study(
-        "sample-size", "steering effect and cosine vs number of pairs", Config, Result, execute, plot, section, summary
+        "sample-size",
+        "steering effect and cosine vs number of pairs",
+        Config,
+        Result,
+        on_model(run),
+        plot,
+        section,
+        summary,
     )
 )

@@ -40,7 +40,7 @@ from workbench.report.sections import Section, who
 from workbench.shipped import NAMES, card
 from workbench.sites import HookSite
 from workbench.spectral import FEATURES, fit_layer
-from workbench.studies import Context, Study, StudyResult, register
+from workbench.studies import Study, StudyResult, on_model, register
 from workbench.tokens import tokenize
 from workbench.toy.evaluate import score
 from workbench.toy.language import ATTRIBUTES
@@ -286,10 +286,6 @@ def summary(result: Result) -> str:
     return "\n".join(lines)
 
 
-def execute(ctx: Context, cfg: Config) -> Result:
-    return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
-
-
 def _table_ci(x: dict) -> str:
     lo, hi = x["accuracy_ci"]
     return f"{x['accuracy']:.2f} [{lo:.4g}, {hi:.4g}]"
@@ -335,7 +331,7 @@ STUDY = register(
         "SEA on toy truthfulness: linear / Phi-SEA vs few-shot and steering",
         Config,
         Result,
-        execute,
+        on_model(run),
         plot,
         section,
         summary,

@@ -29,6 +29,7 @@ typed Result.
 
 __all__ = [
     "Study",
+    "on_model",
     "StudyResult",
     "Context",
     "register",
@@ -197,6 +198,16 @@ class Study:
             raise WorkbenchError(
                 f"study {self.name!r}: Config field(s) {clash} take a flag every analyze command owns; rename them."
             )
+
+
+def on_model(run: "Callable[..., StudyResult]") -> "Callable[[Context, Any], StudyResult]":
+    """A study's ``run`` for the usual signature ``run(model, cfg, *, name, progress)`` on the model the command
+    names."""
+
+    def execute(ctx: Context, cfg: Any) -> StudyResult:
+        return run(ctx.model(), cfg, name=ctx.model_name or "", progress=ctx.progress)
+
+    return execute
 
 
 _REGISTRY: "dict[str, Study]" = {}
