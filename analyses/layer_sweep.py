@@ -38,7 +38,8 @@ from workbench.metrics import continuation_perplexity, kl_divergence
 from workbench.models import HookedModel
 from workbench.pairs import join
 from workbench.report.sections import Section, rate_ci, who
-from workbench.sites import HookSite
+from workbench.schema import MAX_SCALE
+from workbench.sites import SITE_KINDS, HookSite
 from workbench.studies import Study, StudyResult, on_model, register
 from workbench.tokens import make_batch, pad_id_of, tokenize
 from workbench.toy.evaluate import score
@@ -80,16 +81,26 @@ class Config:
 
     def __post_init__(self) -> None:
         resolve_steer(self)
-        if not self.strengths or not all(isinstance(s, (int, float)) and math.isfinite(s) for s in self.strengths):
-            raise WorkbenchError(f"strengths must be a non-empty tuple of finite numbers, got {self.strengths!r}.")
+        if not self.strengths or not all(
+            isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and abs(s) <= MAX_SCALE
+            for s in self.strengths
+        ):
+            raise WorkbenchError(
+                f"strengths must be a non-empty tuple of finite numbers with |s| <= {MAX_SCALE:g}, got "
+                f"{self.strengths!r}."
+            )
+        if self.kind not in SITE_KINDS:
+            raise WorkbenchError(f"kind must be one of {', '.join(SITE_KINDS)}, got {self.kind!r}.")
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-            if not self.layers:
-                raise WorkbenchError("layers must name at least one block (or be None: every block).")
+            if not self.layers or min(self.layers) < 0:
+                raise WorkbenchError(f"layers must name blocks >= 0 (or be None: every block), got {self.layers!r}.")
         require_positive(self, "n_prompts", "n_pairs", "max_new_tokens")
-        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
-            raise WorkbenchError(f"temperature must be >= 0, got {self.temperature!r}.")
+        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 100):
+            raise WorkbenchError(f"temperature must be in [0, 100] (0: greedy), got {self.temperature!r}.")
+        if self.kl_bound is not None and not self.kl_bound >= 0:
+            raise WorkbenchError(f"kl_bound must be >= 0 nats/token, got {self.kl_bound!r}.")
         if not 0.0 <= self.grammar_floor <= 1.0:
             raise WorkbenchError(f"grammar_floor must be in [0, 1], got {self.grammar_floor}.")
 

@@ -81,8 +81,8 @@ class Config:
             raise WorkbenchError(f"layers must be 'last-half', 'all' or a tuple of blocks, got {self.layers!r}.")
         if not isinstance(self.layers, str):
             object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-            if not self.layers:
-                raise WorkbenchError("layers must name at least one block, 'last-half' or 'all'.")
+            if not self.layers or min(self.layers) < 0:
+                raise WorkbenchError(f"layers must name blocks >= 0, 'last-half' or 'all', got {self.layers!r}.")
         if self.site not in ("mlp_out", "resid_post"):
             raise WorkbenchError(f"site must be 'mlp_out' (official) or 'resid_post', got {self.site!r}.")
         if self.phi_feature not in FEATURES or self.phi_feature == "identity":

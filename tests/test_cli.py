@@ -457,7 +457,7 @@ def test_analyze_commands_write_results_and_figures(tmp_path, capsys):
         (["layer-sweep", "--attribute", "topic", "--layers", "1-"], "--layers: invalid value '1-'"),
         (
             ["layer-sweep", "--attribute", "topic", "--strengths=-1,nan"],
-            "--strengths: invalid value .*not a finite number",
+            "--strengths: invalid value .*not a (finite )?number",
         ),
         (["layer-sweep", "--attribute", "topic", "--layers", "9"], "has 4 blocks"),
         (["heads", "--attribute", "topic", "--readout-layer", "7"], "readout_layer must be in 0..3"),

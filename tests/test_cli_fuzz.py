@@ -105,7 +105,7 @@ def test_typed_values_are_refused_with_their_flag(made, capsys):
     d = str(root / "d")
     for bad, match in [
         (["--temperature", "nan"], "--temperature: takes a finite number"),
-        (["--temperature", "-1"], "--temperature: takes a temperature in [0, 100]"),
+        (["--temperature", "-1"], "--temperature: takes 0 (greedy) or a temperature in [0.001, 100]"),
         (["--prompt", "a\udcff"], "--prompt: is not valid UTF-8"),
         (["--max-new-tokens", "0"], "--max-new-tokens: takes a whole number in 1..1000000"),
         (["--positions", "from:x"], "--positions: positions must be"),
@@ -141,3 +141,47 @@ def test_runs_without_a_home_directory(capsys, monkeypatch, tmp_path):
     code = main(["info", "--model", "toy-s", "--backend", BACKEND])
     err = capsys.readouterr().err
     assert "internal error" not in err and code in (0, 2), err
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--temperature", "1e-300"], "--temperature: takes 0 (greedy) or a temperature in"),
+        (["--scale", "٢"], "--scale: takes a number like"),
+        (["--scale", "1_0"], "--scale: takes a number like"),
+        (["--positions", "from:٣"], "--positions: positions must be"),
+    ],
+)
+def test_numbers_are_ascii_and_in_range(made, capsys, argv, match):
+    root, _ = made
+    base = ["steer", "--model", "toy-s", "--vector", str(root / "d"), "--layer", "1", "--scale", "1", "--prompt", "a"]
+    assert main([*base, *argv]) == 2
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--strengths", "1,1"], "--strengths: invalid value '1,1' (1 is listed twice)"),
+        (["--layers=-1"], "--layers must name blocks >= 0"),
+        (["--strengths=-1e5,1"], "|s| <= 10000"),
+        (["--kind", "bogus"], "--kind must be one of"),
+        (["--temperature", "1e308"], "--temperature must be in [0, 100]"),
+        (["--kl-bound=-1"], "--kl-bound must be >= 0"),
+    ],
+)
+def test_study_flags_are_refused_before_a_model_loads(tmp_path, capsys, argv, match):
+    code = main(["analyze", "layer-sweep", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and match in err and "does not exist" not in err, err
+
+
+def test_an_edit_past_float32_is_refused():
+    import torch
+
+    from workbench.errors import WorkbenchError
+    from workbench.interventions import AddDirection
+    from workbench.sites import HookSite
+
+    with pytest.raises(WorkbenchError, match="past what float32 holds"):
+        AddDirection(HookSite(1), torch.full((8,), 3e37), 1e4)

@@ -79,7 +79,7 @@ def test_ablation_during_generation(llama):
         (dict(prompts="the cat"), "non-empty list"),
         (dict(prompts=[]), "non-empty list"),
         (dict(max_new_tokens=0), "max_new_tokens must be"),
-        (dict(temperature=-1.0), "temperature >= 0"),
+        (dict(temperature=-1.0), "temperature 0 \\(greedy\\) or >= 1e-3"),
         (dict(top_p=1.5), "top_p"),
         (dict(max_new_tokens=500), "exceeds the model's context"),
     ],

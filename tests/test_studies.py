@@ -273,7 +273,7 @@ def test_flag_parsing_refuses_what_it_cannot_express():
     ls = studies.get("layer-sweep")
     parser = argparse.ArgumentParser()
     add_config_flags(parser, ls.config)
-    with pytest.raises(WorkbenchError, match="--layers must name at least one block"):
+    with pytest.raises(WorkbenchError, match="--layers must name blocks >= 0"):
         config_from_flags(ls.config, parser.parse_args(["--layers="]))
 
     @dataclasses.dataclass(frozen=True)

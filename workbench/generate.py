@@ -120,10 +120,13 @@ def generate(
     if (
         not math.isfinite(temperature)
         or temperature < 0
+        or 0 < temperature < 1e-3
         or (top_p is not None and not 0 < top_p <= 1)
         or (top_k is not None and top_k < 1)
     ):
-        raise WorkbenchError(f"need temperature >= 0, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}.")
+        raise WorkbenchError(
+            f"need temperature 0 (greedy) or >= 1e-3, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}."
+        )
     tok = tokenizer_of(model)
     device = model.cfg.device
     seqs = [tokenize(model, p) for p in prompts]
@@ -139,10 +142,16 @@ def generate(
     )
     gen = torch.Generator().manual_seed(seed)
     done = torch.zeros(len(seqs), dtype=torch.bool, device=device)
-    out, steps = [], []
+    out: list[torch.Tensor] = []
+    steps: list[torch.Tensor] = []
     with torch.no_grad(), applied(model, *interventions, layout=dec.layout):
         for _ in range(max_new_tokens):
             last = dec.logits()
+            if not bool(torch.isfinite(last).all()):
+                raise WorkbenchError(
+                    f"the model produced non-finite logits at step {len(out) + 1}; the edit is too strong for it "
+                    f"(lower the scale)."
+                )
             if return_logits:
                 steps.append(last.cpu())
             if banned:

@@ -63,6 +63,10 @@ def _edit_mask(layout: "TokenLayout | None", positions: Positions, x: torch.Tens
     return m.reshape(*m.shape, *([1] * (x.ndim - 2)))
 
 
+#: the largest finite float32: an edit past it turns activations into inf
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 @dataclass(frozen=True, eq=False)
 class AddDirection:
     """Add ``scale * vector`` to the activation at ``site`` at the positions chosen by ``positions``.
@@ -83,6 +87,14 @@ class AddDirection:
             raise WorkbenchError(
                 f"AddDirection.scale must be a finite number with |scale| <= {MAX_SCALE:g} (not a boolean) or a "
                 f"tuple of them, got {self.scale!r}."
+            )
+        peak = (
+            max(abs(float(s)) for s in scales) * float(self.vector.detach().abs().max()) if self.vector.numel() else 0
+        )
+        if not peak <= FLOAT32_MAX:
+            raise WorkbenchError(
+                f"AddDirection: scale x vector reaches {peak:.3g}, past what float32 holds; lower the scale or "
+                f"use a direction of ordinary norm."
             )
 
     def to_hooks(self, model: Any, layout: "TokenLayout | None" = None) -> list[tuple[str, HookFn]]:

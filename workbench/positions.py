@@ -8,6 +8,7 @@ positions; that is what makes cached and full-recompute generation steer identic
 
 __all__ = ["Positions", "TokenLayout"]
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,11 +58,8 @@ class Positions:
         """``all``, ``generated``, ``from:K`` (K may be negative)."""
         if text in ("all", "generated"):
             return cls(text)  # type: ignore[arg-type]
-        if text.startswith("from:"):
-            try:
-                return cls("from", int(text[5:]))
-            except ValueError:
-                pass
+        if text.startswith("from:") and re.fullmatch(r"-?[0-9]{1,9}", text[5:]):
+            return cls("from", int(text[5:]))
         raise WorkbenchError(f"positions must be 'all', 'generated' or 'from:K' with an integer K, got {text!r}.")
 
 

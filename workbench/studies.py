@@ -354,6 +354,8 @@ def _parse_scalar(hint: Any, text: str) -> Any:
             raise ValueError("not a whole number of at most 9 digits")
         return int(text)
     if hint is float:
+        if not re.fullmatch(r"\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*", text):
+            raise ValueError("not a number")
         value = float(text)
         if not math.isfinite(value):
             raise ValueError("not a finite number")
@@ -378,6 +380,9 @@ def _parse_tuple(hint: Any, text: str) -> tuple:
             out.extend(range(lo, hi + 1))
         else:
             out.append(_parse_scalar(element, part))
+    twice = next((x for i, x in enumerate(out) if x in out[:i]), None)
+    if twice is not None:
+        raise ValueError(f"{format_default(twice)} is listed twice")
     return tuple(out)
 
 
