@@ -29,6 +29,7 @@ class _Parser(argparse.ArgumentParser):
 # --- validated argument types: a bad value is refused while parsing, before any model loads -------------------
 
 MAX_COUNT = 1_000_000  # prompts, tokens, pairs, steps, batch rows: far past what a run on one machine does
+MIN_TEMPERATURE = 1e-3  # below it logits / T overflow float32; use 0 for greedy decoding
 
 
 def _blocks(text: str) -> "list[int]":
@@ -69,6 +70,8 @@ def _refuse(message: str) -> Any:
 
 
 def _number(text: str) -> float:
+    if not re.fullmatch(r"\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*|\s*[-+]?(nan|inf)\s*", text, re.I):
+        return _refuse(f"takes a number like 2, -0.5 or 1e-3, got {text!r}")
     try:
         value = float(text)
     except ValueError:
@@ -85,7 +88,9 @@ def _scale(text: str) -> float:
 
 def _temperature(text: str) -> float:
     value = _number(text)
-    return value if 0 <= value <= 100 else _refuse(f"takes a temperature in [0, 100] (0 = greedy), got {text}")
+    if value == 0 or MIN_TEMPERATURE <= value <= 100:
+        return value
+    return _refuse(f"takes 0 (greedy) or a temperature in [{MIN_TEMPERATURE:g}, 100], got {text}")
 
 
 def _fraction(text: str) -> float:
@@ -241,11 +246,12 @@ def _export_spec(args):
     """The spec to export: a spec folder as it is, or directions folder + --layers + --scale."""
     from workbench.directions import DirectionSet
     from workbench.export.spec import MANIFEST, Spec, spec_from_directions
+    from workbench.io import display_path
 
     folder = Path(args.vector)
     if not folder.is_dir():
-        what = "a file" if folder.exists() else "missing"
-        raise WorkbenchError(f"--vector {str(folder)!r} is {what}; pass a directions folder or a spec folder.")
+        what = "a file" if folder.is_file() else "a special file (a FIFO or device?)" if folder.exists() else "missing"
+        raise WorkbenchError(f"--vector {display_path(folder)!r} is {what}; pass a directions folder or a spec folder.")
     if (folder / MANIFEST).is_file():
         if args.layers is not None or args.scale is not None:
             raise WorkbenchError(f"{folder} is a spec: it already fixes layers and scale; drop --layers/--scale.")
@@ -254,7 +260,7 @@ def _export_spec(args):
         raise WorkbenchError("exporting from a directions folder needs --layers (0-based blocks) and --scale.")
     ds = DirectionSet.load(folder)
     return spec_from_directions(
-        ds, args.layers, args.scale, kind=args.kind, positions=args.positions, source=str(folder)
+        ds, args.layers, args.scale, kind=args.kind, positions=args.positions, source=display_path(folder)
     )
 
 
@@ -364,8 +370,6 @@ def cmd_import(args) -> int:
     from workbench.export.gguf import read_gguf
 
     _fresh_out(args.out, args.overwrite)
-    if not Path(args.file).is_file():
-        raise WorkbenchError(f"{args.file!r} does not exist; pass a .gguf control vector file.")
     spec = read_gguf(args.file, _load(args))
     spec.save(args.out)
     print(
@@ -405,10 +409,11 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from workbench.io import display_path
     from workbench.report import build_report
 
     html_path, md_path = build_report(args.results, args.out, title=args.title)
-    print(f"wrote {html_path} and {md_path}")
+    print(f"wrote {display_path(html_path)} and {display_path(md_path)}")
     return 0
 
 
@@ -458,13 +463,14 @@ def cmd_toy_train(args) -> int:
 def _measure_into(folder: Path, args) -> dict:
     from workbench import models
     from workbench.io import read_json, write_json
+    from workbench.shipped import check_card
     from workbench.toy.measure import measure
 
     card_path = folder / "card.json"
-    if not card_path.is_file():
+    if not card_path.exists():
         raise WorkbenchError(f"{folder} has no card.json; it is not a toy checkpoint written by `workbench toy train`.")
+    card = check_card(read_json(card_path), str(card_path))  # before the model loads
     model = models.load(folder, backend=args.backend)
-    card = read_json(card_path)
     card["measured"] = measure(model, n_prompts=args.n_prompts, seed=args.seed)
     write_json(card_path, card)
     failed = [k for k, ok in card["measured"]["checks"].items() if not ok]
@@ -671,7 +677,7 @@ def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
     sp = sub.add_parser("report", help="self-contained HTML + Markdown report from a folder of results")
     sp.add_argument("results", help="folder holding workbench results (demo output, analysis result.json, ...)")
     sp.add_argument("--out", default=None, help="folder for report.html / report.md (default: the results folder)")
-    sp.add_argument("--title", default="workbench report")
+    sp.add_argument("--title", type=_text, default="workbench report")
     sp.set_defaults(func=cmd_report)
 
     sp = sub.add_parser("demo", help="end-to-end run on the embedded default model")
@@ -685,6 +691,10 @@ def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 prints escaped (\xff), never crashes a print
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         args = _parser(with_studies="analyze" in argv).parse_args(argv)

@@ -21,6 +21,7 @@ __all__ = [
     "sha256_json",
     "sha256_file",
     "stale_entries",
+    "display_path",
 ]
 
 import contextlib
@@ -44,6 +45,12 @@ from workbench.errors import WorkbenchError
 
 #: the largest tensor file a loader reads into memory (directions and specs are kilobytes to megabytes)
 MAX_TENSOR_BYTES = 4 * 1024**3
+
+
+def display_path(path: "str | os.PathLike") -> str:
+    """``path`` as valid UTF-8 text for pages and manifests: bytes that are not UTF-8 (a name the shell passes
+    as lone surrogates) appear as ``\\xff`` escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _umask() -> int:

@@ -284,6 +284,8 @@ def read_folder(folder: "str | Path", manifest: str, tensors: str, *, what: str,
     folder = Path(folder)
     if folder.is_file():
         raise WorkbenchError(f"{str(folder)!r} is a file, not a {what} folder; {fix}")
+    if folder.exists() and not folder.is_dir():
+        raise WorkbenchError(f"{str(folder)!r} is a special file (a FIFO or device?), not a {what} folder; {fix}")
     if not folder.is_dir():
         raise WorkbenchError(f"{str(folder)!r} is not a {what} folder (it does not exist); {fix}")
     data = read_json(folder / manifest, fix=fix)

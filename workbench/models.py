@@ -52,6 +52,7 @@ import importlib
 import io
 import json
 import os
+import re
 import weakref
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -401,29 +402,64 @@ def _check_supported(config, arch: str, backend: Backend, where: str) -> None:
         )
 
 
+#: config.json sizes that must be whole numbers >= 1 when present (a 0 or negative size builds an empty model)
+_CONFIG_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "n_embd", "n_layer", "n_head")
+_CKPT_FIX = "re-download or re-save it."
+
+
+def _read_config(path: Path) -> dict:
+    """``path``'s config.json read through ``workbench.schema.read_json`` and checked: a JSON object,
+    ``architectures`` a list of strings when present, the sizes in ``_CONFIG_SIZES`` whole numbers >= 1."""
+    from workbench.schema import read_json
+
+    config = path / "config.json"
+    where = f"{config}: the checkpoint's config.json"
+    data = read_json(config, fix=f"The checkpoint in {path} is incomplete or its config.json is invalid: {_CKPT_FIX}")
+    if not isinstance(data, dict):
+        raise WorkbenchError(f"{where} is a JSON {type(data).__name__}, not an object; {_CKPT_FIX}")
+    archs = data.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise WorkbenchError(f"{where}: architectures must be a list of strings, got {archs!r}; {_CKPT_FIX}")
+    for key in _CONFIG_SIZES:
+        value = data.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            raise WorkbenchError(f"{where}: {key} must be a whole number >= 1, got {value!r}; {_CKPT_FIX}")
+    return data
+
+
 def _load_hf_folder(
     path: Path, backend: Backend, device: str, dtype: torch.dtype, tokenization: Tokenization
 ) -> HookedModel:
-    if not (path / "config.json").is_file():
+    """Load the checkpoint folder ``path``: its config.json is checked first (``_read_config``); any failure of
+    transformers or TransformerLens on it (truncated weights, sizes that do not fit) is one WorkbenchError naming
+    the folder; the workbench's own refusals (unsupported architecture, self-check) pass through unchanged."""
+    config = path / "config.json"
+    if not config.exists() and not config.is_symlink():
         raise WorkbenchError(
             f"{str(path)!r} is not a Hugging Face checkpoint folder (no config.json); pass a folder written by "
             f"save_pretrained()."
         )
+    _read_config(path)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
         hf_cfg = AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError, KeyError) as e:
-        raise WorkbenchError(f"could not read the config in {str(path)!r}: {e}".splitlines()[0]) from None
-    arch = _architecture(hf_cfg)
-    _check_supported(hf_cfg, arch, backend, repr(str(path)))
-    try:
+        arch = _architecture(hf_cfg)
+        _check_supported(hf_cfg, arch, backend, repr(str(path)))
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True).eval()
-    except (OSError, ValueError, KeyError) as e:
-        raise WorkbenchError(f"could not load the checkpoint in {str(path)!r}: {e}".splitlines()[0]) from None
-    fp = _cached_fingerprint(path, hf, tok, arch, dtype)
-    return _wrap_checked(hf, tok, arch, backend, device, dtype, fp, tokenization, str(path.resolve()))
+        fp = _cached_fingerprint(path, hf, tok, arch, dtype)
+        return _wrap_checked(hf, tok, arch, backend, device, dtype, fp, tokenization, str(path.resolve()))
+    except (WorkbenchError, MemoryError, torch.OutOfMemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever transformers / TransformerLens raise on a broken checkpoint
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [""]
+        first = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+        first = first if len(first) <= 300 else first[:297] + "..."
+        raise WorkbenchError(
+            f"the checkpoint in {path} could not be loaded ({type(e).__name__}: {first}); it is incomplete or its "
+            f"config.json is invalid: {_CKPT_FIX}"
+        ) from None
 
 
 def _check_tokenization(tok, tokenization: Tokenization) -> None:
@@ -707,25 +743,37 @@ def _weight_files_key(path: Path, dtype: torch.dtype) -> "str | None":
     return hashlib.sha256(json.dumps([str(path.resolve()), str(dtype), stats]).encode()).hexdigest()
 
 
+def _read_cache(cache: Path) -> dict:
+    """The fingerprint cache's table of weight-file key -> weights sha256; a cache that cannot be read or parsed,
+    or is not a JSON object, is an empty table (it only costs a re-hash)."""
+    from workbench.schema import parse_json
+
+    try:
+        table = parse_json(cache.read_text(encoding="utf-8"), str(cache), "it is rebuilt on the next load.")
+    except (OSError, UnicodeDecodeError, WorkbenchError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
 def _cached_fingerprint(path: Path, hf, tok, arch: str, dtype: torch.dtype) -> Fingerprint:
     """``fingerprint_hf``, with the weights' hash cached by ``_weight_files_key``: the full hash is computed once per
-    checkpoint (and dtype), every later load costs a ``stat`` per file."""
+    checkpoint (and dtype), every later load costs a ``stat`` per file. Only a lowercase hex sha256 is trusted from
+    the cache; a cache that cannot be read or written only costs a re-hash."""
     cache, key = _cache_file(), _weight_files_key(path, dtype)
-    table: dict = {}
-    if cache is not None and key is not None:
-        with contextlib.suppress(OSError, ValueError):
-            table = json.loads(cache.read_text())
-        if isinstance(table, dict) and isinstance(table.get(key), str) and len(table[key]) == 64:
-            return fingerprint_hf(hf, tok, arch, weights_sha256=table[key])
+    if cache is None or key is None:
+        return fingerprint_hf(hf, tok, arch)
+    table = _read_cache(cache)
+    cached = table.get(key)
+    if isinstance(cached, str) and re.fullmatch("[0-9a-f]{64}", cached):
+        return fingerprint_hf(hf, tok, arch, weights_sha256=cached)
     fp = fingerprint_hf(hf, tok, arch)
-    if cache is not None and key is not None:
-        table = table if isinstance(table, dict) else {}
-        table[key] = fp.weights_sha256
-        with contextlib.suppress(OSError):  # a read-only or missing home only costs the next load a re-hash
-            from workbench.io import atomic_file
+    table = {k: v for k, v in table.items() if isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v)}
+    table[key] = fp.weights_sha256
+    with contextlib.suppress(OSError, WorkbenchError):  # a read-only home or a directory in the cache's place
+        from workbench.io import atomic_file
 
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_file(cache, lambda tmp: Path(tmp).write_text(json.dumps(table)))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_file(cache, lambda tmp: Path(tmp).write_text(json.dumps(table)))
     return fp
 
 

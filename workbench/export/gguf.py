@@ -45,7 +45,7 @@ import torch
 from workbench.errors import WorkbenchError
 from workbench.export.spec import Provenance, Spec
 from workbench.interventions import AddDirection
-from workbench.io import atomic_file
+from workbench.io import atomic_file, display_path
 from workbench.manifests import FingerprintModel, ProvenanceModel
 from workbench.models import Fingerprint, HookedModel, fingerprint
 from workbench.schema import MAX_SCALE, Sha256, Strict, parse_json, validate
@@ -372,8 +372,10 @@ def read_gguf(path: "str | Path", model: "HookedModel | None" = None, *, fp: "Fi
     where = str(path)
     if path.is_dir():
         raise WorkbenchError(f"{where!r} is a directory; pass a .gguf control vector file.")
-    if not path.is_file():
+    if not path.exists():
         raise WorkbenchError(f"{where!r} does not exist; pass a .gguf control vector file.")
+    if not path.is_file():
+        raise WorkbenchError(f"{where!r} is not a regular file (a FIFO or device?); pass a .gguf control vector file.")
     if path.stat().st_size > MAX_GGUF_BYTES:
         raise WorkbenchError(f"{where!r} is larger than {MAX_GGUF_BYTES} bytes; it is not a control vector file.")
     try:
@@ -411,7 +413,7 @@ def read_gguf(path: "str | Path", model: "HookedModel | None" = None, *, fp: "Fi
             )
     digest = hashlib.sha256(raw).hexdigest()
     prov = Provenance(**meta.provenance.model_dump(exclude_none=True)) if meta else Provenance("imported-gguf")
-    prov = Provenance(**{**prov.to_dict(), "source": f"{path.name} sha256:{digest}"})
+    prov = Provenance(**{**prov.to_dict(), "source": f"{display_path(path.name)} sha256:{digest}"})
     ivs = tuple(AddDirection(HookSite(b, "resid_post"), vectors[b], 1.0) for b in sorted(vectors))
     spec = Spec(ivs, fp, prov)
     if model is not None:

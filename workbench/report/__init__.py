@@ -12,11 +12,12 @@ check it (``tests/test_report.py``).
 
 __all__ = ["build_report", "collect_sections"]
 
+import contextlib
 import html
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-from workbench.io import atomic_file
+from workbench.io import atomic_file, display_path
 from workbench.report.sections import Section, section_for
 from workbench.schema import MAX_JSON_BYTES, parse_json
 
@@ -49,24 +50,27 @@ h2 { border-bottom: 1px solid #ddd; margin-top: 2em; }
 
 
 def collect_sections(results_dir: "str | Path") -> "list[Section]":
-    """One section per recognised result JSON below ``results_dir``, in report order."""
+    """One section per recognised result JSON (UTF-8, a BOM accepted) below ``results_dir``, in report order."""
     root = Path(results_dir)
     if not root.is_dir():
-        raise WorkbenchError(f"{str(root)!r} is not a folder; pass the folder holding workbench results.")
+        raise WorkbenchError(f"{display_path(root)!r} is not a folder; pass the folder holding workbench results.")
     sections = []
     for path in sorted(root.rglob("*.json")):
         if "figures" in path.parts or path.name.startswith("."):
             continue
         try:  # a JSON file that is not a workbench result (or not JSON at all) is not part of the report
-            data = parse_json(path.read_text(), str(path), "") if path.stat().st_size <= MAX_JSON_BYTES else None
+            too_big = path.stat().st_size > MAX_JSON_BYTES
+            data = None if too_big else parse_json(path.read_bytes().decode("utf-8-sig"), display_path(path), "")
         except (WorkbenchError, UnicodeDecodeError, OSError):
             continue
-        sec = section_for(data, source=str(path))
+        sec = section_for(data, source=display_path(path))
         if sec is not None:
-            sec.source = str(path.relative_to(root))
+            sec.source = display_path(path.relative_to(root))
             sections.append(sec)
     if not sections:
-        raise WorkbenchError(f"no workbench results found below {root}; run `workbench demo` or an analysis first.")
+        raise WorkbenchError(
+            f"no workbench results found below {display_path(root)}; run `workbench demo` or an analysis first."
+        )
     return sorted(sections, key=lambda s: (s.order, s.title))
 
 
@@ -107,13 +111,23 @@ def _md_to_html(text: str) -> str:
 def build_report(
     results_dir: "str | Path", out_dir: "str | Path | None" = None, title: str = "workbench report"
 ) -> "tuple[Path, Path]":
-    """Write ``report.html`` and ``report.md`` for the results below ``results_dir`` (into ``out_dir``, default
-    ``results_dir``); returns their paths."""
+    """Write ``report.html`` and ``report.md`` (UTF-8) for the results below ``results_dir`` (into ``out_dir``,
+    default ``results_dir``, created when missing; a failed write leaves no folder it created behind); returns
+    their paths. Text that is not valid UTF-8 (a title with lone surrogates) is written with ``\\x..`` escapes."""
     import plotly.offline
 
-    sections = collect_sections(results_dir)
     out = Path(out_dir or results_dir)
-    md = [f"# {title}", "", f"Generated from {len(sections)} result files below `{Path(results_dir).name}`."]
+    if out.exists() and not out.is_dir():
+        raise WorkbenchError(
+            f"--out {display_path(out)!r} is a file; pass a folder for report.html and report.md (it is created "
+            f"when missing)."
+        )
+    sections = collect_sections(results_dir)
+    md = [
+        f"# {title}",
+        "",
+        f"Generated from {len(sections)} result files below `{display_path(Path(results_dir).name)}`.",
+    ]
     body = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Generated from {len(sections)} result files. Figures are interactive (plotly, inline).</p>",
@@ -137,7 +151,25 @@ def build_report(
         + _CHECK_JS
         + "</body></html>"
     )
+    page_bytes = page.encode("utf-8", "backslashreplace")
+    md_bytes = ("\n".join(md) + "\n").encode("utf-8", "backslashreplace")
     html_path, md_path = out / "report.html", out / "report.md"
-    atomic_file(html_path, lambda p: Path(p).write_text(page))
-    atomic_file(md_path, lambda p: Path(p).write_text("\n".join(md) + "\n"))
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorkbenchError(
+            f"--out {display_path(out)!r} could not be created ({type(e).__name__}: {e.strerror}); pass a folder "
+            f"that can be written."
+        ) from None
+    try:
+        atomic_file(html_path, lambda p: Path(p).write_bytes(page_bytes))
+        atomic_file(md_path, lambda p: Path(p).write_bytes(md_bytes))
+    except BaseException:
+        if created:  # leave no half-written report folder behind
+            for path in (html_path, md_path):
+                path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return html_path, md_path

@@ -4,13 +4,34 @@ Every section's prose is generated from the result (best layer and strength with
 reversal rate, ...); nothing is canned. Figures come from each analysis's own ``plot``.
 """
 
-__all__ = ["Section", "section_for", "CORE_KINDS", "who", "rate_ci"]
+__all__ = ["Section", "section_for", "CORE_KINDS", "ParityResult", "who", "rate_ci"]
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from workbench.errors import WorkbenchError
 from workbench.metrics import wilson
+from workbench.schema import Strict, validate
+
+
+class ParityRowSchema(Strict):
+    """One deployment path's row of a ``parity`` result (``workbench.export.parity.ParityRow.to_dict``)."""
+
+    path: str
+    max_abs_diff: float
+    effect: float
+    off_by_one: "float | None"
+    n_tokens: int
+
+
+class ParityResult(Strict):
+    """A ``parity.json``: the exported edit, one row per deployment path checked, and the paths not run."""
+
+    kind: Literal["parity"]
+    spec: str
+    rows: "list[ParityRowSchema]"
+    refused: "list[str]" = []
 
 
 @dataclass
@@ -136,13 +157,29 @@ def section_for(result: Any, source: str = "<memory>") -> "Section | None":
         from workbench.shipped import check_card
 
         check_card(result, source)
+    if kind == "parity":
+        validate(
+            result,
+            ParityResult,
+            source=source,
+            fix="re-run what wrote it (workbench demo) or move the file out of the results folder.",
+        )
+    writer: Callable[[dict], Any]
     if kind in CORE_KINDS:
-        return CORE_KINDS[kind](result)
-    from workbench import studies
+        writer = CORE_KINDS[kind]
+    else:
+        from workbench import studies
 
+        try:
+            study = studies.get(kind)
+        except WorkbenchError:
+            return None
+        study.result.from_dict(result, source=source)  # refuses a newer schema or a truncated file with the reason
+        writer = study.section
     try:
-        study = studies.get(kind)
-    except WorkbenchError:
-        return None
-    study.result.from_dict(result, source=source)  # refuses a newer schema or a truncated file with the reason
-    return study.section(result)
+        return writer(result)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError) as e:
+        raise WorkbenchError(
+            f"{source}: not a complete {kind} result ({type(e).__name__}: {e}); re-run what wrote it or move the "
+            f"file out of the results folder."
+        ) from None
