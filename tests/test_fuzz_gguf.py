@@ -192,9 +192,11 @@ def test_absurd_scales_are_refused_before_anything_is_written(llama, ckpt_dirs, 
             write_gguf(spec, tmp_path / "cv.gguf")
         with pytest.raises(WorkbenchError, match="scale"):
             bake_hf(spec, ckpt_dirs["llama"], tmp_path / "baked")
-    huge = Spec(
-        (AddDirection(HookSite(1), torch.full((32,), 1e35), 1e4),), models.fingerprint(llama), Provenance("test")
-    )
+    with pytest.raises(WorkbenchError, match="past what float32 holds"):  # the intervention refuses it itself
+        AddDirection(HookSite(1), torch.full((32,), 1e35), 1e4)
+    edit = AddDirection(HookSite(1), torch.full((32,), 1e35), 1.0)
+    object.__setattr__(edit, "scale", 1e4)  # past AddDirection's own check: the writer refuses it too
+    huge = Spec((edit,), models.fingerprint(llama), Provenance("test"))
     with pytest.raises(WorkbenchError, match="overflows float32"):
         write_gguf(huge, tmp_path / "cv.gguf")
     assert list(tmp_path.iterdir()) == []
