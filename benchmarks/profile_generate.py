@@ -97,7 +97,7 @@ def main() -> None:
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     steer = AddDirection(HookSite(layer), v, 1.0)
-    kw = dict(max_new_tokens=args.new, temperature=0.0, stop_at_eos=False)
+    kw = dict(max_new_tokens=args.new, temperature=0.0, stop_at_eos=False, ban_special=False)  # as the HF loop
     gen_kw = dict(max_new_tokens=args.new, do_sample=False, min_new_tokens=args.new, pad_token_id=pad_id_of(model))
     fns = {
         "hf loop": lambda: hf_loop(hf, batch, args.new),
