@@ -20,12 +20,13 @@ import cProfile
 import io
 import os
 import pstats
-import statistics
-import time
+import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
+from _common import interleaved  # noqa: E402
 from transformers import AutoModelForCausalLM, DynamicCache  # noqa: E402
 
 from workbench import models  # noqa: E402
@@ -59,18 +60,6 @@ def hf_loop(hf, batch, new: int, hook=None) -> torch.Tensor:
     finally:
         if handle is not None:
             handle.remove()
-
-
-def timed(fns: dict, reps: int) -> dict:
-    for f in fns.values():
-        f()
-    times: dict = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -109,7 +98,7 @@ def main() -> None:
     same = hf_loop(hf, batch, args.new, (block, add)).tolist() == [
         list(t) for t in generate(model, texts, steer, **kw).tokens
     ]
-    t = timed(fns, args.reps)
+    t = interleaved(fns, reps=args.reps)
     n = args.prompts * args.new
     print(f"## Generation profile: {args.model} ({models.backend_of(model)} backend), {args.prompts} prompts x "
           f"{args.new} new tokens, greedy, {args.threads} thread(s)")  # fmt: skip

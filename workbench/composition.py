@@ -240,14 +240,7 @@ def generate_composed(
             if probes is not None:
                 with applied(model, probe_iv, layout=probes.layout):
                     last = probes.logits()
-                for j in range(k):
-                    a = dynamic_alpha(
-                        last[:b],
-                        last[(j + 1) * b : (j + 2) * b],
-                        top_p=top_p,
-                        alpha_max=float("inf"),
-                        normalisation=normalisation,
-                    )
+                for j, a in enumerate(_step_alphas(last, b, k, top_p, normalisation)):
                     if kl_trace is not None:
                         kl_trace[:, j, step] = a.cpu()
                     steer_a[j][:, step] = a.clamp(0.0, alpha_max).cpu()
@@ -266,6 +259,16 @@ def _repeat(batch: Batch, n: int) -> Batch:
     return Batch(
         batch.tokens.repeat(n, 1), batch.attention_mask.repeat(n, 1), batch.start.repeat(n), batch.end.repeat(n)
     )
+
+
+def _step_alphas(last: torch.Tensor, b: int, k: int, top_p: float, normalisation: str) -> "list[torch.Tensor]":
+    """Each property's uncapped KL alpha for one step, from logits laid out as [unsteered rows, then ``k`` blocks of
+    ``b`` rows probed with one property each]."""
+    return [
+        dynamic_alpha(last[:b], last[(j + 1) * b : (j + 2) * b], top_p=top_p, alpha_max=float("inf"),
+                      normalisation=normalisation)
+        for j in range(k)
+    ]  # fmt: skip
 
 
 def _finish(model: HookedModel, prompts: "list[str]", out: list, used: torch.Tensor, kl) -> Composed:
@@ -292,14 +295,7 @@ def _lagged(model, prompts, properties, batch, k, steps, t_max, alpha_max, top_p
     with torch.no_grad(), applied(model, iv, layout=rows.layout):
         for step in range(t_max):
             last = rows.logits()
-            for j in range(k):
-                a = dynamic_alpha(
-                    last[:b],
-                    last[(j + 1) * b : (j + 2) * b],
-                    top_p=top_p,
-                    alpha_max=float("inf"),
-                    normalisation=normalisation,
-                )
+            for j, a in enumerate(_step_alphas(last, b, k, top_p, normalisation)):
                 kl[:, j, step] = a.cpu()
                 if step + 1 < steps:
                     tables[j][(k + 1) * b :, step + 1] = a.clamp(0.0, alpha_max).cpu()

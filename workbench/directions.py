@@ -43,7 +43,7 @@ from pydantic import Field, field_validator, model_validator
 import workbench
 from workbench.activations import POSITIONS, ActivationSet
 from workbench.errors import WorkbenchError
-from workbench.io import atomic_dir, read_tensor_file, sha256_file, write_json, write_tensors
+from workbench.io import atomic_dir, sha256_file, write_json, write_tensors
 from workbench.manifests import (
     RESIDUAL_KINDS,
     Checksum,
@@ -56,7 +56,7 @@ from workbench.manifests import (
     read_folder,
 )
 from workbench.models import Fingerprint, HookedModel, fingerprint
-from workbench.schema import Strict, validate
+from workbench.schema import Strict
 from workbench.sites import HookSite
 
 Method = Literal["mean", "pca", "probe"]
@@ -352,21 +352,12 @@ class DirectionSet:
     @classmethod
     def load(cls, folder: "str | Path", model: "HookedModel | None" = None) -> "DirectionSet":
         """Read and check a saved set; with ``model``, check the fingerprint and widths against it."""
-        folder = Path(folder)
-        fix = "pass the --out of `workbench directions`, or recompute the directions."
-        raw, tensor_path = read_folder(folder, MANIFEST, TENSORS, what="directions", fix=fix)
-        where = f"{folder}/{MANIFEST}"
-        if not isinstance(raw, dict) or raw.get("kind") != "directions":
-            got = raw.get("kind") if isinstance(raw, dict) else type(raw).__name__
-            raise WorkbenchError(f"{where} is not a directions manifest (kind={got!r}); {fix}")
-        version = raw.get("schema_version")
-        if type(version) is not int or version != SCHEMA_VERSION:
-            raise WorkbenchError(
-                f"{where}: schema_version {version!r} is not supported (this workbench reads "
-                f"{SCHEMA_VERSION}); recompute the directions with this version."
-            )
-        m = validate(raw, DirectionsManifest, source=where, fix="recompute the directions with the workbench.")
-        tensors, digest = read_tensor_file(tensor_path)
+        m, _, tensors, digest, where = read_folder(
+            folder, MANIFEST, TENSORS, DirectionsManifest, what="directions",
+            tag=("kind", "directions", "directions manifest"),
+            version=SCHEMA_VERSION, fix="pass the --out of `workbench directions`, or recompute the directions.",
+            redo="recompute the directions",
+        )  # fmt: skip
         fp = Fingerprint(**m.model.model_dump())
         dirs = []
         for i, e in enumerate(m.directions):

@@ -170,27 +170,9 @@ def write_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], met
     atomic_file(Path(path), lambda p: save_file(clean, p, metadata=metadata))
 
 
-def _tensor_bytes(path: str | os.PathLike) -> bytes:
-    p = Path(path)
-    fix = "re-export it."
-    if p.is_dir():
-        raise WorkbenchError(f"{str(p)!r} is a directory; expected a safetensors file. {fix}")
-    if not p.exists():
-        raise WorkbenchError(f"{str(p)!r} does not exist; expected a safetensors file written by the workbench. {fix}")
-    if not p.is_file():
-        raise WorkbenchError(f"{str(p)!r} is not a regular file (a FIFO or device?); expected a safetensors file.")
-    size = p.stat().st_size
-    if size > MAX_TENSOR_BYTES:
-        raise WorkbenchError(f"{str(p)!r} is {size} bytes, more than the {MAX_TENSOR_BYTES} a tensor file may have.")
-    try:
-        return p.read_bytes()
-    except OSError as e:
-        raise WorkbenchError(f"{str(p)!r} could not be read ({type(e).__name__}: {e.strerror}). {fix}") from None
-
-
 def read_tensor_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], str]:
     """A safetensors file's tensors and the sha256 of its bytes (one read: what is hashed is what is parsed)."""
-    data = _tensor_bytes(path)
+    data = schema.read_file_bytes(path, expected="a safetensors file", limit=MAX_TENSOR_BYTES, fix="Re-export it.")
     try:
         tensors = load(data)
     except (SafetensorError, ValueError, RuntimeError, TypeError, OverflowError) as e:

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import torch
 from pydantic import BeforeValidator, Field, WrapValidator, model_validator
@@ -278,9 +278,26 @@ class SpecManifest(Strict):
         return self
 
 
-def read_folder(folder: "str | Path", manifest: str, tensors: str, *, what: str, fix: str) -> tuple[Any, Path]:
-    """The parsed JSON manifest of a ``what`` folder and the path of its tensor file; a missing folder, a file in
-    its place or a manifest that is not a readable JSON file is one WorkbenchError naming it and ``fix``."""
+M = TypeVar("M", bound=Strict)
+
+
+def read_folder(
+    folder: "str | Path",
+    manifest: str,
+    tensors: str,
+    schema: "type[M]",
+    *,
+    what: str,
+    tag: "tuple[str, str, str]",
+    version: int,
+    fix: str,
+    redo: str,
+) -> "tuple[M, dict, dict[str, torch.Tensor], str, str]":
+    """A ``what`` folder's manifest, checked: its ``tag`` (key, value, what a manifest without it is not), its
+    ``schema_version`` and ``schema``; and
+    its tensor file read once with its sha256. Returns ``(manifest, the parsed JSON, tensors, sha256, where)``;
+    a missing folder, a file in its place, a manifest of another kind or version, or one ``schema`` refuses is one
+    WorkbenchError naming it and ``fix`` (``redo``: how to write the folder again)."""
     folder = Path(folder)
     if folder.is_file():
         raise WorkbenchError(f"{str(folder)!r} is a file, not a {what} folder; {fix}")
@@ -288,8 +305,21 @@ def read_folder(folder: "str | Path", manifest: str, tensors: str, *, what: str,
         raise WorkbenchError(f"{str(folder)!r} is a special file (a FIFO or device?), not a {what} folder; {fix}")
     if not folder.is_dir():
         raise WorkbenchError(f"{str(folder)!r} is not a {what} folder (it does not exist); {fix}")
-    data = read_json(folder / manifest, fix=fix)
-    return data, folder / tensors
+    raw = read_json(folder / manifest, fix=fix)
+    where = f"{folder}/{manifest}"
+    key, value, noun = tag
+    if not isinstance(raw, dict) or raw.get(key) != value:
+        got = raw.get(key) if isinstance(raw, dict) else type(raw).__name__
+        raise WorkbenchError(f"{where} is not a {noun} ({key}={got!r}); {fix}")
+    got_version = raw.get("schema_version")
+    if type(got_version) is not int or got_version != version:
+        raise WorkbenchError(
+            f"{where}: schema_version {got_version!r} is not supported (this workbench reads {version}); "
+            f"{redo} with this version."
+        )
+    m = validate(raw, schema, source=where, fix=f"{redo} with the workbench.")
+    data, digest = read_tensor_file(folder / tensors)
+    return m, raw, data, digest, where
 
 
 def check_tensor(
@@ -342,21 +372,11 @@ def read_spec_folder(folder: "str | Path") -> "tuple[SpecManifest, dict, list[di
     """A spec folder read and checked without a model: the validated manifest, the manifest as parsed JSON, and
     each intervention's tensors by name. Every failure is one WorkbenchError naming the file, the field and the
     fix."""
-    folder = Path(folder)
-    fix = "pass the --out of `workbench export --format spec`, or re-export it."
-    raw, tensor_path = read_folder(folder, SPEC_MANIFEST, SPEC_TENSORS, what="spec", fix=fix)
-    where = f"{folder}/{SPEC_MANIFEST}"
-    if not isinstance(raw, dict) or raw.get("format") != SPEC_FORMAT:
-        got = raw.get("format") if isinstance(raw, dict) else type(raw).__name__
-        raise WorkbenchError(f"{where} is not a workbench intervention spec (format={got!r}); {fix}")
-    version = raw.get("schema_version")
-    if type(version) is not int or version != SPEC_SCHEMA_VERSION:
-        raise WorkbenchError(
-            f"{where}: schema_version {version!r} is not supported (this workbench reads "
-            f"{SPEC_SCHEMA_VERSION}); re-export the spec with this version."
-        )
-    m = validate(raw, SpecManifest, source=where, fix="re-export the spec with the workbench.")
-    tensors, digest = read_tensor_file(tensor_path)
+    m, raw, tensors, digest, where = read_folder(
+        folder, SPEC_MANIFEST, SPEC_TENSORS, SpecManifest, what="spec",
+        tag=("format", SPEC_FORMAT, "workbench intervention spec"), version=SPEC_SCHEMA_VERSION,
+        fix="pass the --out of `workbench export --format spec`, or re-export it.", redo="re-export the spec",
+    )  # fmt: skip
     d = m.model.d_model
     out: list[dict[str, torch.Tensor]] = []
     for i, e in enumerate(m.interventions):

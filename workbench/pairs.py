@@ -17,7 +17,6 @@ Errors name the file, the line (or the array item), the field and the fix.
 __all__ = ["ContrastPair", "ContrastPairs", "PairRecord", "ABRecord", "load_pairs", "join"]
 
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -27,7 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from workbench.errors import WorkbenchError
 from workbench.io import sha256_json
-from workbench.schema import MAX_JSON_BYTES, Strict, parse_json, validate
+from workbench.schema import MAX_JSON_BYTES, Strict, parse_json, read_file_bytes, validate
 
 _AB_KEYS = ("question", "answer_matching_behavior", "answer_not_matching_behavior")
 _FIX = 'write each record as {"positive": "...", "negative": "..."[, "prompt": "..."]} or a CAA A/B item.'
@@ -181,29 +180,10 @@ def _parse_item(obj: object, where: str, line: "int | None" = None) -> ContrastP
 
 def _read_text(p: Path) -> str:
     """The text of a pairs file: a regular file of at most ``MAX_JSON_BYTES``, UTF-8 with or without a BOM."""
-    fix = "pass a JSONL file of contrast pairs."
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise WorkbenchError(f"pairs file {str(p)!r} does not exist; {fix}") from None
-    except (OSError, ValueError) as e:
-        raise WorkbenchError(f"pairs file {str(p)!r} cannot be read ({e}); {fix}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise WorkbenchError(f"pairs file {str(p)!r} is a directory; {fix}")
-    if stat.S_ISFIFO(st.st_mode):
-        raise WorkbenchError(f"pairs file {str(p)!r} is a FIFO (named pipe), which is read only once; {fix}")
-    if not stat.S_ISREG(st.st_mode):
-        raise WorkbenchError(f"pairs file {str(p)!r} is not a regular file (a device or socket?); {fix}")
-    too_big = f"pairs file {str(p)!r} is larger than {MAX_JSON_BYTES} bytes; split it into several files."
-    if st.st_size > MAX_JSON_BYTES:
-        raise WorkbenchError(too_big)
-    try:
-        with open(p, "rb") as f:
-            data = f.read(MAX_JSON_BYTES + 1)
-    except OSError as e:
-        raise WorkbenchError(f"pairs file {str(p)!r} cannot be read ({e.strerror}); {fix}") from None
-    if len(data) > MAX_JSON_BYTES:
-        raise WorkbenchError(too_big)
+    data = read_file_bytes(
+        p, expected="a JSONL file of contrast pairs", limit=MAX_JSON_BYTES, fix="Split a larger file into several.",
+        name=f"pairs file {str(p)!r}",
+    )  # fmt: skip
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

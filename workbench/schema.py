@@ -13,6 +13,7 @@ __all__ = [
     "Strict",
     "validate",
     "read_json",
+    "read_file_bytes",
     "parse_json",
     "field_path",
     "MAX_JSON_BYTES",
@@ -26,6 +27,7 @@ __all__ = [
 import json
 import math
 import os
+import stat
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -125,26 +127,47 @@ def parse_json(text: str, source: str, fix: str) -> Any:
         raise WorkbenchError(f"{source}: not valid JSON ({e}); {fix}") from None
 
 
+def read_file_bytes(
+    path: "str | os.PathLike", *, expected: str, limit: int, fix: str, name: "str | None" = None
+) -> bytes:
+    """The bytes of the regular file ``path`` (shown as ``name``, default its quoted path), read only after its
+    kind and size are checked: a missing file, a directory, a FIFO or device, or one larger than ``limit`` bytes
+    is one WorkbenchError naming what it is, what was ``expected`` and the ``fix``."""
+    p = Path(path)
+    shown = name or repr(str(p))
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise WorkbenchError(f"{shown} does not exist; expected {expected}. {fix}") from None
+    except (OSError, ValueError) as e:
+        raise WorkbenchError(f"{shown} could not be read ({e}); expected {expected}. {fix}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise WorkbenchError(f"{shown} is a directory; expected {expected}. {fix}")
+    if not stat.S_ISREG(st.st_mode):
+        what = ": it is a FIFO, which can be read only once" if stat.S_ISFIFO(st.st_mode) else ""
+        raise WorkbenchError(f"{shown} is not a regular file (a FIFO or device?){what}; expected {expected}. {fix}")
+    too_big = f"{shown} is larger than {limit} bytes; expected {expected}. {fix}"
+    if st.st_size > limit:
+        raise WorkbenchError(too_big)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)  # a file that grew since the stat is still bounded
+    except OSError as e:
+        raise WorkbenchError(f"{shown} could not be read ({type(e).__name__}: {e.strerror}). {fix}") from None
+    if len(data) > limit:
+        raise WorkbenchError(too_big)
+    return data
+
+
 def read_json(path: "str | os.PathLike", *, fix: str = "re-create it with the workbench.") -> Any:
     """Read a JSON file: it must be a regular file of at most ``MAX_JSON_BYTES``, UTF-8 (a BOM is accepted), not
     nested deeper than ``MAX_DEPTH``."""
-    p = Path(path)
-    if p.is_dir():
-        raise WorkbenchError(f"{str(p)!r} is a directory; expected a JSON file. {fix}")
-    if not p.exists():
-        raise WorkbenchError(f"{str(p)!r} does not exist; expected a JSON file. {fix}")
-    if not p.is_file():
-        raise WorkbenchError(f"{str(p)!r} is not a regular file (a FIFO or device?); expected a JSON file. {fix}")
-    size = p.stat().st_size
-    if size > MAX_JSON_BYTES:
-        raise WorkbenchError(f"{str(p)!r} is {size} bytes, more than the {MAX_JSON_BYTES} a JSON file may have. {fix}")
+    data = read_file_bytes(path, expected="a JSON file", limit=MAX_JSON_BYTES, fix=fix)
     try:
-        text = p.read_bytes().decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise WorkbenchError(f"{str(p)!r} is not UTF-8 (byte {e.start}). {fix}") from None
-    except OSError as e:
-        raise WorkbenchError(f"{str(p)!r} could not be read ({type(e).__name__}: {e.strerror}). {fix}") from None
-    return parse_json(text, repr(str(p)), fix)
+        raise WorkbenchError(f"{str(path)!r} is not UTF-8 (byte {e.start}). {fix}") from None
+    return parse_json(text, repr(str(path)), fix)
 
 
 def validate(data: Any, schema: "type[T]", *, source: str, fix: str) -> T:

@@ -48,7 +48,7 @@ from workbench.interventions import AddDirection
 from workbench.io import atomic_file, display_path
 from workbench.manifests import FingerprintModel, ProvenanceModel
 from workbench.models import Fingerprint, HookedModel, fingerprint
-from workbench.schema import MAX_SCALE, Sha256, Strict, parse_json, validate
+from workbench.schema import MAX_SCALE, Sha256, Strict, parse_json, read_file_bytes, validate
 from workbench.sites import HookSite
 
 #: ``controlvector.model_hint`` per architecture: llama.cpp's name for it (free text; llama.cpp does not check it).
@@ -370,18 +370,9 @@ def read_gguf(path: "str | Path", model: "HookedModel | None" = None, *, fp: "Fi
     """
     path = Path(path)
     where = str(path)
-    if path.is_dir():
-        raise WorkbenchError(f"{where!r} is a directory; pass a .gguf control vector file.")
-    if not path.exists():
-        raise WorkbenchError(f"{where!r} does not exist; pass a .gguf control vector file.")
-    if not path.is_file():
-        raise WorkbenchError(f"{where!r} is not a regular file (a FIFO or device?); pass a .gguf control vector file.")
-    if path.stat().st_size > MAX_GGUF_BYTES:
-        raise WorkbenchError(f"{where!r} is larger than {MAX_GGUF_BYTES} bytes; it is not a control vector file.")
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise WorkbenchError(f"{where!r} could not be read ({type(e).__name__}: {e.strerror}).") from None
+    raw = read_file_bytes(
+        path, expected="a .gguf control vector file", limit=MAX_GGUF_BYTES, fix="Pass a .gguf control vector file."
+    )
     try:
         g = _parse(raw)
     except _Corrupt as e:

@@ -19,7 +19,7 @@ from pathlib import Path
 from workbench.errors import WorkbenchError
 from workbench.io import atomic_file, display_path
 from workbench.report.sections import Section, section_for
-from workbench.schema import MAX_JSON_BYTES, parse_json
+from workbench.schema import read_json
 
 _STATUS_JS = """
 <script>
@@ -59,9 +59,8 @@ def collect_sections(results_dir: "str | Path") -> "list[Section]":
         if "figures" in path.parts or path.name.startswith("."):
             continue
         try:  # a JSON file that is not a workbench result (or not JSON at all) is not part of the report
-            too_big = path.stat().st_size > MAX_JSON_BYTES
-            data = None if too_big else parse_json(path.read_bytes().decode("utf-8-sig"), display_path(path), "")
-        except (WorkbenchError, UnicodeDecodeError, OSError):
+            data = read_json(path)
+        except WorkbenchError:
             continue
         sec = section_for(data, source=display_path(path))
         if sec is not None:
