@@ -7,6 +7,7 @@ padding costs little, and every row is reduced over its own real tokens, so left
 
 __all__ = ["PositionName", "Span", "ActivationSet", "collect", "collect_pairs", "pair_spans"]
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,10 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from workbench import plain
 from workbench.errors import WorkbenchError
-from workbench.hooks import captured
+from workbench.generate import ENGINES, Engine
+from workbench.hooks import Capture, applied
 from workbench.models import Fingerprint, HookedModel, fingerprint, tokenization_of
 from workbench.pairs import ContrastPairs
 from workbench.sites import HookSite, layer_sites
@@ -38,8 +41,14 @@ def collect(
     padding: str = "right",
     progress: bool = True,
     desc: str = "collecting",
+    engine: Engine = "auto",
 ) -> Float[torch.Tensor, "site n width"]:
-    """Mean activation over ``spans[i]`` of token sequence ``seqs[i]`` at each site (flattened width)."""
+    """Mean activation over ``spans[i]`` of token sequence ``seqs[i]`` at each site (flattened width).
+
+    ``engine`` as in ``workbench.generate``: on the bridge the forwards run on the plain Hugging Face twin where every
+    site is a module boundary (``workbench.plain``), else through the backend."""
+    if engine not in ENGINES:
+        raise WorkbenchError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
     if len(seqs) != len(spans):
         raise WorkbenchError(f"got {len(seqs)} sequences but {len(spans)} spans; give one span per sequence.")
     if not sites:
@@ -62,7 +71,17 @@ def collect(
         return torch.einsum("bp,bp...->b...", weights.to(x), x).detach().float()
 
     chunks = list(batched(len(order), batch_size))
-    with torch.no_grad(), captured(model, sites, reduce=span_mean) as rec:
+    cap = Capture(sites, span_mean)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
+        twin = stack.enter_context(plain.attached(model, cap)) if engine != "backend" else None
+        if twin is None:
+            if engine == "plain":
+                raise WorkbenchError(
+                    "engine='plain' needs the bridge backend and sites at block inputs/outputs or, on sequential "
+                    "pre-norm families, attn_out / mlp_out / z / mlp_post; use engine='auto'."
+                )
+            stack.enter_context(applied(model, cap))
         for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
             rows = [order[i] for i in chunk]
             batch = make_batch([seqs[r] for r in rows], pad, padding)
@@ -70,13 +89,13 @@ def collect(
             for j, r in enumerate(rows):
                 a, b = spans[r]
                 weights[j, batch.start[j] + a : batch.start[j] + b] = 1.0 / (b - a)
-            model(
-                batch.tokens.to(model.cfg.device),
-                attention_mask=batch.attention_mask.to(model.cfg.device),
-                stop_at_layer=stop,
-            )
+            tokens, mask = batch.tokens.to(model.cfg.device), batch.attention_mask.to(model.cfg.device)
+            if twin is not None:
+                plain.forward(twin, tokens, mask, stop_at_layer=stop)
+            else:
+                model(tokens, attention_mask=mask, stop_at_layer=stop)
             for k, site in enumerate(sites):
-                out[k, rows] = rec[site].reshape(len(rows), -1).cpu()
+                out[k, rows] = cap.out[site].reshape(len(rows), -1).cpu()
     return out
 
 

@@ -2,7 +2,9 @@
 many texts.
 
 The interventions see the batch's ``TokenLayout`` (every real token is a prompt token), so their position
-policies mean the same here as in generation. Gradients follow the caller's mode (``torch.no_grad()`` or not).
+policies mean the same here as in generation. Gradients follow the caller's mode (``torch.no_grad()`` or not). On
+the bridge the forward runs on the plain Hugging Face twin where every hook sits on a module boundary
+(``workbench.plain``), else through the backend.
 """
 
 __all__ = ["batch_logits", "last_logits"]
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float
 
+from workbench import plain
 from workbench.errors import WorkbenchError
 from workbench.hooks import Intervention, applied
 from workbench.models import HookedModel
@@ -26,8 +29,14 @@ def batch_logits(
     ``layout`` overrides the batch's own (e.g. to mark where each row's prompt ends)."""
     layout = TokenLayout(batch.start, batch.end) if layout is None else layout
     dev = model.cfg.device
+    tokens, mask = batch.tokens.to(dev), batch.attention_mask.to(dev)
+    with plain.attached(model, *interventions, layout=layout) as twin:
+        if twin is not None:
+            logits, _ = plain.forward(twin, tokens, mask)
+            assert logits is not None
+            return logits
     with applied(model, *interventions, layout=layout):
-        return model(batch.tokens.to(dev), attention_mask=batch.attention_mask.to(dev))
+        return model(tokens, attention_mask=mask)
 
 
 def last_logits(

@@ -4,23 +4,35 @@ Prompts are left-padded into one batch; a ``TokenLayout`` tracks absolute positi
 (``all`` / ``from`` / ``generated``) mean the same with and without the cache. ``Decoder`` is the decoding state
 every generation loop steps (also ``workbench.composition``'s); ``generate_at_strengths`` runs several strengths
 of one intervention in a single batch (one row per prompt and strength).
+
+On the bridge backend, generation runs on the plain Hugging Face twin of the model with the interventions as
+ordinary forward hooks (``workbench.plain``) wherever every hook sits on a module boundary, and through the backend
+otherwise (``engine="backend"`` forces it); both compute the same function (to float rounding).
 """
 
-__all__ = ["Generation", "Decoder", "generate", "generate_at_strengths"]
+__all__ = ["Generation", "Decoder", "Engine", "generate", "generate_at_strengths"]
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 
+from workbench import plain
 from workbench.errors import WorkbenchError
-from workbench.hooks import applied
-from workbench.interventions import AddDirection, Intervention
+from workbench.hooks import Intervention, applied
+from workbench.interventions import AddDirection
 from workbench.models import HookedModel, forward_step, tokenizer_of
 from workbench.positions import TokenLayout
 from workbench.tokens import Batch, make_batch, pad_id_of, tokenize
+
+#: ``auto``: the plain twin where the hooks allow, else the backend; ``plain``: the twin or an error; ``backend``:
+#: the TransformerLens model itself.
+Engine = Literal["auto", "plain", "backend"]
+ENGINES: tuple[str, ...] = ("auto", "plain", "backend")
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,11 +50,12 @@ class Decoder:
 
     ``logits()`` runs one forward over the tokens added since the last call (with ``use_cache=False``: over the
     whole prefix) and returns each row's next-token logits; ``append(next_tokens)`` extends every row by one.
-    Hooks attached around ``logits()`` with ``layout=decoder.layout`` see absolute positions either way.
+    Hooks attached around ``logits()`` with ``layout=decoder.layout`` see absolute positions either way;
+    ``steered(*interventions)`` attaches them where the decoder runs (the plain twin or the backend).
 
     Example:
         >>> dec = Decoder(model, make_batch(seqs, pad_id_of(model), "left"))
-        >>> with torch.no_grad(), applied(model, *interventions, layout=dec.layout):
+        >>> with torch.no_grad(), dec.steered(*interventions):
         ...     for _ in range(8):
         ...         dec.append(dec.logits().argmax(-1))
     """
@@ -53,16 +66,50 @@ class Decoder:
         self.layout = TokenLayout(batch.start, batch.end)
         self.tokens, self.mask = batch.tokens.to(device), batch.attention_mask.to(device)
         self.new = self.tokens  # the tokens the next forward has not seen yet
-        self.state = None
+        self.state: Any = None
+        self.twin: torch.nn.Module | None = None  # set inside steered() when the plain twin runs
+
+    @contextlib.contextmanager
+    def steered(self, *interventions: Intervention, engine: Engine = "auto") -> Iterator["Decoder"]:
+        """Attach ``interventions`` for the block, on the plain twin (``engine`` auto / plain) or the backend."""
+        if engine not in ENGINES:
+            raise WorkbenchError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
+        if self.state is not None:
+            raise WorkbenchError("steered() must wrap the whole decode: this decoder has already run a step.")
+        if engine != "backend":
+            with plain.attached(self.model, *interventions, layout=self.layout) as twin:
+                if twin is not None:
+                    self.twin = twin
+                    try:
+                        yield self
+                    finally:
+                        self.twin = None
+                    return
+        if engine == "plain":
+            raise WorkbenchError(
+                "engine='plain' needs the bridge backend and edits at block inputs/outputs or, on sequential "
+                "pre-norm families, attn_out / mlp_out / z / mlp_post; use engine='auto'."
+            )
+        with applied(self.model, *interventions, layout=self.layout):
+            yield self
 
     def logits(self) -> Float[torch.Tensor, "batch d_vocab"]:
         """Next-token logits (float32) of every row."""
         if self.use_cache:
             self.layout.offset = self.tokens.shape[1] - self.new.shape[1]
-            logits, self.state = forward_step(self.model, self.new, self.mask, self.state)
+            if self.twin is not None:
+                logits, self.state = plain.forward(
+                    self.twin, self.new, self.mask, self.state, use_cache=True, last_only=True
+                )
+            else:
+                logits, self.state = forward_step(self.model, self.new, self.mask, self.state)
         else:
             self.layout.offset = 0
-            logits, _ = forward_step(self.model, self.tokens, self.mask, use_cache=False)
+            if self.twin is not None:
+                logits, _ = plain.forward(self.twin, self.tokens, self.mask, last_only=True)
+            else:
+                logits, _ = forward_step(self.model, self.tokens, self.mask, use_cache=False)
+        assert logits is not None
         return logits[:, -1].float()
 
     def append(self, next_tokens: torch.Tensor) -> None:
@@ -103,6 +150,8 @@ def generate(
     stop_at_eos: bool = True,
     use_cache: bool = True,
     return_logits: bool = False,
+    on_step: "Callable[[torch.Tensor], None] | None" = None,
+    engine: Engine = "auto",
 ) -> Generation:
     """Sample continuations of ``prompts`` with ``interventions`` applied at every step.
 
@@ -112,6 +161,10 @@ def generate(
         ban_special: never sample padding or BOS tokens (unless they double as EOS).
         use_cache: KV-cached decoding (False recomputes the whole prefix each step; same result).
         return_logits: keep the raw next-token logits of every step.
+        on_step: called after every step with that step's token of each row (``[batch]`` on the CPU; a finished row
+            repeats EOS), e.g. to stream; an exception it raises stops generation and propagates.
+        engine: where the forward runs (``Engine``): the plain Hugging Face twin where possible (default), or the
+            backend.
     """
     if isinstance(prompts, str) or not prompts:
         raise WorkbenchError("prompts must be a non-empty list of strings (wrap a single prompt in a list).")
@@ -127,6 +180,8 @@ def generate(
         raise WorkbenchError(
             f"need temperature 0 (greedy) or >= 1e-3, 0 < top_p <= 1, top_k >= 1; got {temperature}, {top_p}, {top_k}."
         )
+    if engine not in ENGINES:
+        raise WorkbenchError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
     tok = tokenizer_of(model)
     device = model.cfg.device
     seqs = [tokenize(model, p) for p in prompts]
@@ -144,10 +199,10 @@ def generate(
     done = torch.zeros(len(seqs), dtype=torch.bool, device=device)
     out: list[torch.Tensor] = []
     steps: list[torch.Tensor] = []
-    with torch.no_grad(), applied(model, *interventions, layout=dec.layout):
+    with torch.no_grad(), dec.steered(*interventions, engine=engine):
         for _ in range(max_new_tokens):
             last = dec.logits()
-            if not bool(torch.isfinite(last).all()):
+            if not math.isfinite(float(last.sum())) and not bool(torch.isfinite(last).all()):
                 raise WorkbenchError(
                     f"the model produced non-finite logits at step {len(out) + 1}; the edit is too strong for it "
                     f"(lower the scale)."
@@ -161,6 +216,8 @@ def generate(
             if eos is not None and stop_at_eos:
                 nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             out.append(nxt.cpu())
+            if on_step is not None:
+                on_step(out[-1])
             dec.append(nxt)
             if eos is not None and stop_at_eos:
                 done |= nxt == eos

@@ -7,7 +7,7 @@ an intervention that edits nothing; on a hook point it runs after every editing 
 as edited.
 """
 
-__all__ = ["HookFn", "Intervention", "applied", "Capture", "captured", "capture_hook"]
+__all__ = ["HookFn", "Intervention", "applied", "ordered_hooks", "Capture", "captured", "capture_hook"]
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
@@ -42,18 +42,26 @@ def applied(
         >>> with applied(model, AddDirection(HookSite(3), v, scale=4.0)):
         ...     logits = model(tokens)
     """
+    fwd_hooks = ordered_hooks(model, *interventions, layout=layout)
+    if not fwd_hooks:
+        yield model
+        return
+    with model.hooks(fwd_hooks=fwd_hooks):
+        yield model
+
+
+def ordered_hooks(
+    model: HookedModel, *interventions: Intervention, layout: "TokenLayout | None" = None
+) -> list[tuple[str, HookFn]]:
+    """Every intervention's ``(hook name, fn)``, validated, in the order they must run: on one hook point, editing
+    hooks before capture hooks, so a capture sees the edited activation."""
     fwd_hooks = []
     for iv in interventions:
         if not isinstance(iv, Intervention):
             raise WorkbenchError(f"expected an intervention with to_hooks(model), got {type(iv).__name__}.")
         fwd_hooks.extend(iv.to_hooks(model, layout))  # validates; raises before anything is attached
-    if not fwd_hooks:
-        yield model
-        return
-    # hooks on one point run in order: editing hooks first, so a capture hook sees the edited activation
     fwd_hooks.sort(key=lambda nh: bool(getattr(nh[1], "workbench_capture", False)))
-    with model.hooks(fwd_hooks=fwd_hooks):
-        yield model
+    return fwd_hooks
 
 
 def capture_hook(

@@ -44,9 +44,12 @@ __all__ = [
     "default_backend",
     "weights_hash",
     "transformer_lens_model",
+    "plain_twin",
+    "PlainTwin",
 ]
 
 import contextlib
+import copy
 import hashlib
 import importlib
 import io
@@ -188,6 +191,44 @@ def source_of(model: "HookedModel") -> "str | None":
 
 def tokenization_of(model: "HookedModel") -> Tokenization:
     return info(model).tokenization
+
+
+@dataclass(frozen=True, eq=False)
+class PlainTwin:
+    """The Hugging Face module tree a bridge was built from, unwrapped, sharing every parameter and buffer with it.
+
+    Where the bridge splits a fused weight (GPT-2's ``c_attn``, GPT-NeoX's ``query_key_value``, Phi-3's ``qkv_proj``
+    and ``gate_up_proj``) into copies of its own, ``frozen`` holds every parameter of both with its version counter
+    at load time: the twin equals the bridge only while none has changed."""
+
+    module: torch.nn.Module
+    frozen: "tuple[tuple[torch.Tensor, int], ...] | None" = None
+    own_hooks: int = 0  # hooks the bridge keeps on its hook points by itself (OPT's MLP wiring)
+
+    def current(self, bridge: Any) -> bool:
+        """Whether the twin still computes what ``bridge`` computes: same parameter objects, no split copy changed,
+        and no hook attached to the bridge's hook points beyond its own (``hooks.applied`` around the call)."""
+        if self.frozen is not None and not all(p._version == v for p, v in self.frozen):
+            return False
+        if self.frozen is None and {id(p) for p in self.module.parameters()} != {id(p) for p in bridge.parameters()}:
+            return False
+        return hook_point_hooks(bridge) == self.own_hooks
+
+
+def hook_point_hooks(model: Any) -> int:
+    """How many forward hooks are attached to ``model``'s hook points (aliases counted once)."""
+    unique = {id(h): h for h in model.hook_dict.values()}
+    return sum(len(h._forward_hooks) + len(h._forward_pre_hooks) for h in unique.values())
+
+
+_TWIN: "weakref.WeakKeyDictionary[Any, PlainTwin]" = weakref.WeakKeyDictionary()
+
+
+def plain_twin(model: "HookedModel") -> "torch.nn.Module | None":
+    """The plain Hugging Face twin of the bridge ``model`` (``PlainTwin``; ``workbench.plain`` runs it), or None on
+    the hooked backend and where the twin no longer computes what the model computes."""
+    twin = _TWIN.get(model)
+    return twin.module if twin is not None and twin.current(model) else None
 
 
 # ---------------------------------------------------------------------------------------------------- backends
@@ -530,7 +571,14 @@ def transformer_lens_model(
     if backend == "bridge":
         from transformer_lens.model_bridge import TransformerBridge
 
-        return TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok, device=device, dtype=dtype)
+        shared = {id(t): t for t in (*hf.parameters(), *hf.buffers())}
+        twin = copy.deepcopy(hf, shared)  # the module tree before the bridge wraps it in place; no weight is copied
+        model = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tok, device=device, dtype=dtype)
+        mine = {id(p) for p in twin.parameters()}
+        split = [p for p in model.parameters() if id(p) not in mine]
+        frozen = tuple((p, p._version) for p in (*twin.parameters(), *split)) if split else None
+        _TWIN[model] = PlainTwin(twin, frozen, hook_point_hooks(model))
+        return model
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(**_HOOKED_CONFIG[arch](hf.config), device=device, dtype=dtype)
