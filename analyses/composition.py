@@ -1,9 +1,10 @@
 """DAC on the toy world: property accuracy and fluency cost per strength strategy, one and two properties.
 
 In-context vectors come from ``n_icl`` parallel 4-shot prompts with the target value vs the source value
-(``workbench.toy.prompts.few_shot_prompts``, same seed: identical texts but for the attribute). Test prompts are
-short prompts (persona + one sentence) showing the *source* value, so the zero-shot model continues in it.
-Decoding is greedy, as the seed's.
+(``workbench.toy.prompts.few_shot_prompts``, same seed: identical texts but for the attribute), decoded by plain
+greedy argmax as the seed's extraction (``ban_special`` bans padding/BOS there instead). Test prompts are short
+prompts (persona + one sentence) showing the *source* value, so the zero-shot model continues in it. Steered
+decoding is greedy and bans nothing, as the seed's.
 
 Per strategy (fixed alphas, start, diminishing, dynamic, and dynamic with the one-pass lagged timing) and
 property set:
@@ -13,8 +14,15 @@ property set:
   ICL model's own continuation teacher-forced through the steered zero-shot model, minus the ICL model's
   perplexity on it (the ICL reference: the 4-shot prompt with the target value(s) before the test prompt);
   like the exact evaluators, it stops where the continuation opens another (catalogue) document, whose table
-  values no context predicts (``workbench.toy.evaluate.own_document``);
+  values no context predicts (``workbench.toy.evaluate.own_document``). The ICL reference is decoded with
+  padding/BOS banned, unlike the seed's: the toy few-shot context ends at a document boundary, so an unbanned
+  argmax opens a new document at once for most prompts (29-37 of 50 per group on toy-m) and leaves no continuation
+  to score;
 * for ``dynamic``: the per-step alpha traces (mean over prompts).
+
+The dynamic strategies run once per KL normalisation of ``normalisations``: ``none`` (the plain KL on the
+renormalised nucleus) and ``seed`` (that KL divided by the nucleus size |S|, as the DAC code's
+``F.kl_div(..., reduction='batchmean')`` on a 1-D tensor computes it).
 """
 
 __all__ = ["Config", "Result", "run", "plot", "section", "summary", "PAIRS", "STUDY"]
@@ -57,10 +65,14 @@ class Config:
     """Cap of the dynamic strategy's per-step alpha."""
     top_p: float = 0.9
     """Nucleus the dynamic KL is computed on."""
-    normalisation: Literal["none", "seed"] = "none"
-    """'seed' divides the KL by the nucleus size |S| as the DAC code does."""
+    normalisations: "tuple[Literal['none', 'seed'], ...]" = ("none", "seed")
+    """KL normalisations of the dynamic strategies, each run: none (plain KL) and seed (KL divided by the nucleus
+    size |S|, as the DAC code computes it)."""
     kind: Literal["z", "resid_post"] = "z"
     """Site of the in-context vectors: attention head outputs (z) or the block output."""
+    ban_special: bool = False
+    """Ban padding and BOS tokens in the in-context vectors' greedy extraction (default: no ban, as the seed's
+    extraction and the steered decoding)."""
     n_icl: int = 30
     """In-context prompts per property the vectors are extracted from."""
     n_test: int = 50
@@ -79,6 +91,10 @@ class Config:
             raise WorkbenchError("every property of a pair must also be in properties.")
         if self.kind not in ("z", "resid_post"):
             raise WorkbenchError(f"kind must be 'z' or 'resid_post', got {self.kind!r}.")
+        norms = tuple(self.normalisations)
+        if not norms or any(n not in ("none", "seed") for n in norms) or len(set(norms)) != len(norms):
+            raise WorkbenchError(f"normalisations must list distinct values among none, seed; got {norms!r}.")
+        object.__setattr__(self, "normalisations", norms)
         require_positive(self, "n_icl", "n_test", "steps")
 
 
@@ -90,7 +106,7 @@ class Result(StudyResult):
     model: dict
     single: list  # rows: property, strategy, alpha, accuracy, grammaticality, delta_ppl
     composed: list  # rows: pair, strategy, accuracies per property, grammaticality, delta_ppl
-    traces: dict  # "property" or "a+b" -> mean alpha per step per property
+    traces: dict  # normalisation -> "property" or "a+b" -> mean alpha per step per property (dynamic, exact)
     cost: dict = field(default_factory=dict)
 
 
@@ -134,7 +150,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
         src, tgt = steer_values(p)
         a = [x.text for x in few_shot_prompts(p, tgt, n=cfg.n_icl, shots=4, seed=cfg.seed + i)]
         b = [x.text for x in few_shot_prompts(p, src, n=cfg.n_icl, shots=4, seed=cfg.seed + i)]
-        vectors[p] = icv(model, a, b, steps=cfg.steps, kind=cfg.kind)
+        vectors[p] = icv(model, a, b, steps=cfg.steps, kind=cfg.kind, ban_special=cfg.ban_special)
     groups = [(p,) for p in cfg.properties] + [tuple(pair) for pair in cfg.pairs]
     for g in groups:
         src = {p: steer_values(p)[0] for p in g}
@@ -145,17 +161,21 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
         ref = generate(model, icl_texts, max_new_tokens=cfg.steps, temperature=0.0)
         conts = [own_document(t, c) for t, c in zip(ref.texts, icl_texts)]  # not a next document it opens
         refs[g] = (icl_texts, conts, _nll(model, icl_texts, conts))
-    single, composed, traces = [], [], {}
-    plans = [("fixed", "fixed", a, "exact") for a in cfg.fixed_alphas] + [
-        ("start", "start", cfg.alpha, "exact"),
-        ("diminishing", "diminishing", cfg.alpha, "exact"),
-        ("dynamic", "dynamic", cfg.alpha_max, "exact"),
-        ("dynamic-lagged", "dynamic", cfg.alpha_max, "lagged"),
+    single, composed = [], []
+    traces: dict = {n: {} for n in cfg.normalisations}
+    plans = [("fixed", "fixed", a, "exact", None) for a in cfg.fixed_alphas] + [
+        ("start", "start", cfg.alpha, "exact", None),
+        ("diminishing", "diminishing", cfg.alpha, "exact", None),
     ]
+    for n in cfg.normalisations:
+        plans += [
+            ("dynamic", "dynamic", cfg.alpha_max, "exact", n),
+            ("dynamic-lagged", "dynamic", cfg.alpha_max, "lagged", n),
+        ]
     for g in tqdm(groups, desc="DAC study", disable=not progress):
         props = [vectors[p] for p in g]
         icl_texts, icl_conts, icl_nll = refs[g]
-        for label, strategy, alpha, timing in plans:
+        for label, strategy, alpha, timing, norm in plans:
             if len(g) > 1 and strategy in ("start", "diminishing"):
                 continue
             out = generate_composed(
@@ -166,7 +186,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
                 alpha=alpha,
                 alpha_max=cfg.alpha_max,
                 top_p=cfg.top_p,
-                normalisation=cfg.normalisation,
+                normalisation=norm or "none",
                 max_new_tokens=cfg.steps,
                 timing=timing,
             )
@@ -181,6 +201,7 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
             row = {
                 "properties": list(g),
                 "strategy": label,
+                "normalisation": norm,
                 "alpha": alpha,
                 "accuracy": acc,
                 "grammaticality": gram,
@@ -189,8 +210,8 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
                 "example": out.texts[0],
             }
             (single if len(g) == 1 else composed).append(row)
-            if label == "dynamic":
-                traces["+".join(g)] = used.mean(0).tolist()
+            if label == "dynamic" and norm is not None:
+                traces[norm]["+".join(g)] = used.mean(0).tolist()
     fp = models.fingerprint(model)
     return Result(
         asdict(cfg),
@@ -200,6 +221,15 @@ def run(model: HookedModel, cfg: Config = Config(), *, name: str = "", progress:
         traces,
         {"seconds": round(time.perf_counter() - t0, 1)},
     )
+
+
+_NORM = {"none": "KL", "seed": "KL/|S|"}
+
+
+def _strategy(row: dict) -> str:
+    """A row's strategy with the KL normalisation of the dynamic ones, e.g. ``dynamic [KL/|S|]``."""
+    norm = row.get("normalisation")
+    return row["strategy"] if norm is None else f"{row['strategy']} [{_NORM[norm]}]"
 
 
 def plot(result: "Result | dict") -> dict:
@@ -216,8 +246,18 @@ def plot(result: "Result | dict") -> dict:
             [f"alpha {x['alpha']}" for x in rows],
             "lines+markers",
         )
-        dyn = [x for x in r["single"] if x["properties"] == [p] and x["strategy"] == "dynamic"]
-        series[f"{p} dynamic"] = ([x["delta_ppl"] for x in dyn], [x["accuracy"][p] for x in dyn], None, "markers")
+        for norm in r["config"]["normalisations"]:
+            dyn = [
+                x
+                for x in r["single"]
+                if x["properties"] == [p] and x["strategy"] == "dynamic" and x["normalisation"] == norm
+            ]
+            series[f"{p} dynamic [{_NORM[norm]}]"] = (
+                [x["delta_ppl"] for x in dyn],
+                [x["accuracy"][p] for x in dyn],
+                None,
+                "markers",
+            )
     sweep = points(
         series,
         title=f"{who}: property accuracy vs delta-ppl (fixed alpha sweep and dynamic)",
@@ -226,8 +266,9 @@ def plot(result: "Result | dict") -> dict:
     )
     tr = lines(
         {
-            f"{g} / {prop}": (list(range(len(s[j]))), s[j])
-            for g, s in r["traces"].items()
+            f"{g} / {prop} [{_NORM[norm]}]": (list(range(len(s[j]))), s[j])
+            for norm, by_group in r["traces"].items()
+            for g, s in by_group.items()
             for j, prop in enumerate(g.split("+"))
         },
         title=f"{who}: dynamic alpha per step (mean over prompts)",
@@ -243,7 +284,7 @@ def section(r: dict) -> Section:
     for x in r["single"] + r["composed"]:
         acc = ", ".join(f"{k} {v:.2f}" for k, v in x["accuracy"].items())
         rows.append(
-            f"| {'+'.join(x['properties'])} | {x['strategy']} | {x['alpha']:g} | {acc} | "
+            f"| {'+'.join(x['properties'])} | {_strategy(x)} | {x['alpha']:g} | {acc} | "
             f"{x['grammaticality']:.2f} | {x['delta_ppl']:+.2f} |"
         )
     text = f"Dynamic Activation Composition on {who(r)} (greedy, {r['config']['steps']} tokens).\n\n" + "\n".join(rows)
@@ -255,7 +296,7 @@ def summary(r: Result) -> str:
     for x in r.single + r.composed:
         acc = ", ".join(f"{k} {v:.2f}" for k, v in x["accuracy"].items())
         lines.append(
-            f"  {'+'.join(x['properties']):<20} {x['strategy']:<11} alpha {x['alpha']:<4g} {acc:<32} "
+            f"  {'+'.join(x['properties']):<20} {_strategy(x):<25} alpha {x['alpha']:<4g} {acc:<32} "
             f"gram {x['grammaticality']:.2f}  dppl {x['delta_ppl']:+.2f}"
         )
     return "\n".join(lines)
@@ -267,14 +308,18 @@ def table(results: "list[dict]") -> str:
         raise WorkbenchError(f"this table takes one result; got {len(results)}.")
     r = results[0]
     cfg = r["config"]
+    ban = "banning BOS/pad" if cfg["ban_special"] else "that bans nothing, as the seed's"
     lines = [
         f"# DAC on {r['model']['name']} (`workbench analyze composition --model {r['model']['name']}`: "
         f"{cfg['n_icl']} parallel 4-shot ICL prompts per property, {cfg['n_test']} short test prompts with the "
         f"source value, greedy {cfg['steps']} tokens, hook_{cfg['kind']} at every layer, alpha_max "
-        f"{cfg['alpha_max']}, top-p {cfg['top_p']}, KL normalisation '{cfg['normalisation']}')",
+        f"{cfg['alpha_max']}, top-p {cfg['top_p']}, KL normalisations {', '.join(cfg['normalisations'])}, "
+        f"in-context vectors extracted by greedy decoding {ban})",
         "",
         "`dynamic` is the exact method (two forwards per step); `dynamic-lagged` runs unsteered, probe and "
-        "steered rows in one batched forward per step, using the previous step's alpha (alpha_max at step 0).",
+        "steered rows in one batched forward per step, using the previous step's alpha (alpha_max at step 0). "
+        "[KL] = the plain KL on the renormalised nucleus S; [KL/|S|] = that KL divided by |S|, as the DAC code "
+        "computes it (`normalisation='seed'`).",
         "",
         "| properties | strategy | alpha | accuracy (target value) | grammaticality | delta ppl vs ICL "
         "reference | mean alpha used |",
@@ -284,13 +329,14 @@ def table(results: "list[dict]") -> str:
         acc = ", ".join(f"{p} {a:.2f}" for p, a in row["accuracy"].items())
         alphas = ", ".join(f"{a:.2f}" for a in row["mean_alpha"])
         lines.append(
-            f"| {'+'.join(row['properties'])} | {row['strategy']} | {row['alpha']:g} | {acc} | "
+            f"| {'+'.join(row['properties'])} | {_strategy(row)} | {row['alpha']:g} | {acc} | "
             f"{row['grammaticality']:.2f} | {row['delta_ppl']:+.2f} | {alphas} |"
         )
-    lines += ["", "Dynamic (exact) alpha per step (mean over prompts):", ""]
-    for key, traces in sorted(r["traces"].items()):
-        for prop, trace in zip(key.split("+"), traces):
-            lines.append(f"- {key} / {prop}: " + " ".join(f"{a:.2f}" for a in trace))
+    for norm, by_group in r["traces"].items():
+        lines += ["", f"Dynamic (exact) alpha per step [{_NORM[norm]}] (mean over prompts):", ""]
+        for key, traces in sorted(by_group.items()):
+            for prop, trace in zip(key.split("+"), traces):
+                lines.append(f"- {key} / {prop}: " + " ".join(f"{a:.2f}" for a in trace))
     lines += ["", f"({r['cost']['seconds']} s on 2 CPU cores.)"]
     return "\n".join(lines) + "\n"
 

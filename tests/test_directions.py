@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -41,9 +42,46 @@ def test_planted_direction_is_recovered(fit):
     assert abs(v.norm() / delta.norm() - 1) < 0.1  # every method scaled to the mean pair difference
 
 
-def test_pca_sign_follows_the_majority():
+def test_pca_sign_follows_the_mean():
     pos, neg, delta = planted()
     assert torch.cosine_similarity(pca_direction(neg, pos), -delta, dim=0) >= 0.99
+
+
+def _mean_minority(n_big=40, n_small=60, d=8, seed=0):
+    """Pairs where a minority of large differences along e0 outweighs a majority of small opposite ones."""
+    g = torch.Generator().manual_seed(seed)
+    e0 = torch.zeros(d)
+    e0[0] = 1.0
+    diff = torch.cat(
+        [5.0 * e0 + 0.1 * torch.randn(n_big, d, generator=g), -1.0 * e0 + 0.1 * torch.randn(n_small, d, generator=g)]
+    )
+    neg = torch.randn(n_big + n_small, d, generator=g)
+    return neg + diff, neg, e0
+
+
+def test_pca_is_the_mean_component_on_the_uncentred_axis_not_repengs_pca_diff():
+    pos, neg, e0 = _mean_minority()
+    diff = (pos - neg).double().numpy()
+    u = np.linalg.svd(diff, full_matrices=False)[2][0]  # uncentred first right singular vector
+    ours_np = u * np.mean(diff @ u)  # the mean pair difference's component along it
+    ours = pca_direction(pos, neg)
+    np.testing.assert_allclose(ours.double().numpy(), ours_np, rtol=0, atol=1e-5)
+    assert float(ours @ e0) > 0 and float(((pos - neg) @ ours > 0).float().mean()) == pytest.approx(
+        0.4
+    )  # mean sign, 40% of pairs
+
+    # repeng read_representations(method="pca_diff"): sklearn PCA (centred) on h[::2] - h[1::2], unit length, sign by
+    # majority vote of the pairs' projections of the raw hidden states
+    h = torch.stack([pos, neg], 1).reshape(-1, pos.shape[1]).double().numpy()
+    train = h[::2] - h[1::2]
+    centred = train - train.mean(0, keepdims=True)
+    direction = np.linalg.svd(centred, full_matrices=False)[2][0]
+    projected = h @ direction / np.linalg.norm(direction)
+    smaller = np.mean([projected[i] < projected[i + 1] for i in range(0, len(h), 2)])
+    larger = np.mean([projected[i] > projected[i + 1] for i in range(0, len(h), 2)])
+    if smaller > larger:
+        direction = -direction
+    assert abs(np.linalg.norm(direction) - 1) < 1e-9 and float(direction @ e0.double().numpy()) < 0  # the other sign
 
 
 def acts_of(pos, neg):

@@ -1,10 +1,11 @@
 """SEA: fitting (planted subspaces, projection algebra, k = d identity), the official code's reference mode, the
 low-rank intervention and its deployed forms (apply_hf everywhere, baked weights for the linear mode)."""
 
+import numpy as np
 import pytest
 import torch
 
-from tests.conftest import n_attached_hooks
+from tests.conftest import BACKEND, n_attached_hooks
 from workbench import models
 from workbench.errors import WorkbenchError
 from workbench.export import apply_hf
@@ -98,6 +99,110 @@ def test_feature_functions_invert_where_invertible(feature):
         torch.testing.assert_close(back, x, atol=1e-6, rtol=0)
 
 
+def _seed_phi(x: np.ndarray, func: str) -> np.ndarray:
+    """sea-llm ``non_linear_feature_func`` (sea-train.py, inference.py), transcribed to numpy."""
+    if func == "squared_exponential":
+        return np.exp(-1 * x**2 / (2 * 1**2))
+    if func == "tanh":
+        return np.tanh(x)
+    return x * (x >= 0) + (np.exp(x) - 1) * (x < 0)
+
+
+def _seed_phi_inverse(x: np.ndarray, func: str) -> np.ndarray:
+    """sea-llm ``inv_non_linear_feature_func``, transcribed to numpy (one eps = 1e-4 everywhere)."""
+    eps = np.ones(x.shape) * 1e-4
+    if func == "squared_exponential":
+        return -np.log(np.maximum(x, eps)) * 2 * 1**2
+    if func == "tanh":
+        return np.arctanh(np.maximum(np.minimum(x, 1 - eps), -1 + eps))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return x * (x >= 0) + np.log(np.maximum(x, -1 + eps) + 1) * (x < 0)
+
+
+@pytest.mark.parametrize("feature", ["squared_exponential", "tanh", "elu"])
+def test_feature_functions_are_the_seeds(feature):
+    x = np.random.default_rng(0).normal(0, 3, size=4000)
+    x[:4] = [-1.0, -1 + 1e-4, -1 - 1e-6, 0.0]
+    t = torch.from_numpy(x)
+    for fn, seed in ((phi, _seed_phi), (phi_inverse, _seed_phi_inverse)):
+        np.testing.assert_allclose(fn(t, feature).numpy(), seed(x, feature), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(apply_hf._phi(t, feature).numpy(), _seed_phi(x, feature), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(
+        apply_hf._phi(t, feature, inverse=True).numpy(), _seed_phi_inverse(x, feature), rtol=0, atol=1e-7
+    )
+
+
+def test_elu_sea_matches_the_seeds_equations_on_projected_features():
+    """sea-train.py with ``--feature-function elu``: Phi on H, H+, H- before the cross-covariances, then
+    Finv(UU+ Phi(h)) + Finv(UU- Phi(h)); projected features below -1 floor at log(1e-4)."""
+    h, pos, neg, *_ = planted(seed=5)
+    p = fit_layer(h * 3, pos * 3, neg * 3, ratio_pos=0.9, ratio_neg=0.9, feature="elu")
+    hd, pd, nd = (_seed_phi(x.double().numpy() * 3, "elu").T for x in (h, pos, neg))  # d x N, as the seed
+    n = hd.shape[1]
+
+    def seed_u(other, ratio):
+        u, s, _ = np.linalg.svd(hd @ other.T / n, full_matrices=True)
+        ev = s**2 / np.sum(s**2)
+        return u, int(np.argmax(np.cumsum(ev) >= ratio)) + 1
+
+    (up, kp), (un, kn) = seed_u(pd, 0.9), seed_u(nd, 0.9)
+    assert p.k == (kp, kn)
+    uu_pos, uu_neg = up[:, :kp] @ up[:, :kp].T, un[:, kn:] @ un[:, kn:].T
+    x = torch.randn(1, 64, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 4
+    fx = _seed_phi(x[0].numpy().T, "elu")
+    a_pos, a_neg = uu_pos @ fx, uu_neg @ fx
+    assert ((a_pos < -1).mean() + (a_neg < -1).mean()) / 2 > 0.02  # the floor is exercised
+    want = (_seed_phi_inverse(a_pos, "elu") + _seed_phi_inverse(a_neg, "elu")) / 2
+    edit = SpectralEdit(HookSite(0, "mlp_out"), p.u_pos, p.u_neg, feature="elu", combine="average")
+    np.testing.assert_allclose(edit.edit(x.float())[0].double().numpy().T, want, rtol=0, atol=2e-4)
+
+
+def test_official_fit_placement_is_resid_post_and_final_norm_for_the_last_block():
+    """sea-llm fits on HF ``hidden_states[1:]`` at the last token (the last block's after the final norm), and
+    learns UU+ = U+[:, :k] U+[:, :k]^T, UU- = U-[:, k:] U-[:, k:]^T from H H^T / N; the study's ``resid_post``
+    placement must equal that transcription on toy-s, for edits at mlp_out."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from analyses import spectral_study as ss
+    from analyses.common import fact_items
+    from workbench.toy import checkpoint_dir
+
+    model = models.load("toy-s", backend=BACKEND)
+    demos = fact_items(60, None, 0)
+    sites = [HookSite(2, "mlp_out"), HookSite(3, "mlp_out")]
+    ours = ss._fit(model, demos, sites, 0.998, "identity", False, "resid_post")
+    hf = AutoModelForCausalLM.from_pretrained(str(checkpoint_dir("toy-s")), dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(checkpoint_dir("toy-s")))
+
+    def hidden(texts):
+        out = []
+        with torch.no_grad():
+            for t in texts:
+                hs = hf(torch.tensor([tok(t).input_ids]), output_hidden_states=True).hidden_states[1:]
+                out.append(torch.stack([x[0, -1] for x in hs]))
+        return torch.stack(out).double().numpy()  # N, layers, d
+
+    with torch.no_grad():
+        greedy = [int(hf(torch.tensor([tok(d[0]).input_ids])).logits[0, -1].argmax()) for d in demos]
+    base = hidden([d[0] + " " + tok.decode([g]).strip() for d, g in zip(demos, greedy)])
+    pos, neg = hidden([d[0] + " " + d[1] for d in demos]), hidden([d[0] + " " + d[2] for d in demos])
+    for site in sites:
+        h = base[:, site.layer].T
+        n = h.shape[1]
+        mats = []
+        for other, keep in ((pos, "top"), (neg, "rest")):
+            u, s, _ = np.linalg.svd(h @ other[:, site.layer] / n, full_matrices=True)
+            ev = s**2 / np.sum(s**2)
+            k = int(np.argmax(np.cumsum(ev) >= 0.998)) + 1
+            mats.append(u[:, :k] @ u[:, :k].T if keep == "top" else u[:, k:] @ u[:, k:].T)
+        pp, pn = ours[site].matrices()
+        np.testing.assert_allclose(pp.double().numpy(), mats[0], rtol=0, atol=1e-4)
+        np.testing.assert_allclose(pn.double().numpy(), mats[1], rtol=0, atol=1e-4)
+    edit_site = ss._fit(model, demos[:20], sites[1:], 0.998, "identity", False, "edit-site")
+    official = ss._fit(model, demos[:20], sites[1:], 0.998, "identity", False, "resid_post")
+    assert subspace_gap(edit_site[sites[1]].u_pos, official[sites[1]].u_pos) > 0.1  # the placements differ
+
+
 def test_fit_and_edit_errors():
     h, pos, neg, *_ = planted()
     with pytest.raises(WorkbenchError, match="row-aligned"):
@@ -187,7 +292,18 @@ def test_spectral_study_runs_small_and_is_deterministic():
     a, b = (ss.run(model, cfg, name="toy-s", progress=False).to_dict() for _ in range(2))
     a.pop("cost"), b.pop("cost")
     assert a == b
-    assert len(a["methods"]) == 9 and [x["n_demos"] for x in a["by_demos"]] == [25, 40]
+    assert list(a["config"]["fit_sites"]) == ["edit-site", "resid_post"] and a["config"]["site"] == "mlp_out"
+    assert len(a["methods"]) == 3 + 6 * 2 and set(a["fit"]) == {"edit-site", "resid_post"}
+    assert [m["fit_site"] for m in a["methods"]] == [None] * 3 + ["edit-site"] * 6 + ["resid_post"] * 6
+    assert all(m["method"].endswith("[fit at resid_post, official]") for m in a["methods"][9:])
+    assert {m["edit_site"] for m in a["methods"][3:]} == {"mlp_out"}
+    assert [(x["fit_site"], x["n_demos"]) for x in a["by_demos"]] == [
+        ("edit-site", 25),
+        ("edit-site", 40),
+        ("resid_post", 25),
+        ("resid_post", 40),
+    ]
+    assert "SEA linear [fit at mlp_out]" in ss.table([{**a, "cost": {"seconds": 0}}])
     for m in a["methods"]:
         for key in ("mc_liar", "mc_honest"):
             lo, hi = m[key]["accuracy_ci"]
@@ -199,6 +315,8 @@ def test_spectral_study_runs_small_and_is_deterministic():
         ss.Config(phi_feature="identity")
     with pytest.raises(WorkbenchError, match="layers must be"):
         ss.Config(layers="most")
+    with pytest.raises(WorkbenchError, match="fit_sites must list distinct values among edit-site, resid_post"):
+        ss.Config(fit_sites=())
 
 
 def test_wilson_interval():

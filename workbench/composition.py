@@ -3,9 +3,13 @@ per-step, information-theoretic strengths for one or several properties.
 
 **In-context vectors** (``icv``). Greedy generation from N few-shot prompts with the property (A) and N without
 (B, parallel texts); at every generation step t and every layer, the activation at the last position (t = 0: the
-last prompt token; t > 0: the token generated at t - 1) is averaged over prompts still running:
+last prompt token; t > 0: the token generated at t - 1) is averaged over prompts still running (a prompt counts up
+to and including the step that emits EOS, as the seed's loop breaks after it):
 ``delta[t, l] = mean_A - mean_B``. The seed reads the attention output projection's input (``hook_z``, flattened)
-at all layers; ``kind="resid_post"`` reads the residual stream instead.
+at all layers; ``kind="resid_post"`` reads the residual stream instead. The greedy decoding is a plain argmax
+over the whole vocabulary, as the seed's and as ``generate_composed``'s, so extraction and steering decode alike;
+``ban_special=True`` bans padding and BOS tokens during extraction only (a named deviation: where few-shot
+prompts end at a document boundary, the unbanned argmax is often BOS, and banning it changes those trajectories).
 
 **Application** (``StepAdd``). Position P - 1 + t of a row whose prompt has P tokens gets ``alpha[t] * delta[t]`` at
 every layer, for every property summed; positions before P - 1 are never touched. Each position keeps the vector
@@ -69,10 +73,10 @@ def _last_position(x: torch.Tensor, site: HookSite) -> torch.Tensor:
     return x[:, -1].reshape(x.shape[0], -1).float().cpu()
 
 
-def _step_means(model: HookedModel, prompts: "list[str]", steps: int, kind: str) -> torch.Tensor:
+def _step_means(model: HookedModel, prompts: "list[str]", steps: int, kind: str, ban_special: bool) -> torch.Tensor:
     sites = [HookSite(layer, kind) for layer in range(model.cfg.n_layers)]
     rec = Capture(sites, _last_position, keep="all")  # one entry per decoding step
-    g = generate(model, prompts, rec, max_new_tokens=steps, temperature=0.0, stop_at_eos=False)
+    g = generate(model, prompts, rec, max_new_tokens=steps, temperature=0.0, stop_at_eos=False, ban_special=ban_special)
     eos = tokenizer_of(model).eos_token_id
     running = torch.ones(len(prompts), steps, dtype=torch.bool)  # a row stops counting after it emitted EOS
     for i, row in enumerate(g.tokens):
@@ -84,14 +88,35 @@ def _step_means(model: HookedModel, prompts: "list[str]", steps: int, kind: str)
 
 
 def icv(
-    model: HookedModel, with_property: "list[str]", without: "list[str]", *, steps: int = 24, kind: str = "z"
+    model: HookedModel,
+    with_property: "list[str]",
+    without: "list[str]",
+    *,
+    steps: int = 24,
+    kind: str = "z",
+    ban_special: bool = False,
 ) -> StepVectors:
-    """Step- and layer-specific in-context vectors (see the module docstring)."""
+    """Step- and layer-specific in-context vectors (see the module docstring).
+
+    Args:
+        steps: generation steps T of the vectors.
+        kind: ``"z"`` (the seed's o_proj input, flattened) or ``"resid_post"``.
+        ban_special: ``False`` (the seed, and the same decoding as ``generate_composed``): plain greedy argmax;
+            ``True`` never picks padding or BOS tokens during extraction.
+    """
+    if isinstance(with_property, str) or isinstance(without, str):
+        raise WorkbenchError("icv takes two lists of few-shot prompts; wrap a single prompt in a list.")
     if not with_property or len(with_property) != len(without):
         raise WorkbenchError("icv needs two non-empty, equally long (parallel) lists of few-shot prompts.")
     if steps < 1:
         raise WorkbenchError(f"steps must be >= 1, got {steps}.")
-    delta = _step_means(model, with_property, steps, kind) - _step_means(model, without, steps, kind)
+    if kind not in ("z", "resid_post"):
+        raise WorkbenchError(f"kind must be 'z' (the seed's o_proj input) or 'resid_post', got {kind!r}.")
+    if not isinstance(ban_special, bool):
+        raise WorkbenchError(f"ban_special must be True or False, got {ban_special!r}.")
+    delta = _step_means(model, with_property, steps, kind, ban_special) - _step_means(
+        model, without, steps, kind, ban_special
+    )
     return StepVectors(delta, kind, len(with_property))
 
 

@@ -8,9 +8,16 @@ Fit (float64, per layer, from activations at the last token; rows are examples):
     P+ = U+[:, :k+] U+[:, :k+]^T          keeps what covaries with the positive demonstrations
     P- = I - U-[:, :k-] U-[:, :k-]^T      removes what covaries with the negative ones
 
+Placement: ``fit_layer`` fits whatever activations it is given. The official code fits on the residual stream (the
+Hugging Face ``hidden_states[1:]`` at the last token: block outputs, the last block's after the final norm) and
+applies the projections to the MLP output (an adapter after each edited layer's MLP), i.e. to activations of
+another site than the ones it learned from; ``analyses/spectral_study.py`` runs that placement beside fitting at
+the edited site itself.
+
 Feature-function SEA fits the same on Phi(H), Phi(H+), Phi(H-) and edits h' = Phi^-1(P+ Phi(h)) + Phi^-1(P- Phi(h)).
-The official code computes Phi(h) at inference and discards it (it projects h itself); this module applies Phi as
-the paper describes (``feature``), and the difference is documented, not reproduced.
+The official inference code computes Phi(h) and discards it (it projects h itself); this module applies Phi as the
+paper and the official training script (``sea-train.py``, on the demonstrations) do, and ``phi`` / ``phi_inverse``
+are the official functions exactly (tested against a transcription).
 
 Combine modes of the two parts ``a+ = P+ h`` and ``a- = P- h`` (``SpectralEdit.combine``):
 
@@ -43,7 +50,8 @@ from workbench.errors import WorkbenchError
 
 FEATURES: tuple[str, ...] = ("identity", "squared_exponential", "tanh", "elu")
 COMBINES: tuple[str, ...] = ("norm", "average", "reference")
-_TANH_CLIP = 1 - 1e-4
+_EPS = 1e-4  # the official code's eps of every inverse
+_TANH_CLIP = 1 - _EPS
 
 
 def phi(x: torch.Tensor, feature: str) -> torch.Tensor:
@@ -60,17 +68,19 @@ def phi(x: torch.Tensor, feature: str) -> torch.Tensor:
 
 
 def phi_inverse(y: torch.Tensor, feature: str) -> torch.Tensor:
-    """Phi^-1 as the official code defines it. The squared-exponential "inverse" -2 log(max(y, 1e-4)) returns x^2,
-    so the sign is lost (a property of that Phi, kept for parity); tanh clips to +-(1 - 1e-4) before atanh; elu's
-    inverse is log(y + 1) below zero."""
+    """Phi^-1 exactly as the official code defines it (``inv_non_linear_feature_func``, one eps = 1e-4 for all).
+
+    The squared-exponential "inverse" -2 log(max(y, 1e-4)) returns x^2, so the sign is lost (a property of that
+    Phi); tanh clips to +-(1 - 1e-4) before atanh; elu's inverse is y for y >= 0 and log(max(y, -1 + 1e-4) + 1)
+    below zero, so it floors at log(1e-4) (about -9.21) where a projected feature reaches -1 or below."""
     if feature == "identity":
         return y
     if feature == "squared_exponential":
-        return -2 * torch.log(y.clamp_min(1e-4))
+        return -2 * torch.log(y.clamp_min(_EPS))
     if feature == "tanh":
         return torch.atanh(y.clamp(-_TANH_CLIP, _TANH_CLIP))
     if feature == "elu":
-        return torch.where(y > 0, y, torch.log((y + 1).clamp_min(1e-12)))
+        return torch.where(y >= 0, y, torch.log(y.clamp_min(-1 + _EPS) + 1))
     raise WorkbenchError(f"feature must be one of {', '.join(FEATURES)}, got {feature!r}.")
 
 

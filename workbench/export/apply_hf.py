@@ -134,7 +134,7 @@ def _phi(x: torch.Tensor, f: str, inverse: bool = False) -> torch.Tensor:  # as 
     if f == "tanh":
         return torch.atanh(x.clamp(-1 + 1e-4, 1 - 1e-4)) if inverse else torch.tanh(x)
     if f == "elu":
-        return torch.where(x > 0, x, torch.log((x + 1).clamp_min(1e-12))) if inverse else torch.nn.functional.elu(x)
+        return torch.where(x >= 0, x, torch.log(x.clamp_min(-1 + 1e-4) + 1)) if inverse else torch.nn.functional.elu(x)
     raise SpecError(f"unknown feature function {f!r}.")
 
 
