@@ -103,17 +103,24 @@ class AddDirection:
         rows = torch.tensor(self.scale, dtype=torch.float32) if isinstance(self.scale, tuple) else None
         scalar = 0.0 if isinstance(self.scale, tuple) else float(self.scale)
 
+        deltas: dict = {}  # the scaled vector per (dtype, device, ndim), computed once
+
         def add(x: torch.Tensor, hook: Any) -> torch.Tensor:
-            delta = vector.to(x)
-            if rows is not None:
-                if x.shape[0] != rows.numel():
-                    raise WorkbenchError(
-                        f"AddDirection has {rows.numel()} per-row scales but the batch has {x.shape[0]} rows."
-                    )
-                delta = rows.to(x).reshape(-1, *([1] * (x.ndim - 1))) * delta
-            else:
-                delta = scalar * delta
-            mask = _edit_mask(layout, positions, x)
+            if rows is not None and x.shape[0] != rows.numel():
+                raise WorkbenchError(
+                    f"AddDirection has {rows.numel()} per-row scales but the batch has {x.shape[0]} rows."
+                )
+            key = (x.dtype, x.device, x.ndim)
+            delta = deltas.get(key)
+            if delta is None:
+                delta = vector.to(x)
+                if rows is not None:
+                    delta = rows.to(x).reshape(-1, *([1] * (x.ndim - 1))) * delta
+                else:
+                    delta = scalar * delta
+                deltas[key] = delta
+            # "all" adds at padding too: a finite addition there is never attended to, so no mask is needed
+            mask = None if positions.kind == "all" else _edit_mask(layout, positions, x)
             return x + delta if mask is None else x + mask * delta
 
         if self.site.kind == "resid_mid":  # adding to (input + attention output) = adding to the attention output
