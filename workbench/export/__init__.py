@@ -4,7 +4,8 @@
 * ``gguf``: llama.cpp control vectors (export, and import of repeng / llama.cpp files);
 * ``bake``: a Hugging Face checkpoint with the edit folded into its weights;
 * ``apply_hf``: an applier for plain transformers models (no TransformerLens; the spec schema from ``manifests``);
-* ``llamacpp`` / ``parity``: run the deployed forms and compare them with the TransformerLens-steered logits;
+* ``llamacpp`` / ``vllm`` / ``parity``: run the deployed forms (llama.cpp, vLLM serving the baked checkpoint) and
+  compare them with the TransformerLens-steered model;
 * ``support``: which formats hold an edit for a model family (``workbench info``).
 
 Submodules are imported on first use, so ``workbench.export.apply_hf`` stays free of TransformerLens.
@@ -12,7 +13,7 @@ Submodules are imported on first use, so ``workbench.export.apply_hf`` stays fre
 
 import importlib
 
-__all__ = ["spec", "gguf", "bake", "apply_hf", "llamacpp", "parity", "support"]
+__all__ = ["spec", "gguf", "bake", "apply_hf", "llamacpp", "vllm", "parity", "support"]
 
 
 def __getattr__(name: str):

@@ -16,6 +16,11 @@ What folds exactly (every position, as the spec's ``positions="all"``):
 
 Anything else (per-position policies, ablation at some layers only, adds mixed with ablation) depends on the
 activation, not only on the weights, and is refused with the reason; deploy it with ``workbench.export.apply_hf``.
+
+The checkpoint is a plain transformers checkpoint that vLLM serves unchanged (no custom code): Llama and its
+Mistral / Qwen2 rewrites, GPT-2 and OPT through vLLM's own model classes, Phi and GPT-NeoX through its
+Transformers backend. Every bias a config flag implies is written (zeros where unused), and a checkpoint vLLM would
+load wrong without a word is refused with the reason (``workbench.export.vllm.servable_problem``).
 """
 
 __all__ = [
@@ -39,6 +44,7 @@ from pydantic import Field
 
 from workbench.errors import WorkbenchError
 from workbench.export.spec import Spec
+from workbench.export.vllm import servable_problem
 from workbench.interventions import Ablate, AddDirection, SpectralEdit
 from workbench.io import atomic_dir, read_json, write_json
 from workbench.manifests import AblateMeta, AddMeta, FingerprintModel, ProvenanceModel, SpectralMeta
@@ -449,6 +455,12 @@ def bake_hf(
     else:
         _bake_ablation(hf, ablates[0].direction, log)
     hf = hf.to(save_dtype)
+    misload = servable_problem(hf.config.to_dict(), hf.state_dict().keys())
+    if misload is not None:
+        raise WorkbenchError(
+            f"cannot bake into this {arch} checkpoint: vLLM would serve it wrong ({misload}). Deploy the edit as a "
+            f"spec (--format spec, workbench.export.apply_hf)."
+        )
     if not all(bool(torch.isfinite(p).all()) for p in hf.parameters()):
         raise WorkbenchError(
             f"the baked weights overflow {str(save_dtype).removeprefix('torch.')} (scale x vector is too large for "
