@@ -34,9 +34,8 @@ from workbench.forward import batch_logits
 from workbench.generate import generate, generate_at_strengths
 from workbench.hooks import Capture
 from workbench.interventions import AddDirection
-from workbench.metrics import continuation_perplexity, kl_divergence
+from workbench.metrics import fluency_at_strengths
 from workbench.models import HookedModel
-from workbench.pairs import join
 from workbench.report.sections import Section, rate_ci, who
 from workbench.schema import MAX_SCALE
 from workbench.sites import SITE_KINDS, HookSite
@@ -175,10 +174,11 @@ def run(
             )
         t_generate += time.perf_counter() - t0
         dnorm = float(d.vector.norm())
-        for s, g in zip(cfg.strengths, gens):
+        costs = fluency_at_strengths(
+            model, texts, [list(g.texts) for g in gens], AddDirection(d.site, d.vector, 1.0), list(cfg.strengths)
+        )
+        for s, g, (ppl, kl) in zip(cfg.strengths, gens, costs):
             sc = score(list(g.texts), cfg.attribute, cfg.target, texts)
-            full = [join(p, c) for p, c in zip(texts, g.texts)]
-            kl = 0.0 if s == 0 else kl_divergence(model, full, AddDirection(d.site, d.vector, s))
             cells.append(
                 {
                     "layer": layer,
@@ -189,7 +189,7 @@ def run(
                     "source_rate": sc.labels[cfg.attribute].get(cfg.source, 0.0),
                     "grammaticality": sc.grammaticality,
                     "kl": round(kl, 5),
-                    "perplexity": round(continuation_perplexity(model, texts, list(g.texts)), 4),
+                    "perplexity": round(ppl, 4),
                 }
             )
             examples[f"{layer}:{s}"] = g.texts[0]

@@ -1,6 +1,7 @@
 """A layer x strength sweep against its floor: one batched generation per layer (target <= 1.2x).
 
-    .venv/bin/python benchmarks/bench_sweep.py [--sizes toy-m,d1024x8,d1536x12] [--prompts 32] [--new 24]
+    .venv/bin/python benchmarks/bench_sweep.py [--sizes toy-m,d1024x8,d1536x12] [--prompts 32] [--new 24] \
+        [--strengths 0,1,2,3]
 
 The sweep is the whole study call ``analyses.layer_sweep.run`` on precomputed directions: the unsteered pass,
 residual norms, then per layer one generation of every strength in one batch and, per cell, the attribute score,
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=24)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--strengths", default=None, help="comma-separated (default: the study's 11)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print("## Layer x strength sweep vs one batched generation per layer")
@@ -41,7 +43,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for size in args.sizes.split(","):
         model = models.load(checkpoint(size))
-        cfg = layer_sweep.Config(n_prompts=args.prompts, max_new_tokens=args.new, n_pairs=64, temperature=0.0)
+        chosen = {} if args.strengths is None else {"strengths": tuple(float(x) for x in args.strengths.split(","))}
+        cfg = layer_sweep.Config(n_prompts=args.prompts, max_new_tokens=args.new, n_pairs=64, temperature=0.0, **chosen)
         ds = directions_for(model, cfg.attribute, cfg.source, cfg.target, cfg.n_pairs, cfg.seed, cfg.kind, cfg.position)
         texts = [p.text for p in steer_prompts(cfg.attribute, cfg.source, cfg.n_prompts, cfg.seed + 1)]
         layers = range(model.cfg.n_layers)
@@ -58,7 +61,7 @@ def main() -> None:
                 )
 
         t = interleaved({"sweep": sweep, "floor": floor}, reps=args.reps)
-        cells = f"{model.cfg.n_layers} x {len(cfg.strengths)}"
+        cells = f"{model.cfg.n_layers} x {len(cfg.strengths)} ({args.prompts} prompts, {args.new} tokens)"
         print(f"| {size} | {cells} | {t['sweep']:.2f} | {t['floor']:.2f} | {t['sweep'] / t['floor']:.2f}x | <= 1.2x |",
               flush=True)  # fmt: skip
 

@@ -10,13 +10,14 @@ from workbench.interventions import AddDirection
 from workbench.metrics import (
     ab_probability,
     continuation_perplexity,
+    fluency_at_strengths,
     kl_divergence,
     mean_ci,
     perplexity,
     token_logprobs,
     wilson,
 )
-from workbench.pairs import ContrastPairs
+from workbench.pairs import ContrastPairs, join
 from workbench.sites import HookSite
 from workbench.tokens import tokenize
 
@@ -87,6 +88,31 @@ def test_continuation_perplexity_scores_only_the_continuation(llama):
     assert continuation_perplexity(llama, prompts, conts) == pytest.approx(math.exp(float(-manual.mean())), rel=1e-5)
     with pytest.raises(WorkbenchError, match="same length"):
         continuation_perplexity(llama, prompts, conts[:1])
+
+
+def test_fluency_at_strengths_equals_perplexity_and_kl_per_strength(model):
+    prompts = ["the cat is", "a dog", "we love the big blue sea and"]
+    scales = [0.0, 2.0, -1.5]
+    conts = [
+        ["very good", "sees the sun .", "the sun ."],
+        ["blue", "runs and runs and runs .", "the moon"],
+        ["a cat", "is red", "the"],
+    ]
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    iv = AddDirection(HookSite(1), v, 1.0)
+    got = fluency_at_strengths(model, prompts, conts, iv, scales, batch_size=4)  # batches mix strengths
+    for s, c, (ppl, kl) in zip(scales, conts, got):
+        assert ppl == pytest.approx(continuation_perplexity(model, prompts, c), rel=1e-5)
+        full = [join(p, x) for p, x in zip(prompts, c)]
+        want = kl_divergence(model, full, AddDirection(HookSite(1), v, s))
+        assert kl == pytest.approx(want, rel=1e-4, abs=1e-9)
+    assert got[0][1] == 0.0 and got[1][1] > 0 and got[2][1] > 0
+    with pytest.raises(WorkbenchError, match="one list of continuations per scale"):
+        fluency_at_strengths(model, prompts, conts[:2], iv, scales)
+    with pytest.raises(WorkbenchError, match="one string per prompt"):
+        fluency_at_strengths(model, prompts, [c[:2] for c in conts], iv, scales)
+    with pytest.raises(WorkbenchError, match="non-empty list"):
+        fluency_at_strengths(model, "the cat", conts, iv, scales)
 
 
 def test_last_logits_equal_one_unpadded_forward_per_text(llama):

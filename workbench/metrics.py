@@ -4,7 +4,9 @@
 * ``perplexity``: of reference texts under the (steered) model;
 * ``continuation_perplexity``: of continuations given their prompts (e.g. steered outputs under an unsteered
   reference model: the fluency cost that does not depend on a grammar);
-* ``kl_divergence``: mean KL(unsteered || steered) of next-token distributions over reference texts.
+* ``kl_divergence``: mean KL(unsteered || steered) of next-token distributions over reference texts;
+* ``fluency_at_strengths``: both of the last two for the continuations generated at each of several strengths,
+  from one unsteered and one steered forward per batch (per-row strengths).
 
 Intervals (95%): ``wilson`` of a rate, ``mean_ci`` of a mean (normal approximation), ``bootstrap_ci`` of a mean
 (percentile bootstrap).
@@ -16,6 +18,7 @@ __all__ = [
     "perplexity",
     "continuation_perplexity",
     "kl_divergence",
+    "fluency_at_strengths",
     "wilson",
     "mean_ci",
     "bootstrap_ci",
@@ -24,13 +27,14 @@ __all__ = [
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from jaxtyping import Float
 
 from workbench.errors import WorkbenchError
 from workbench.forward import batch_logits, last_logits
-from workbench.interventions import Intervention
+from workbench.interventions import AddDirection, Intervention
 from workbench.models import HookedModel
 from workbench.pairs import ContrastPairs, join
 from workbench.tokens import Batch, batched, first_difference, make_batch, pad_id_of, tokenize
@@ -128,6 +132,59 @@ def kl_divergence(
         total += float(kl[real].sum())
         count += int(real.sum())
     return total / count
+
+
+def fluency_at_strengths(
+    model: HookedModel,
+    prompts: Sequence[str],
+    continuations: "Sequence[Sequence[str]]",
+    intervention: AddDirection,
+    scales: Sequence[float],
+    batch_size: int = 32,
+) -> "list[tuple[float, float]]":
+    """Per scale ``s``, (``continuation_perplexity(model, prompts, continuations[i])``,
+    ``kl_divergence(model, texts_i, replace(intervention, scale=s))``) where ``texts_i`` joins each prompt to its
+    continuation: the fluency cost of a batch of generations at several strengths (``generate_at_strengths``).
+
+    One unsteered forward per batch gives both the perplexity and the reference distribution of the KL, and one
+    steered forward with per-row strengths gives the other side, for every scale at once (a strength of 0 has a KL
+    of exactly 0 and no steered forward). Rows are batched by length so little padding is computed.
+    """
+    if isinstance(prompts, str) or not prompts:
+        raise WorkbenchError("prompts must be a non-empty list of strings.")
+    if not scales or len(continuations) != len(scales):
+        raise WorkbenchError(
+            f"pass one list of continuations per scale: {len(continuations)} lists for {len(scales)} scales."
+        )
+    if any(isinstance(c, str) or len(c) != len(prompts) for c in continuations):
+        raise WorkbenchError(f"each list of continuations must hold one string per prompt ({len(prompts)}).")
+    heads = [tokenize(model, p) for p in prompts]
+    rows = [(g, i) for g in range(len(scales)) for i in range(len(prompts))]
+    seqs = [tokenize(model, join(prompts[i], continuations[g][i])) for g, i in rows]
+    # logp[j] scores token j + 1: the continuation's tokens start after those it shares with its prompt
+    starts = [max(first_difference(heads[i], s), 1) - 1 for (_, i), s in zip(rows, seqs)]
+    row_scale = [float(scales[g]) for g, _ in rows]
+    order = sorted(range(len(rows)), key=lambda r: (row_scale[r] == 0.0, len(seqs[r])))
+    nll = torch.zeros(len(scales), dtype=torch.float64)
+    kl = torch.zeros(len(scales), dtype=torch.float64)
+    n_scored, n_real = [0] * len(scales), [0] * len(scales)
+    for chunk in batched(len(order), batch_size):
+        idx = [order[j] for j in chunk]
+        batch = make_batch([seqs[r] for r in idx], pad_id_of(model), "right")
+        p = _logits(model, batch, ()).log_softmax(-1)
+        steered = tuple(row_scale[r] for r in idx)
+        q = None if not any(steered) else _logits(model, batch, (replace(intervention, scale=steered),)).log_softmax(-1)
+        for j, r in enumerate(idx):
+            g, n = rows[r][0], len(seqs[r])
+            lp = p[j, : n - 1].gather(-1, batch.tokens[j, 1:n, None]).squeeze(-1)[starts[r] :]
+            nll[g] -= lp.double().sum()
+            n_scored[g] += lp.numel()
+            n_real[g] += n
+            if q is not None and steered[j] != 0.0:
+                kl[g] += (p[j, :n].exp() * (p[j, :n] - q[j, :n])).sum().double()
+    if not all(n_scored):
+        raise WorkbenchError("the continuations are empty; nothing to score.")
+    return [(math.exp(float(nll[g]) / n_scored[g]), float(kl[g]) / n_real[g]) for g in range(len(scales))]
 
 
 def wilson(k: "float | int", n: int, z: float = 1.96) -> list:
