@@ -25,37 +25,13 @@ from typing import Any, cast
 
 import torch
 
+from workbench.export.apply_hf import LAYOUTS
 from workbench.hooks import HookFn, Intervention, ordered_hooks
 from workbench.models import HookedModel, plain_twin
 from workbench.positions import TokenLayout
 
-_LLAMA_LIKE = ("model.layers", "self_attn", "mlp", "self_attn.o_proj", "mlp.down_proj")
-#: model_type -> (decoder layers, attention, MLP, attention out-projection, MLP down-projection) as in apply_hf
-_LAYOUTS: dict[str, tuple[str, "str | None", "str | None", "str | None", "str | None"]] = {
-    **{
-        t: _LLAMA_LIKE
-        for t in (
-            "llama",
-            "mistral",
-            "mixtral",
-            "qwen2",
-            "qwen3",
-            "qwen3_moe",
-            "gemma",
-            "gemma2",
-            "gemma3_text",
-            "phi3",
-            "olmo",
-            "olmo2",
-        )
-    },
-    "gpt2": ("transformer.h", "attn", "mlp", "attn.c_proj", "mlp.c_proj"),
-    "phi": ("model.layers", None, None, None, None),
-    "gpt_neox": ("gpt_neox.layers", None, None, None, None),
-    "opt": ("model.decoder.layers", None, None, None, None),
-}
-#: Sequential pre-norm families with a dense MLP: every site above is a module boundary (elsewhere only a block's
-#: input and output are).
+#: Sequential pre-norm families with a dense MLP: every site of ``apply_hf.LAYOUTS`` (where each family's modules
+#: sit) is a module boundary; elsewhere only a block's input and output are.
 _EVERY_SITE = {"llama", "mistral", "qwen2", "qwen3", "gemma", "olmo", "phi3", "gpt2"}
 
 
@@ -66,7 +42,7 @@ class StopForward(Exception):
 def plain_model(model: HookedModel) -> "torch.nn.Module | None":
     """The plain twin of ``model`` (sharing its weights), or None where there is none or it is out of date."""
     twin = plain_twin(model)
-    if twin is None or cast(Any, twin).config.model_type not in _LAYOUTS:
+    if twin is None or cast(Any, twin).config.model_type not in LAYOUTS:
         return None
     device = next(twin.parameters()).device
     if any(b.device != device for b in twin.buffers()):
@@ -83,7 +59,7 @@ def _module(root: torch.nn.Module, dotted: str) -> torch.nn.Module:
 def _placement(twin: torch.nn.Module, name: str) -> "tuple[torch.nn.Module, str, tuple[int, ...] | None] | None":
     """Where TransformerLens hook ``name`` sits on the twin: (module, "pre" | "out", per-head shape or None)."""
     c: Any = twin.config
-    layers_path, attn, mlp, o_proj, down = _LAYOUTS[c.model_type]
+    layers_path, attn, mlp, o_proj, down = LAYOUTS[c.model_type]
     parts = name.split(".")
     if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
         return None
@@ -195,7 +171,7 @@ def forward(
     if stop_at_layer is None:
         return cast(Any, twin)(**kwargs).logits, cache
     c: Any = twin.config
-    last = cast(torch.nn.ModuleList, _module(twin, _LAYOUTS[c.model_type][0]))[stop_at_layer - 1]
+    last = cast(torch.nn.ModuleList, _module(twin, LAYOUTS[c.model_type][0]))[stop_at_layer - 1]
 
     def stop(mod, args, out):
         raise StopForward
