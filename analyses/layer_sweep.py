@@ -5,7 +5,9 @@ of minimal pairs, or any ``DirectionSet``), every (layer, strength) cell gets:
 
 * behaviour: ``target_rate`` / ``source_rate`` (exact classifier on sampled continuations);
 * fluency cost: ``grammaticality`` (strict parse), ``perplexity`` of the continuation under the unsteered model,
-  ``kl``: mean KL(unsteered || steered) of next-token distributions over prompt + continuation (nats/token);
+  ``kl``: mean KL(unsteered || steered) of next-token distributions over prompt + continuation (nats/token); the
+  last two need two more forwards over every generated row (``metrics.fluency_at_strengths``), so the sweep costs
+  2-3x its generations with them and about its generations without (``fluency=False``: both are None);
 * comparable units: ``relative_strength`` = strength x |direction| / mean residual norm at that site (prompt
   tokens, BOS excluded), and ``depth`` = (layer + 1) / n_layers, so models of different sizes line up.
 
@@ -73,6 +75,9 @@ class Config:
     """Best-cell rule: the least grammaticality a cell may have."""
     kl_bound: "float | None" = None
     """Best-cell rule: the most KL(unsteered || steered) a cell may have, nats/token (default: no bound)."""
+    fluency: bool = True
+    """Per cell, the perplexity under the unsteered model and the KL (two more forwards over every generated row, as
+    much as the generations cost again or more); off, cells carry neither and the sweep costs its generations."""
     temperature: float = 1.0
     """Sampling temperature; 0 is greedy (then one batched pass equals one run per strength exactly)."""
     seed: int = 0
@@ -100,6 +105,13 @@ class Config:
             raise WorkbenchError(f"temperature must be in [0, 100] (0: greedy), got {self.temperature!r}.")
         if self.kl_bound is not None and not self.kl_bound >= 0:
             raise WorkbenchError(f"kl_bound must be >= 0 nats/token, got {self.kl_bound!r}.")
+        if not isinstance(self.fluency, bool):
+            raise WorkbenchError(f"fluency must be True or False, got {self.fluency!r}.")
+        if self.kl_bound is not None and not self.fluency:
+            raise WorkbenchError(
+                "kl_bound bounds the KL, which is not computed with fluency off (fluency=False, --no-fluency); "
+                "drop one of them."
+            )
         if not 0.0 <= self.grammar_floor <= 1.0:
             raise WorkbenchError(f"grammar_floor must be in [0, 1], got {self.grammar_floor}.")
 
@@ -174,8 +186,12 @@ def run(
             )
         t_generate += time.perf_counter() - t0
         dnorm = float(d.vector.norm())
-        costs = fluency_at_strengths(
-            model, texts, [list(g.texts) for g in gens], AddDirection(d.site, d.vector, 1.0), list(cfg.strengths)
+        costs: list[tuple[float | None, float | None]] = (
+            fluency_at_strengths(
+                model, texts, [list(g.texts) for g in gens], AddDirection(d.site, d.vector, 1.0), list(cfg.strengths)
+            )
+            if cfg.fluency
+            else [(None, None)] * len(gens)
         )
         for s, g, (ppl, kl) in zip(cfg.strengths, gens, costs):
             sc = score(list(g.texts), cfg.attribute, cfg.target, texts)
@@ -188,8 +204,8 @@ def run(
                     "target_rate": sc.target_rate,
                     "source_rate": sc.labels[cfg.attribute].get(cfg.source, 0.0),
                     "grammaticality": sc.grammaticality,
-                    "kl": round(kl, 5),
-                    "perplexity": round(ppl, 4),
+                    "kl": None if kl is None else round(kl, 5),
+                    "perplexity": None if ppl is None else round(ppl, 4),
                 }
             )
             examples[f"{layer}:{s}"] = g.texts[0]
@@ -230,8 +246,8 @@ def run(
 
 
 def plot(result: "Result | dict") -> dict:
-    """Figures: layer x strength maps (behaviour beside grammaticality on one scale; KL), behaviour vs relative
-    strength per depth, and the reading side (probe accuracy / AUROC per layer)."""
+    """Figures: layer x strength maps (behaviour beside grammaticality on one scale; KL where computed), behaviour
+    vs relative strength per depth, and the reading side (probe accuracy / AUROC per layer)."""
     from workbench.plotting import heatmap_grid, lines
 
     r = result.to_dict() if isinstance(result, Result) else result
@@ -250,14 +266,16 @@ def plot(result: "Result | dict") -> dict:
         y_title="layer",
         scale=("Viridis", 0.0, 1.0),
     )
-    kl = heatmap_grid(
-        [("KL(unsteered || steered), nats/token", grid("kl"), "Magma", None)],
-        strengths,
-        layers,
-        title=f"{who}: fluency cost of steering {c['attribute']}",
-        x_title="strength (x mean pair difference)",
-        y_title="layer",
-    )
+    kl = None
+    if all(x["kl"] is not None for x in r["cells"]):
+        kl = heatmap_grid(
+            [("KL(unsteered || steered), nats/token", grid("kl"), "Magma", None)],
+            strengths,
+            layers,
+            title=f"{who}: fluency cost of steering {c['attribute']}",
+            x_title="strength (x mean pair difference)",
+            y_title="layer",
+        )
     rel = lines(
         {
             f"depth {at[(layer, strengths[0])]['depth']:.2f} (L{layer})": (
@@ -276,7 +294,17 @@ def plot(result: "Result | dict") -> dict:
         x_title="layer",
         y_title="score",
     )
-    return {"layer_sweep_maps": maps, "layer_sweep_kl": kl, "layer_sweep_relative": rel, "layer_sweep_reading": reading}
+    figures = {
+        "layer_sweep_maps": maps,
+        "layer_sweep_kl": kl,
+        "layer_sweep_relative": rel,
+        "layer_sweep_reading": reading,
+    }
+    return {k: v for k, v in figures.items() if v is not None}
+
+
+def _kl(cell: dict) -> str:
+    return "" if cell.get("kl") is None else f" and KL {cell['kl']:.3f} nats/token"
 
 
 def section(r: dict) -> Section:
@@ -288,7 +316,7 @@ def section(r: dict) -> Section:
         if b is None
         else f"the best cell is layer {b['layer']} (relative depth {b['depth']:.2f}) at strength {b['strength']:g} "
         f"({b['relative_strength']:.2f} of the residual norm): {c['target']} rate {rate_ci(b['target_rate'], n)} "
-        f"at grammaticality {b['grammaticality']:.2f} and KL {b['kl']:.3f} nats/token"
+        f"at grammaticality {b['grammaticality']:.2f}{_kl(b)}"
     )
     reading = max(r["reading"], key=lambda x: x["probe_accuracy"] or 0)
     text = (
@@ -313,7 +341,7 @@ def summary(result: Result) -> str:
         if b is None
         else f"best cell: layer {b['layer']} (depth {b['depth']}), strength {b['strength']} (relative "
         f"{b['relative_strength']}): {cfg['target']} rate {b['target_rate']:.2f}, grammaticality "
-        f"{b['grammaticality']:.2f}, KL {b['kl']:.3f}"
+        f"{b['grammaticality']:.2f}" + ("" if b.get("kl") is None else f", KL {b['kl']:.3f}")
     )
     return "\n".join(lines)
 

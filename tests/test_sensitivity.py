@@ -137,6 +137,24 @@ def test_sweep_units_reading_side_and_best_cell_rule():
     assert set(figs) == {"layer_sweep_maps", "layer_sweep_kl", "layer_sweep_relative", "layer_sweep_reading"}
 
 
+def test_sweep_without_fluency_scores_the_same_generations():
+    model = models.load("toy-s", backend=BACKEND)
+    base = dict(attribute="register", layers=(1, 2), n_prompts=6, n_pairs=40, max_new_tokens=8, temperature=0.0)
+    full = layer_sweep.run(model, layer_sweep.Config(**base, strengths=(0.0, 2.0)), progress=False)
+    lean = layer_sweep.run(model, layer_sweep.Config(**base, strengths=(0.0, 2.0), fluency=False), progress=False)
+    for a, b in zip(full.cells, lean.cells):
+        assert a["kl"] is not None and a["perplexity"] is not None and b["kl"] is None and b["perplexity"] is None
+        assert {k: v for k, v in a.items() if k not in ("kl", "perplexity")} == {
+            k: v for k, v in b.items() if k not in ("kl", "perplexity")
+        }
+    stripped = None if full.best is None else {**full.best, "kl": None, "perplexity": None}
+    assert lean.examples == full.examples and lean.best == stripped
+    assert set(layer_sweep.plot(lean)) == {"layer_sweep_maps", "layer_sweep_relative", "layer_sweep_reading"}
+    assert "KL" not in layer_sweep.summary(lean) and "KL" not in layer_sweep.section(lean.to_dict()).markdown
+    with pytest.raises(WorkbenchError, match="kl_bound bounds the KL"):
+        layer_sweep.Config(kl_bound=0.1, fluency=False)
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
