@@ -45,6 +45,22 @@ def _logits(model: HookedModel, batch: Batch, interventions: Sequence[Interventi
         return batch_logits(model, batch, *interventions).float().cpu()
 
 
+def _row_logprobs(logp: torch.Tensor, batch: Batch, j: int, n: int) -> torch.Tensor:
+    """Log-probability of tokens 1..n-1 of row ``j`` (``logp[j, i]`` scores token i + 1)."""
+    return logp[j, : n - 1].gather(-1, batch.tokens[j, 1:n, None]).squeeze(-1)
+
+
+def _continuation_start(prompt: Sequence[int], full: Sequence[int]) -> int:
+    """Index into a row's ``_row_logprobs`` where its continuation starts: after the tokens it shares with its
+    prompt (at least the first token has a prefix)."""
+    return max(first_difference(prompt, full), 1) - 1
+
+
+def _kl(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per position of two log-softmaxed logit tensors."""
+    return (p.exp() * (p - q)).sum(-1)
+
+
 def ab_probability(
     model: HookedModel, pairs: ContrastPairs, *interventions: Intervention, batch_size: int = 32
 ) -> Float[torch.Tensor, " n"]:
@@ -83,7 +99,7 @@ def token_logprobs(
         logp = _logits(model, batch, interventions).log_softmax(-1)
         for j, i in enumerate(chunk):
             n = len(seqs[i])
-            out[i] = logp[j, : n - 1].gather(-1, batch.tokens[j, 1:n, None]).squeeze(-1)
+            out[i] = _row_logprobs(logp, batch, j, n)
     return out
 
 
@@ -107,8 +123,7 @@ def continuation_perplexity(
     lps = token_logprobs(model, texts, *interventions, batch_size=batch_size)
     scored = []
     for p, full, lp in zip(prompts, texts, lps):
-        k = first_difference(tokenize(model, p), tokenize(model, full))  # tokens shared with the prompt
-        scored.append(lp[max(k, 1) - 1 :])  # lp[i] scores token i + 1
+        scored.append(lp[_continuation_start(tokenize(model, p), tokenize(model, full)) :])
     cat = torch.cat(scored)
     if cat.numel() == 0:
         raise WorkbenchError("the continuations are empty; nothing to score.")
@@ -127,7 +142,7 @@ def kl_divergence(
         batch = make_batch([seqs[i] for i in chunk], pad_id_of(model), "right")
         p = _logits(model, batch, ()).log_softmax(-1)
         q = _logits(model, batch, interventions).log_softmax(-1)
-        kl = (p.exp() * (p - q)).sum(-1)  # [batch pos]
+        kl = _kl(p, q)  # [batch pos]
         real = batch.attention_mask.bool()
         total += float(kl[real].sum())
         count += int(real.sum())
@@ -161,8 +176,7 @@ def fluency_at_strengths(
     heads = [tokenize(model, p) for p in prompts]
     rows = [(g, i) for g in range(len(scales)) for i in range(len(prompts))]
     seqs = [tokenize(model, join(prompts[i], continuations[g][i])) for g, i in rows]
-    # logp[j] scores token j + 1: the continuation's tokens start after those it shares with its prompt
-    starts = [max(first_difference(heads[i], s), 1) - 1 for (_, i), s in zip(rows, seqs)]
+    starts = [_continuation_start(heads[i], s) for (_, i), s in zip(rows, seqs)]
     row_scale = [float(scales[g]) for g, _ in rows]
     order = sorted(range(len(rows)), key=lambda r: (row_scale[r] == 0.0, len(seqs[r])))
     nll = torch.zeros(len(scales), dtype=torch.float64)
@@ -176,12 +190,12 @@ def fluency_at_strengths(
         q = None if not any(steered) else _logits(model, batch, (replace(intervention, scale=steered),)).log_softmax(-1)
         for j, r in enumerate(idx):
             g, n = rows[r][0], len(seqs[r])
-            lp = p[j, : n - 1].gather(-1, batch.tokens[j, 1:n, None]).squeeze(-1)[starts[r] :]
+            lp = _row_logprobs(p, batch, j, n)[starts[r] :]
             nll[g] -= lp.double().sum()
             n_scored[g] += lp.numel()
             n_real[g] += n
             if q is not None and steered[j] != 0.0:
-                kl[g] += (p[j, :n].exp() * (p[j, :n] - q[j, :n])).sum().double()
+                kl[g] += _kl(p[j, :n], q[j, :n]).sum().double()
     if not all(n_scored):
         raise WorkbenchError("the continuations are empty; nothing to score.")
     return [(math.exp(float(nll[g]) / n_scored[g]), float(kl[g]) / n_real[g]) for g in range(len(scales))]
