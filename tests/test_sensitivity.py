@@ -164,6 +164,7 @@ def test_sweep_without_fluency_scores_the_same_generations():
         ({"strengths": ()}, "strengths"),
         ({"n_prompts": 0}, "n_prompts must be >= 1"),
         ({"temperature": -1}, "temperature"),
+        ({"fluency": "no"}, "fluency must be True or False"),
     ],
 )
 def test_sweep_config_errors(kw, match):
